@@ -1,0 +1,34 @@
+# README command 1: `make demo`; README command 2: `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup services demo test lint bench
+
+$(BIN)/nearwatch: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch pinned: 2.13.0 is the CPU wheel on this disk; anything else pulls a CUDA build.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+setup: $(BIN)/nearwatch
+
+# Test-only system services: Redis (normally already running) and the Debian
+# Prometheus/Alertmanager binaries that the service tests scrape with.
+services:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ""
+	@command -v prometheus >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null)
+
+demo: setup
+	$(BIN)/nearwatch demo
+
+test: setup services
+	$(BIN)/ruff check detector worker scheduler bench tests
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/nearwatch bench --data-dir ../shared/data/adbench --seeds 5 --out bench/results/adbench

@@ -1,0 +1,155 @@
+"""Model bundles: a directory of files plus a manifest with the sha256 of every file.
+
+Nothing is unpickled: arrays are ``.npy`` read with ``allow_pickle=False``, tensors are read
+with ``torch.load(weights_only=True)``, everything else is JSON. Every checksum is verified
+before any file is parsed, so a tampered or truncated bundle is refused up front.
+
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp()) / "model"
+>>> write_bundle(folder, {"config": {"k": 5}}, {"notes.json": b"{}"})
+>>> manifest, files = read_bundle(folder)
+>>> manifest["config"], sorted(files)
+({'k': 5}, ['notes.json'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest_sha256"  # digest of the manifest's own content, minus this key
+
+
+def nearwatch_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nearwatch")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bundle(path: str | Path, manifest: dict[str, Any], files: dict[str, bytes]) -> None:
+    """Write ``files`` and a manifest (extended with checksums and versions) into ``path``.
+
+    The directory is assembled next to the target and renamed into place, so a reader never
+    sees a half-written bundle.
+    """
+    target = Path(path)
+    if MANIFEST in files:
+        raise ValueError(f"{MANIFEST} is written by write_bundle itself")
+    full_manifest = {
+        "format_version": FORMAT_VERSION,
+        "nearwatch_version": nearwatch_version(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **manifest,
+        "files": {name: sha256_hex(data) for name, data in sorted(files.items())},
+    }
+    full_manifest[MANIFEST_DIGEST] = _manifest_digest(full_manifest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        manifest_text = json.dumps(full_manifest, indent=2, sort_keys=True)
+        (staging / MANIFEST).write_text(manifest_text + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Return the manifest and the verified contents of every file it lists."""
+    folder = Path(path)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{folder} is not a nearwatch bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path} is corrupt: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise BundleError(
+            f"{folder}: unsupported bundle format version {found!r} (expected {FORMAT_VERSION})"
+        )
+    if manifest.get(MANIFEST_DIGEST) != _manifest_digest(manifest):
+        raise BundleError(f"{manifest_path}: checksum mismatch for {MANIFEST}: it was modified")
+    checksums = manifest.get("files")
+    if not isinstance(checksums, dict):
+        raise BundleError(f"{manifest_path} has no file checksums")
+    files: dict[str, bytes] = {}
+    for name, expected in checksums.items():
+        if Path(name).name != name:
+            raise BundleError(f"{manifest_path} names a file outside the bundle: {name!r}")
+        file_path = folder / name
+        if not file_path.is_file():
+            raise BundleError(f"{folder}: file {name} listed in the manifest is missing")
+        data = file_path.read_bytes()
+        if sha256_hex(data) != expected:
+            raise BundleError(
+                f"{folder}: checksum mismatch for {name}: the bundle was modified or truncated"
+            )
+        files[name] = data
+    return manifest, files
+
+
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_DIGEST}
+    return sha256_hex(json.dumps(content, sort_keys=True).encode())
+
+
+def array_to_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def array_from_bytes(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def tensors_to_bytes(tensors: dict[str, Any]) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    return buffer.getvalue()
+
+
+def tensors_from_bytes(data: bytes) -> dict[str, Any]:
+    import torch
+
+    # weights_only: refuse anything but tensors and plain containers (no pickle code paths).
+    loaded = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    if not isinstance(loaded, dict):
+        raise BundleError("encoder weights are not a state dict")
+    return loaded
+
+
+def fingerprint(features: np.ndarray) -> str:
+    """A short content hash of the training matrix, recorded in the manifest."""
+    contiguous = np.ascontiguousarray(features)
+    digest = hashlib.sha256(contiguous.tobytes())
+    digest.update(str(contiguous.shape).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,55 @@
+"""Exceptions raised by the detector library; every message names what to fix."""
+
+from __future__ import annotations
+
+
+class NearwatchError(Exception):
+    """Base class for every nearwatch error."""
+
+
+class NotFittedError(NearwatchError, ValueError):
+    """A method that needs a fitted estimator was called before ``fit``."""
+
+
+class RecordError(NearwatchError, ValueError):
+    """One input record is unusable; names the field and, when known, the record.
+
+    >>> str(RecordError("bytes", "cannot convert 'abc' to a number"))
+    "field 'bytes': cannot convert 'abc' to a number"
+    """
+
+    def __init__(
+        self,
+        field: str | None,
+        reason: str,
+        record_index: int | None = None,
+        record_id: object = None,
+    ) -> None:
+        self.field = field
+        self.reason = reason
+        self.record_index = record_index
+        self.record_id = record_id
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = []
+        if self.record_index is not None:
+            where.append(f"record {self.record_index}")
+        if self.record_id is not None:
+            where.append(f"id {self.record_id!r}")
+        prefix = f"{' '.join(where)}: " if where else ""
+        if self.field is None:
+            return f"{prefix}{self.reason}"
+        return f"{prefix}field {self.field!r}: {self.reason}"
+
+
+class CalibrationError(NearwatchError, ValueError):
+    """Too few calibration records to certify the requested false-positive rate."""
+
+
+class BundleError(NearwatchError, ValueError):
+    """A model bundle is missing, tampered with, truncated or of an unknown format."""
+
+
+class SchemaMismatchError(NearwatchError, ValueError):
+    """Records or a bundle were produced under a different schema version."""

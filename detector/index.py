@@ -1,0 +1,263 @@
+"""faiss kNN index over normal reference vectors, returning true metric distances.
+
+Design (measured on ADBench shuttle/mammography/pendigits/satellite, z-scored raw features and
+random tanh/relu MLP projections to 16-64 dims, one thread):
+
+* Euclidean: faiss L2 on the vectors. Cosine: the chord distance ``sqrt(2 - 2 cos)``, computed as
+  Euclidean distance between L2-normalised vectors (one code path, and a true metric). Zero
+  vectors cannot be normalised; they stay at the origin (distance 1 to every unit vector).
+* Vectors are centred on the reference mean before indexing. L2 is translation invariant, but
+  faiss' BLAS path computes ``|x|^2 + |y|^2 - 2<x, y>`` in float32, which cancels badly when the
+  data sit far from the origin (all-positive relu embeddings: recall@5 fell to 0.93 with a +5
+  offset; 0.999 once centred).
+* faiss only *selects* the k neighbours; their distances are then recomputed exactly from the
+  difference vectors (no cancellation), so near-duplicates get 0 instead of +-1e-3 noise.
+* ``kind="auto"``: exact ``IndexFlatL2`` up to ``flat_max`` references (20k: Flat's batch
+  throughput matches HNSW there and it stays exact), ``IndexHNSWFlat`` above. Defaults M=24,
+  efConstruction=80, efSearch=96: recall@5 >= 0.993 for held-out normal queries on every dataset
+  and representation (M=32 fell to 0.89 on mammography, whose references are 30% duplicate
+  rows), ~22 us/query at one thread. Queries far from all references (anomalies) get lower
+  neighbour recall (0.44-0.99); approximate search can only *over*-estimate their distances
+  (median +0-4%), which makes them look more anomalous, not less.
+* HNSW graphs are built with one OpenMP thread and a seeded level generator: faiss' lock-based
+  build is deterministic at one thread for a fixed insertion order, so the same data and seed give
+  byte-identical indexes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from detector.errors import BundleError, NotFittedError
+
+METRICS = ("euclidean", "cosine")
+KINDS = ("auto", "flat", "hnsw")
+STATE_FORMAT = 1
+# faiss-cpu 1.15.1 as shipped here defaults this to 128000 and compares it with nq * d (measured:
+# the switch moves with d, not only nq). 128 keeps single queries on the per-pair loop and sends
+# batches to BLAS: worst case 1.3x the per-shape optimum over d in {8..64}, nq in {1..1024},
+# versus 3.1x for 128000 (big batches) and 4.2x for 20 (single queries).
+BLAS_THRESHOLD = 128
+_QUERY_CHUNK = 8192  # bounds the (chunk, k, d) gather used for exact distances
+
+
+def configure_threads(n_threads: int = 1) -> None:
+    """Set faiss' and torch's OpenMP pools and faiss' BLAS switch point for this process.
+
+    One thread each per worker process measured best (the pools otherwise oversubscribe the
+    cores shared by several workers). faiss' bundled OpenBLAS uses OpenMP, so it follows
+    ``omp_set_num_threads``. Deploy note: old bundled OpenBLAS may not recognise new CPUs and
+    fall back to SSE3 kernels; export ``OPENBLAS_CORETYPE=SkylakeX`` (avx512f in
+    /proc/cpuinfo) or ``Haswell`` (avx2) in the worker's environment; this library sets no
+    environment variables.
+    """
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+        raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+    faiss.omp_set_num_threads(n_threads)
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+    import torch  # lazy: importing torch costs seconds and most index users never need it
+
+    torch.set_num_threads(n_threads)
+
+
+class ReferenceIndex:
+    """k-nearest-neighbour distances from queries to a fixed set of reference vectors.
+
+    >>> refs = np.array([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]], dtype=np.float32)
+    >>> index = ReferenceIndex().fit(refs)
+    >>> distances, indices = index.search(np.array([[0.0, 0.0]]), k=2)
+    >>> distances.tolist(), indices.tolist(), index.kind_
+    ([[0.0, 5.0]], [[0, 1]], 'flat')
+    """
+
+    def __init__(
+        self,
+        metric: str = "euclidean",
+        kind: str = "auto",
+        flat_max: int = 20_000,
+        hnsw_m: int = 24,
+        ef_construction: int = 80,
+        ef_search: int = 96,
+        seed: int = 0,
+    ) -> None:
+        self.metric = metric
+        self.kind = kind
+        self.flat_max = flat_max
+        self.hnsw_m = hnsw_m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, vectors: np.ndarray) -> ReferenceIndex:
+        """Index ``vectors`` (n, d); float64 and other real dtypes are converted to float32."""
+        self._check_params()
+        refs = _as_matrix(vectors, "vectors")
+        if refs.shape[0] == 0 or refs.shape[1] == 0:
+            raise ValueError(f"vectors must be a non-empty (n, d) array, got shape {refs.shape}")
+        if self.metric == "cosine":
+            refs = _normalise_rows(refs)
+        self.center_ = refs.mean(axis=0, dtype=np.float64).astype(np.float32)
+        refs = np.ascontiguousarray(refs - self.center_, dtype=np.float32)
+        n, dim = refs.shape
+        use_flat = self.kind == "flat" or (self.kind == "auto" and n <= self.flat_max)
+        self.kind_ = "flat" if use_flat else "hnsw"
+        self.n_, self.dim_ = n, dim
+        if use_flat:
+            index: faiss.Index = faiss.IndexFlatL2(dim)
+            index.add(refs)
+        else:
+            index = faiss.IndexHNSWFlat(dim, self.hnsw_m)
+            index.hnsw.efConstruction = self.ef_construction
+            index.hnsw.rng = faiss.RandomGenerator(self.seed)
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # deterministic graph (see module docstring)
+            try:
+                index.add(refs)
+            finally:
+                faiss.omp_set_num_threads(threads)
+            index.hnsw.efSearch = self.ef_search
+        self._attach(index)
+        return self
+
+    def _check_params(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("flat_max", "hnsw_m", "ef_construction", "ef_search"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def _attach(self, index: faiss.Index) -> None:
+        self._index = index
+        storage = index if self.kind_ == "flat" else faiss.downcast_index(index.storage)
+        # Zero-copy, read-only view of the stored (centred) references, for exact distances.
+        view = faiss.rev_swig_ptr(storage.get_xb(), self.n_ * self.dim_)
+        self._refs = view.reshape(self.n_, self.dim_)
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "_index"):
+            raise NotFittedError("ReferenceIndex is not fitted: call fit() first")
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances (nq, k) float32, ascending, and reference indices (nq, k) int64."""
+        self._require_fitted()
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        if k > self.n_:
+            raise ValueError(
+                f"k={k} exceeds the number of reference vectors ({self.n_}); "
+                f"use k <= {self.n_} or add references"
+            )
+        q = _as_matrix(queries, "queries")
+        if q.shape[1] != self.dim_:
+            raise ValueError(
+                f"queries have {q.shape[1]} columns but the index was fitted on {self.dim_}"
+            )
+        distances = np.empty((q.shape[0], k), dtype=np.float32)
+        indices = np.empty((q.shape[0], k), dtype=np.int64)
+        for start in range(0, q.shape[0], _QUERY_CHUNK):
+            stop = start + _QUERY_CHUNK
+            distances[start:stop], indices[start:stop] = self._search_chunk(q[start:stop], k)
+        return distances, indices
+
+    def _search_chunk(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.metric == "cosine":
+            queries = _normalise_rows(queries)
+        q = np.ascontiguousarray(queries - self.center_, dtype=np.float32)
+        _, ids = self._index.search(q, k)
+        missing = (ids < 0).any(axis=1)
+        if missing.any():  # HNSW can come back short on a badly connected graph: go exact
+            _, ids[missing] = faiss.knn(q[missing], self._refs, k)
+        diff = self._refs[ids] - q[:, None, :]
+        dist = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff, dtype=np.float32))
+        order = np.argsort(dist, axis=1, kind="stable")
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+
+    # ------------------------------------------------------------------ state
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able parameters; together with ``to_bytes()`` they rebuild the index."""
+        self._require_fitted()
+        return {
+            "format": STATE_FORMAT,
+            "metric": self.metric,
+            "kind": self.kind_,
+            "n": self.n_,
+            "dim": self.dim_,
+            "flat_max": self.flat_max,
+            "hnsw_m": self.hnsw_m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "seed": self.seed,
+            # float32 -> Python float is exact, so the JSON round trip is lossless
+            "center": [float(v) for v in self.center_],
+        }
+
+    def to_bytes(self) -> bytes:
+        """The faiss index in faiss' own binary format (no pickle)."""
+        self._require_fitted()
+        return faiss.serialize_index(self._index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, params: dict[str, Any]) -> ReferenceIndex:
+        """Rebuild from ``to_bytes()`` output and ``to_state()`` params; checks they agree."""
+        if params.get("format") != STATE_FORMAT:
+            raise BundleError(f"unknown index state format {params.get('format')!r}")
+        try:
+            obj = cls(
+                metric=params["metric"],
+                kind=params["kind"],
+                flat_max=params["flat_max"],
+                hnsw_m=params["hnsw_m"],
+                ef_construction=params["ef_construction"],
+                ef_search=params["ef_search"],
+                seed=params["seed"],
+            )
+            obj._check_params()
+            kind, n, dim = params["kind"], int(params["n"]), int(params["dim"])
+            center = np.asarray(params["center"], dtype=np.float32)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"invalid index params: {exc}") from exc
+        try:
+            # deserialize_index already returns the concrete class (a second downcast_index
+            # wrapper would not own the object, which is then freed under it)
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8).copy())
+        except RuntimeError as exc:
+            raise BundleError(f"index bytes could not be deserialised: {exc}") from exc
+        expected = faiss.IndexFlatL2 if kind == "flat" else faiss.IndexHNSWFlat
+        if kind not in ("flat", "hnsw") or not isinstance(index, expected):
+            raise BundleError(f"index bytes hold {type(index).__name__}, params say {kind!r}")
+        if index.ntotal != n or index.d != dim or center.shape != (dim,):
+            raise BundleError(
+                f"index bytes hold {index.ntotal} vectors of dim {index.d}, "
+                f"params say {n} of dim {dim} (center of shape {center.shape})"
+            )
+        if kind == "hnsw":
+            index.hnsw.efSearch = obj.ef_search
+        obj.kind_, obj.n_, obj.dim_, obj.center_ = kind, n, dim, center
+        obj._attach(index)
+        return obj
+
+
+def _as_matrix(values: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (n, d) array, got shape {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contain NaN or infinite values (or overflow float32)")
+    return array
+
+
+def _normalise_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)

@@ -1,0 +1,105 @@
+"""Save and load a fitted ``Detector`` as a verified bundle (all fitted state together)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detector.bundle import (
+    array_from_bytes,
+    array_to_bytes,
+    fingerprint,
+    read_bundle,
+    tensors_from_bytes,
+    tensors_to_bytes,
+    write_bundle,
+)
+from detector.calibration import ConformalCalibrator
+from detector.errors import BundleError, SchemaMismatchError
+from detector.index import ReferenceIndex
+from detector.schema import FeatureEncoder
+
+if TYPE_CHECKING:
+    from detector.detector import Detector
+
+ENCODER_FILE = "encoder.pt"
+INDEX_FILE = "index.faiss"
+CALIBRATION_FILE = "calibration.npy"
+REFERENCE_FEATURES_FILE = "reference_features.npy"
+REFERENCE_IDS_FILE = "reference_ids.json"
+FITTED_ATTRIBUTES = (
+    "n_reference_", "n_calibration_", "n_features_", "threshold_", "fpr_bound_",
+    "model_version_", "schema_version_", "training_mode_",
+)
+
+
+def save_detector(detector: Detector, path: Path) -> None:
+    manifest = {
+        "config": detector.get_params(),
+        "schema": detector.feature_encoder_.to_state(),
+        "schema_version": detector.schema_version_,
+        "embedder": detector.embedder_.to_state(),
+        "index": detector.reference_index_.to_state(),
+        "calibration": detector.calibrator_.to_state(),
+        "fitted": {name: getattr(detector, name) for name in FITTED_ATTRIBUTES},
+        "data_fingerprint": fingerprint(detector.reference_features_),
+    }
+    files = {
+        ENCODER_FILE: tensors_to_bytes(detector.embedder_.tensors()),
+        INDEX_FILE: detector.reference_index_.to_bytes(),
+        CALIBRATION_FILE: array_to_bytes(detector.calibrator_.calibration_scores_),
+        REFERENCE_FEATURES_FILE: array_to_bytes(detector.reference_features_),
+        REFERENCE_IDS_FILE: json.dumps(detector.reference_ids_).encode(),
+    }
+    write_bundle(path, manifest, files)
+
+
+def load_detector(cls: type[Detector], path: Path) -> Detector:
+    manifest, files = read_bundle(path)
+    missing = {ENCODER_FILE, INDEX_FILE, CALIBRATION_FILE, REFERENCE_FEATURES_FILE,
+               REFERENCE_IDS_FILE} - set(files)
+    if missing:
+        raise BundleError(f"{path}: bundle lacks {', '.join(sorted(missing))}")
+    try:
+        detector = _restore(cls, manifest, files)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, SchemaMismatchError | BundleError):
+            raise
+        raise BundleError(f"{path}: bundle contents are inconsistent: {exc}") from exc
+    return detector
+
+
+def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, bytes]) -> Detector:
+    from detector.encoder import build_embedder
+
+    detector = cls(**_constructor_params(manifest["config"]))
+    encoder = FeatureEncoder.from_state(manifest["schema"])
+    if encoder.version_ != manifest["schema_version"]:
+        raise SchemaMismatchError(
+            f"bundle schema version {manifest['schema_version']} does not match its schema "
+            f"(which hashes to {encoder.version_})"
+        )
+    detector.feature_encoder_ = encoder
+    detector.embedder_ = build_embedder(manifest["embedder"], tensors_from_bytes(files[ENCODER_FILE]))
+    detector.reference_index_ = ReferenceIndex.from_bytes(files[INDEX_FILE], manifest["index"])
+    detector.calibrator_ = ConformalCalibrator.from_state(
+        manifest["calibration"], array_from_bytes(files[CALIBRATION_FILE])
+    )
+    detector.reference_features_ = array_from_bytes(files[REFERENCE_FEATURES_FILE])
+    detector.reference_ids_ = json.loads(files[REFERENCE_IDS_FILE])
+    for name, value in manifest["fitted"].items():
+        setattr(detector, name, value)
+    if len(detector.reference_ids_) != detector.n_reference_:
+        raise BundleError("reference ids do not match the number of references")
+    return detector
+
+
+def _constructor_params(config: dict[str, Any]) -> dict[str, Any]:
+    params = dict(config)
+    training = params.get("training")
+    if isinstance(training, dict):
+        from detector.training import TrainingConfig
+
+        params["training"] = TrainingConfig(**training)
+    return params

@@ -1,0 +1,126 @@
+"""Record-level scoring and explanations on top of a fitted ``Detector``.
+
+Kept apart from ``Detector`` so the class reads as the estimator API; these functions are the
+per-record entry points the service calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from detector.errors import SchemaMismatchError
+
+if TYPE_CHECKING:
+    from detector.detector import Detector
+
+
+def neighbour_search(
+    detector: Detector, features: np.ndarray, n_neighbours: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores plus the distances and reference rows of the nearest references."""
+    k_search = min(max(detector.k, n_neighbours), detector.n_reference_)
+    distances, rows = detector.reference_index_.search(
+        detector.embedder_.embed(features), k_search
+    )
+    scores = distances[:, : detector.k].astype(np.float64).mean(axis=1)
+    return scores, distances, rows
+
+
+def score_record_batch(
+    detector: Detector,
+    records: Sequence[Any],
+    n_neighbours: int,
+    schema_version: str | None,
+) -> list[dict[str, Any]]:
+    if schema_version is not None and schema_version != detector.schema_version_:
+        raise SchemaMismatchError(
+            f"records were prepared for schema version {schema_version}, but this model "
+            f"uses schema version {detector.schema_version_}: re-train or send matching records"
+        )
+    records = list(records)
+    features, errors = detector.feature_encoder_.transform_records(records)
+    good_rows = np.array([i for i, error in enumerate(errors) if error is None], dtype=np.int64)
+    results: list[dict[str, Any]] = [{} for _ in records]
+    id_field = detector.id_field
+    for i, record in enumerate(records):
+        record_id = record.get(id_field) if isinstance(record, dict) else None
+        error = errors[i]
+        results[i] = {"index": i, "id": record_id}
+        if error is not None:
+            results[i].update(error=str(error), field=error.field)
+    if len(good_rows) == 0:
+        return results
+    scores, distances, rows = neighbour_search(detector, features[good_rows], n_neighbours)
+    p_values = detector.calibrator_.p_value(scores)
+    threshold = detector.threshold_
+    reference_ids = detector.reference_ids_
+    for position, i in enumerate(good_rows.tolist()):
+        score = float(scores[position])
+        results[i].update(
+            score=score,
+            p_value=float(p_values[position]),
+            is_anomaly=None if threshold is None else bool(score > threshold),
+            threshold=threshold,
+            neighbours=[
+                {"id": reference_ids[int(row)], "distance": float(distance)}
+                for distance, row in zip(
+                    distances[position, :n_neighbours], rows[position, :n_neighbours],
+                    strict=True,
+                )
+            ],
+        )
+    return results
+
+
+def explain_rows(
+    detector: Detector, features: np.ndarray, n_neighbours: int, n_fields: int
+) -> list[dict[str, Any]]:
+    """Nearest references and the fields that differ most from the k nearest ones.
+
+    A field's deviation is the Euclidean distance, over the field's scaled feature columns,
+    between the record and the column-wise median of its k nearest references: the median
+    is the typical normal neighbour, robust to one odd reference.
+    """
+    scores, distances, rows = neighbour_search(detector, features, n_neighbours)
+    p_values = detector.calibrator_.p_value(scores)
+    encoder = detector.feature_encoder_
+    explanations = []
+    for i in range(len(features)):
+        typical = np.median(detector.reference_features_[rows[i, : detector.k]], axis=0)
+        field_deviations = []
+        for field, columns in encoder.field_columns_.items():
+            deviation = float(np.linalg.norm(features[i, columns] - typical[columns]))
+            field_deviations.append((deviation, field, columns))
+        field_deviations.sort(key=lambda item: -item[0])
+        explanations.append({
+            "score": float(scores[i]),
+            "p_value": float(p_values[i]),
+            "is_anomaly": None
+            if detector.threshold_ is None
+            else bool(scores[i] > detector.threshold_),
+            "neighbours": [
+                {"id": detector.reference_ids_[int(row)], "distance": float(distance)}
+                for distance, row in zip(
+                    distances[i, :n_neighbours], rows[i, :n_neighbours], strict=True
+                )
+            ],
+            "fields": [
+                _field_detail(encoder, field, deviation, features[i], typical)
+                for deviation, field, columns in field_deviations[:n_fields]
+            ],
+        })
+    return explanations
+
+
+def _field_detail(
+    encoder: Any, field: str, deviation: float, row: np.ndarray, typical: np.ndarray
+) -> dict[str, Any]:
+    detail: dict[str, Any] = {"field": field, "deviation": deviation}
+    value_column = encoder.numeric_value_column(field)
+    if value_column is not None:
+        detail["value"] = encoder.inverse_numeric(field, float(row[value_column]))
+        detail["typical"] = encoder.inverse_numeric(field, float(typical[value_column]))
+    return detail

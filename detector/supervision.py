@@ -1,0 +1,118 @@
+"""What ``Detector.fit`` was told about its records, and the embedder that follows from it.
+
+Supervision arrives indexed by position in the training data. Only the reference part R of that
+data trains the embedder (the calibration part must stay unseen for the threshold guarantee),
+so labels, pairs and triplets are restricted to R and re-indexed into it.
+
+>>> s = FitSupervision.restrict(None, [(0, 2, True), (1, 3, False)], None,
+...                             reference_rows=np.array([0, 2, 3]), n=4)
+>>> s.mode, s.pairs.tolist(), s.n_unused
+('weakly_supervised', [[0, 1, 1]], 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FitSupervision:
+    """Supervision restricted to the reference rows (indices are positions within R)."""
+
+    labels: np.ndarray | None = None
+    pairs: np.ndarray | None = None  # (m, 3): i, j, 1 = similar / 0 = dissimilar
+    triplets: np.ndarray | None = None  # (m, 3): anchor, positive, negative
+    n_unused: int = 0  # pairs/triplets touching calibration rows
+
+    @property
+    def mode(self) -> str:
+        if self.labels is not None:
+            return "supervised"
+        if self.pairs is not None or self.triplets is not None:
+            return "weakly_supervised"
+        return "self_supervised"
+
+    @classmethod
+    def restrict(
+        cls,
+        labels: Sequence[Any] | None,
+        pairs: Sequence[Sequence[Any]] | None,
+        triplets: Sequence[Sequence[int]] | None,
+        reference_rows: np.ndarray,
+        n: int,
+    ) -> FitSupervision:
+        position = np.full(n, -1, dtype=np.int64)
+        position[reference_rows] = np.arange(len(reference_rows))
+        restricted_labels = None
+        if labels is not None:
+            label_array = np.asarray(list(labels), dtype=object)
+            if len(label_array) != n:
+                raise ValueError(f"labels has {len(label_array)} entries for {n} records")
+            restricted_labels = _encode_labels(label_array[reference_rows])
+        restricted_pairs, unused_pairs = _restrict_rows(pairs, "pairs", position, n)
+        restricted_triplets, unused_triplets = _restrict_rows(triplets, "triplets", position, n)
+        return cls(restricted_labels, restricted_pairs, restricted_triplets,
+                   unused_pairs + unused_triplets)
+
+
+def _encode_labels(labels: np.ndarray) -> np.ndarray:
+    """Class labels of any JSON type → consecutive integers."""
+    names = sorted({str(label) for label in labels})
+    code = {name: i for i, name in enumerate(names)}
+    return np.array([code[str(label)] for label in labels], dtype=np.int64)
+
+
+def _restrict_rows(
+    rows: Sequence[Sequence[Any]] | None, name: str, position: np.ndarray, n: int
+) -> tuple[np.ndarray | None, int]:
+    if rows is None:
+        return None, 0
+    table = np.asarray([[int(v) for v in row] for row in rows], dtype=np.int64).reshape(-1, 3)
+    if len(table) == 0:
+        return None, 0
+    index_columns = table[:, :2] if name == "pairs" else table
+    bad = np.flatnonzero(((index_columns < 0) | (index_columns >= n)).any(axis=1))
+    if len(bad):
+        raise ValueError(
+            f"{name}[{bad[0]}] = {table[bad[0]].tolist()} refers to a record outside 0..{n - 1}"
+        )
+    if name == "pairs" and not np.isin(table[:, 2], (0, 1)).all():
+        raise ValueError("pairs must be (i, j, similar) with similar True/False or 1/0")
+    remapped = table.copy()
+    remapped[:, : index_columns.shape[1]] = position[index_columns]
+    keep = (remapped[:, : index_columns.shape[1]] >= 0).all(axis=1)
+    kept = remapped[keep]
+    return (kept if len(kept) else None), int((~keep).sum())
+
+
+def build_embedder_for_fit(
+    encoder: str,
+    features: np.ndarray,
+    supervision: FitSupervision,
+    anomaly_features: np.ndarray | None,
+    *,
+    training: Any,
+    seed: int,
+    progress: bool,
+) -> Any:
+    """The embedder named by ``Detector(encoder=...)``, trained when it learns."""
+    from detector.encoder import IdentityEmbedder
+
+    if encoder == "identity":
+        return IdentityEmbedder()
+    from detector.training import TrainingConfig, train_embedder
+
+    config = training if training is not None else TrainingConfig(seed=seed)
+    return train_embedder(
+        features,
+        config=config,
+        labels=supervision.labels,
+        pairs=supervision.pairs,
+        triplets=supervision.triplets,
+        anomalies=anomaly_features,
+        progress=progress,
+    )

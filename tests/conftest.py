@@ -1,0 +1,3 @@
+"""Shared fixtures: the service tests' fixtures live in tests/service_fixtures.py."""
+
+from tests.service_fixtures import *  # noqa: F403

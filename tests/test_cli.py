@@ -1,0 +1,88 @@
+"""CLI: generate → train → score on synthetic telemetry finds the injected anomalies."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.test_detector import _auroc
+from worker.cli import main
+
+
+def _invoke(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+def test_generate_train_score_finds_anomalies(workdir: Path) -> None:
+    train_file, test_file = workdir / "train.jsonl", workdir / "test.jsonl"
+    assert "wrote 3000 records (60 anomalies)" in _invoke(
+        "generate", "--out", str(train_file), "--n", "3000", "--anomaly-rate", "0.02"
+    )
+    _invoke("generate", "--out", str(test_file), "--n", "1000", "--anomaly-rate", "0.05",
+            "--seed", "7")
+    output = _invoke("train", "--data", str(train_file), "--out", str(workdir / "model"),
+                     "--label-field", "is_anomaly", "--encoder", "identity")
+    assert "trained on 2940 normal records" in output
+    test_lines = test_file.read_text().splitlines()
+    test_lines.insert(5, "this line is not JSON")
+    test_lines.insert(9, json.dumps({"id": "bad-1", "service": "api", "latency_ms": "slow"}))
+    test_file.write_text("\n".join(test_lines) + "\n")
+    output = _invoke("score", "--model", str(workdir / "model"), "--data", str(test_file),
+                     "--out", str(workdir / "results.jsonl"), "--batch", "300")
+    assert "scored 1002 records" in output and "2 errors" in output
+    results = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 1002
+    assert "not valid JSON" in results[5]["error"]
+    assert results[9]["id"] == "bad-1" and "latency_ms" in results[9]["error"]
+    truth = {json.loads(line)["id"]: json.loads(line)["is_anomaly"]
+             for line in test_lines if line.startswith('{"id": "r')}
+    scored = [r for r in results if "score" in r]
+    assert [r["id"] for r in scored] == list(truth)  # same order as the input
+    scores = np.array([r["score"] for r in scored])
+    is_anomaly = np.array([truth[r["id"]] for r in scored])
+    assert _auroc(scores, is_anomaly) > 0.9
+    flagged = np.array([r["is_anomaly"] for r in scored])
+    assert flagged[is_anomaly].mean() > 0.3
+
+
+def test_train_on_npz_uses_normals_only(workdir: Path) -> None:
+    rng = np.random.default_rng(0)
+    features = np.vstack([rng.normal(size=(800, 4)), rng.normal(6, 1, size=(20, 4))])
+    labels = np.r_[np.zeros(800), np.ones(20)].astype(np.int8)
+    np.savez_compressed(workdir / "data.npz", X=features.astype(np.float32), y=labels)
+    output = _invoke("train", "--data", str(workdir / "data.npz"), "--out",
+                     str(workdir / "npz-model"), "--encoder", "identity")
+    assert "trained on 800 normal records" in output
+    _invoke("score", "--model", str(workdir / "npz-model"), "--data", str(workdir / "data.npz"),
+            "--out", str(workdir / "npz.jsonl"))
+    results = [json.loads(line) for line in (workdir / "npz.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in results] == list(range(820))
+    assert np.mean([r["is_anomaly"] for r in results[800:]]) > 0.9
+
+
+def test_train_with_too_few_records_is_a_clear_error(workdir: Path) -> None:
+    _invoke("generate", "--out", str(workdir / "small.jsonl"), "--n", "100")
+    result = CliRunner().invoke(main, ["train", "--data", str(workdir / "small.jsonl"),
+                                       "--out", str(workdir / "small-model")])
+    assert result.exit_code != 0
+    assert "299 calibration records" in result.output
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("nearwatch")
+    output = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    for command in ("generate", "train", "score"):
+        assert command in output.stdout

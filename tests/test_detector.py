@@ -1,0 +1,148 @@
+"""Detector API: fit/score/p_value/predict/explain/score_records on seeded data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector import CalibrationError, Detector, NotFittedError, SchemaMismatchError
+from detector.synthetic import generate_records
+
+
+def _auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float:
+    # Mann-Whitney U statistic: P(score of an anomaly > score of a normal).
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    n_pos = int(is_anomaly.sum())
+    n_neg = len(scores) - n_pos
+    return float((ranks[is_anomaly].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@pytest.fixture(scope="module")
+def telemetry() -> tuple[list[dict], list[dict], np.ndarray]:
+    train = [r for r in generate_records(2_000, 0.0, seed=1)]
+    test = generate_records(1_000, 0.05, seed=2)
+    return train, test, np.array([r["is_anomaly"] for r in test])
+
+
+@pytest.fixture(scope="module")
+def fitted(telemetry: tuple) -> Detector:
+    train, _, _ = telemetry
+    return Detector(encoder="identity", label_fields=("is_anomaly",)).fit(train)
+
+
+def test_unfitted_detector_raises_clear_error() -> None:
+    detector = Detector()
+    for method in (detector.score, detector.predict, detector.p_value, detector.explain):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            method(np.zeros((2, 3)))
+
+
+def test_fitted_attributes_and_threshold(fitted: Detector) -> None:
+    assert fitted.n_reference_ == 2_000
+    assert 299 <= fitted.n_calibration_ <= 1_000
+    assert fitted.threshold_ > 0
+    assert 0 < fitted.fpr_bound_ <= fitted.alpha
+    assert fitted.training_mode_ == "self_supervised"
+
+
+def test_scores_rank_injected_anomalies_first(fitted: Detector, telemetry: tuple) -> None:
+    _, test, is_anomaly = telemetry
+    scores = fitted.score(test)
+    assert scores.shape == (len(test),)
+    assert _auroc(scores, is_anomaly) > 0.9
+    p_values = fitted.p_value(test)
+    assert ((p_values > 0) & (p_values <= 1)).all()
+    # p-values decrease as scores increase
+    order = np.argsort(scores)
+    assert (np.diff(p_values[order]) <= 1e-12).all()
+    flags = fitted.predict(test)
+    assert flags.dtype == bool
+    # alpha = 1%: few false alarms; the point anomalies (half of them) are caught
+    assert flags[~is_anomaly].mean() < 0.03
+    assert flags[is_anomaly].mean() > 0.25
+
+
+def test_score_records_answers_every_record(fitted: Detector, telemetry: tuple) -> None:
+    _, test, _ = telemetry
+    good = test[:3]
+    bad = [
+        dict(test[3], latency_ms="abc"),
+        dict(test[4], cpu_pct=float("nan")),
+        dict(test[5], bytes_out={"nested": 1}),
+        ["not", "a", "record"],
+    ]
+    results = fitted.score_records(good[:2] + bad + good[2:])
+    assert [r["index"] for r in results] == list(range(7))
+    assert [("error" in r) for r in results] == [False, False, True, True, True, True, False]
+    assert "latency_ms" in results[2]["error"] and results[2]["field"] == "latency_ms"
+    assert results[3]["field"] == "cpu_pct"
+    assert results[4]["field"] == "bytes_out"
+    assert results[5]["id"] is None and "not a JSON object" in results[5]["error"]
+    alone = fitted.score_records(good)
+    mixed_scores = [results[i]["score"] for i in (0, 1, 6)]
+    assert mixed_scores == pytest.approx([r["score"] for r in alone], rel=1e-6)
+    first = results[0]
+    assert first["id"] == good[0]["id"]
+    assert first["threshold"] == fitted.threshold_
+    assert len(first["neighbours"]) == 3
+    assert first["neighbours"][0]["distance"] <= first["neighbours"][2]["distance"]
+
+
+def test_score_records_refuses_other_schema_version(fitted: Detector, telemetry: tuple) -> None:
+    with pytest.raises(SchemaMismatchError, match="schema version"):
+        fitted.score_records(telemetry[1][:2], schema_version="0000000000000000")
+    assert fitted.score_records(telemetry[1][:1], schema_version=fitted.schema_version_)
+
+
+def test_explain_names_deviating_field(fitted: Detector, telemetry: tuple) -> None:
+    _, test, _ = telemetry
+    normal = next(r for r in test if not r["is_anomaly"])
+    spiked = dict(normal, latency_ms=float(normal["latency_ms"]) * 500)
+    explanation = fitted.explain([spiked])[0]
+    assert explanation["fields"][0]["field"] == "latency_ms"
+    assert explanation["fields"][0]["value"] == pytest.approx(spiked["latency_ms"], rel=1e-3)
+    assert explanation["fields"][0]["typical"] < spiked["latency_ms"] / 50
+    neighbour_ids = {n["id"] for n in explanation["neighbours"]}
+    assert all(isinstance(i, str) and i.startswith("r") for i in neighbour_ids)
+    assert explanation["is_anomaly"] is True
+
+
+def test_duplicates_and_zero_distances() -> None:
+    rows = np.repeat(np.arange(10, dtype=np.float32)[:, None], 80, axis=0)  # 800 rows, 10 values
+    data = np.hstack([rows, rows * 2])
+    detector = Detector(encoder="identity", alpha=0.05, delta=0.1).fit(data)
+    scores = detector.score(data[:5])
+    assert np.isfinite(scores).all() and (scores == 0).all()
+    assert not detector.predict(data[:50]).any()
+    assert detector.predict(np.array([[100.0, -100.0]], dtype=np.float32))[0]
+
+
+def test_too_few_calibration_records_says_how_many() -> None:
+    data = np.random.default_rng(0).normal(size=(300, 4))
+    with pytest.raises(CalibrationError, match="at least 299 calibration records"):
+        Detector(encoder="identity", alpha=0.01, delta=0.05).fit(data)
+    # Without a threshold, scores and p-values still work.
+    detector = Detector(encoder="identity", alpha=None).fit(data)
+    assert detector.threshold_ is None
+    assert detector.p_value(data[:3]).shape == (3,)
+    with pytest.raises(NotFittedError, match="alpha=None"):
+        detector.predict(data[:3])
+
+
+def test_supervision_seam_validates_indices() -> None:
+    data = np.random.default_rng(0).normal(size=(700, 3))
+    with pytest.raises(ValueError, match="labels has 3 entries"):
+        Detector(encoder="identity").fit(data, labels=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"pairs\[1\]"):
+        Detector(encoder="identity").fit(data, pairs=[(0, 1, 1), (0, 9_999, 0)])
+    detector = Detector(encoder="identity").fit(data, labels=[i % 2 for i in range(700)])
+    assert detector.training_mode_ == "supervised"
+
+
+def test_invalid_parameters_are_refused() -> None:
+    data = np.zeros((10, 2))
+    for kwargs in ({"k": 0}, {"metric": "manhattan"}, {"alpha": 1.5}, {"encoder": "magic"}):
+        with pytest.raises(ValueError):
+            Detector(**kwargs).fit(data)

@@ -1,0 +1,224 @@
+"""ReferenceIndex against exact numpy brute force (faiss-test style), on seeded data."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from detector.errors import BundleError, NotFittedError
+from detector.index import BLAS_THRESHOLD, ReferenceIndex, configure_threads
+
+K = 5
+
+
+def brute_force(refs: np.ndarray, queries: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    """Exact (nq, n) distance matrix in float64: Euclidean, or chord distance for cosine."""
+    r, q = refs.astype(np.float64), queries.astype(np.float64)
+    if metric == "cosine":
+        r = r / np.linalg.norm(r, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    return np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(-1))
+
+
+def clustered(rng: np.random.Generator, n: int, dim: int, offset: float = 0.0) -> np.ndarray:
+    centers = rng.normal(scale=4.0, size=(20, dim))
+    points = centers[rng.integers(0, 20, n)] + rng.normal(size=(n, dim))
+    return (points + offset).astype(np.float32)
+
+
+def check_exact(index: ReferenceIndex, refs, queries, metric: str = "euclidean") -> None:
+    distances, indices = index.search(queries, K)
+    full = brute_force(refs, queries, metric)
+    expected = np.sort(full, axis=1)[:, :K]
+    np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-5)
+    # indices equal modulo ties: each returned neighbour really is at the reported distance
+    np.testing.assert_allclose(
+        np.take_along_axis(full, indices, 1), distances, rtol=1e-4, atol=1e-5
+    )
+    assert distances.dtype == np.float32 and indices.dtype == np.int64
+    assert (np.diff(distances, axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+def test_flat_matches_numpy_brute_force(offset: float) -> None:
+    rng = np.random.default_rng(0)
+    refs, queries = clustered(rng, 2000, 24, offset), clustered(rng, 300, 24, offset)
+    index = ReferenceIndex().fit(refs)
+    assert index.kind_ == "flat" and (index.n_, index.dim_) == (2000, 24)
+    check_exact(index, refs, queries)
+    # continuous random data has no ties, so the indices must match exactly
+    _, indices = index.search(queries, K)
+    np.testing.assert_array_equal(indices, np.argsort(brute_force(refs, queries), 1)[:, :K])
+
+
+def test_single_queries_and_batches_agree() -> None:
+    rng = np.random.default_rng(1)
+    refs, queries = clustered(rng, 1500, 32), clustered(rng, 40, 32)
+    index = ReferenceIndex().fit(refs)
+    batch_d, batch_i = index.search(queries, K)
+    for row in range(0, 40, 7):
+        one_d, one_i = index.search(queries[row : row + 1], K)
+        np.testing.assert_allclose(one_d[0], batch_d[row], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(one_i[0], batch_i[row])
+
+
+def test_cosine_matches_numpy_chord_distance() -> None:
+    rng = np.random.default_rng(2)
+    refs, queries = clustered(rng, 1000, 16, 1.0), clustered(rng, 200, 16, 1.0)
+    index = ReferenceIndex(metric="cosine").fit(refs)
+    check_exact(index, refs, queries, metric="cosine")
+    distances, _ = index.search(queries, K)
+    assert distances.max() <= 2.0 + 1e-5
+    scaled, _ = index.search(queries * 7.5, K)  # cosine ignores the norm
+    np.testing.assert_allclose(scaled, distances, rtol=1e-4, atol=1e-5)
+
+
+def test_hnsw_recall_above_flat_max() -> None:
+    rng = np.random.default_rng(3)
+    data = clustered(rng, 4400, 16)  # queries from the same clusters as the references
+    refs, queries = data[:4000], data[4000:]
+    outliers = clustered(rng, 100, 16)  # fresh cluster centres: far from every reference
+    index = ReferenceIndex(flat_max=1000).fit(refs)
+    assert index.kind_ == "hnsw"
+    distances, indices = index.search(queries, K)
+    full = brute_force(refs, queries)
+    kth = np.sort(full, axis=1)[:, K - 1 : K]
+    recall = float((np.take_along_axis(full, indices, 1) <= kth * (1 + 1e-6)).mean())
+    assert recall >= 0.95, recall
+    # reported distances are exact for the neighbours HNSW found
+    np.testing.assert_allclose(
+        np.take_along_axis(full, indices, 1), distances, rtol=1e-4, atol=1e-5
+    )
+    # far-away queries: neighbour recall is lower, but the score (mean kNN distance) is close
+    far, _ = index.search(outliers, K)
+    exact_far = np.sort(brute_force(refs, outliers), axis=1)[:, :K].mean(1)
+    assert np.median(far.mean(1) / exact_far - 1) <= 0.02
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_metric_axioms(metric: str, kind: str) -> None:
+    rng = np.random.default_rng(4)
+    xs, ys = clustered(rng, 60, 8, 0.5), clustered(rng, 50, 8, 0.5)
+    d_xy = _full_matrix(ReferenceIndex(metric=metric, kind=kind).fit(ys), xs)
+    d_yx = _full_matrix(ReferenceIndex(metric=metric, kind=kind).fit(xs), ys)
+    np.testing.assert_allclose(d_xy, d_yx.T, rtol=1e-5, atol=1e-6)  # symmetry
+    d_xx = _full_matrix(ReferenceIndex(metric=metric, kind=kind).fit(xs), xs)
+    np.testing.assert_array_equal(np.diag(d_xx), 0.0)  # zero self-distance
+    assert (d_xx >= 0).all()
+    # triangle inequality d(a, c) <= d(a, b) + d(b, c) over all triples
+    slack = d_xx[:, :, None] + d_xx[None, :, :] - d_xx[:, None, :]
+    assert slack.min() >= -1e-5
+
+
+def _full_matrix(index: ReferenceIndex, queries: np.ndarray) -> np.ndarray:
+    distances, indices = index.search(queries, index.n_)
+    matrix = np.empty_like(distances)
+    np.put_along_axis(matrix, indices, distances, axis=1)
+    return matrix
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_identical_references_and_zero_distances(kind: str) -> None:
+    refs = np.tile(np.array([[1.0, -2.0, 3.0]], dtype=np.float32), (300, 1))
+    index = ReferenceIndex(kind=kind).fit(refs)
+    distances, indices = index.search(refs[:4], K)
+    np.testing.assert_array_equal(distances, 0.0)
+    assert ((indices >= 0) & (indices < 300)).all()
+    far, _ = index.search(np.array([[1.0, -2.0, 7.0]]), K)
+    np.testing.assert_allclose(far, 4.0)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_query_equal_to_a_reference_has_distance_zero(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    refs = clustered(rng, 500, 12, 30.0)
+    refs[100:110] = refs[7]  # a block of duplicates
+    index = ReferenceIndex(kind=kind).fit(refs)
+    distances, indices = index.search(refs[[7, 42]], K)
+    assert distances[0].tolist() == [0.0] * K
+    assert set(indices[0]) <= {7, *range(100, 110)}
+    assert distances[1, 0] == 0.0 and indices[1, 0] == 42
+
+
+def test_input_validation() -> None:
+    rng = np.random.default_rng(6)
+    refs = rng.normal(size=(10, 4))  # float64: converted
+    index = ReferenceIndex().fit(refs)
+    with pytest.raises(ValueError, match="k=11 exceeds the number of reference vectors"):
+        index.search(refs, 11)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search(refs, 0)
+    with pytest.raises(ValueError, match="3 columns but the index was fitted on 4"):
+        index.search(np.zeros((2, 3)), 2)
+    with pytest.raises(ValueError, match="2-D"):
+        index.search(np.zeros(4), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.full((1, 4), np.nan), 2)
+    distances, indices = index.search(np.zeros((0, 4)), 3)
+    assert distances.shape == indices.shape == (0, 3)
+    assert distances.dtype == np.float32 and indices.dtype == np.int64
+    distances, _ = index.search(refs.astype(np.float64), 10)
+    assert distances.dtype == np.float32
+    with pytest.raises(NotFittedError):
+        ReferenceIndex().search(refs, 1)
+    with pytest.raises(ValueError, match="metric"):
+        ReferenceIndex(metric="manhattan").fit(refs)
+    with pytest.raises(ValueError, match="kind"):
+        ReferenceIndex(kind="ivf").fit(refs)
+    with pytest.raises(ValueError, match="non-empty"):
+        ReferenceIndex().fit(np.zeros((0, 4)))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_serialisation_round_trip(metric: str, kind: str) -> None:
+    rng = np.random.default_rng(7)
+    refs, queries = clustered(rng, 1500, 10, 3.0), clustered(rng, 100, 10, 3.0)
+    index = ReferenceIndex(metric=metric, kind=kind, ef_search=48).fit(refs)
+    params = json.loads(json.dumps(index.to_state()))
+    restored = ReferenceIndex.from_bytes(index.to_bytes(), params)
+    assert (restored.kind_, restored.n_, restored.dim_) == (kind, 1500, 10)
+    for got, want in zip(restored.search(queries, K), index.search(queries, K), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert restored.to_state() == params
+
+
+def test_from_bytes_rejects_mismatched_or_corrupt_data() -> None:
+    refs = np.random.default_rng(8).normal(size=(50, 6)).astype(np.float32)
+    index = ReferenceIndex().fit(refs)
+    data, params = index.to_bytes(), index.to_state()
+    with pytest.raises(BundleError, match="50 vectors"):
+        ReferenceIndex.from_bytes(data, {**params, "n": 49})
+    with pytest.raises(BundleError, match="params say 'hnsw'"):
+        ReferenceIndex.from_bytes(data, {**params, "kind": "hnsw"})
+    with pytest.raises(BundleError, match="deserialised"):
+        ReferenceIndex.from_bytes(data[: len(data) // 2], params)
+    with pytest.raises(BundleError, match="format"):
+        ReferenceIndex.from_bytes(data, {**params, "format": 99})
+
+
+def test_hnsw_build_is_deterministic_for_a_seed() -> None:
+    refs = clustered(np.random.default_rng(9), 2000, 8)
+    first = ReferenceIndex(kind="hnsw", seed=3).fit(refs).to_bytes()
+    assert ReferenceIndex(kind="hnsw", seed=3).fit(refs).to_bytes() == first
+
+
+def test_configure_threads_sets_faiss_and_torch() -> None:
+    torch = pytest.importorskip("torch")
+    saved = (faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold,
+             torch.get_num_threads())
+    try:
+        configure_threads(1)
+        assert faiss.omp_get_max_threads() == 1
+        assert faiss.cvar.distance_compute_blas_threshold == BLAS_THRESHOLD
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="n_threads"):
+            configure_threads(0)
+    finally:
+        faiss.omp_set_num_threads(saved[0])
+        faiss.cvar.distance_compute_blas_threshold = saved[1]
+        torch.set_num_threads(saved[2])

@@ -1,0 +1,167 @@
+"""Service pieces in-process: settings, batch scoring, hot reload, client, input reading."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detector.registry import ModelRegistry
+from tests.service_fixtures import stream_records_for_test
+from worker.client import ClientOptions, ScoringClient
+from worker.runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
+from worker.settings import Settings, SettingsError
+
+
+def test_settings_from_env() -> None:
+    default = Settings.from_env({})
+    assert default.broker_url == "redis://127.0.0.1:6379/0" and not default.broker_configured
+    memory = Settings.from_env({"NEARWATCH_BROKER_URL": "memory://"})
+    assert memory.result_backend == "cache+memory://" and memory.redis_url is None
+    assert memory.broker_configured
+    with pytest.raises(SettingsError, match="NEARWATCH_BATCH_SIZE='many'"):
+        Settings.from_env({"NEARWATCH_BATCH_SIZE": "many"})
+    with pytest.raises(SettingsError, match="NEARWATCH_MAX_IN_FLIGHT must be positive"):
+        Settings.from_env({"NEARWATCH_MAX_IN_FLIGHT": "0"})
+
+
+@pytest.fixture()
+def registry(tmp_path: Path, bundles: tuple[Path, Path]) -> ModelRegistry:
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add(bundles[0], promote=True)
+    return registry
+
+
+def _scorer(registry: ModelRegistry, interval: float = 0.0) -> BatchScorer:
+    holder = ModelHolder(registry, check_interval=interval)
+    holder.load_initial()
+    return BatchScorer(holder, LoggedDeadLetters())
+
+
+def test_bad_records_never_fail_their_batch(registry: ModelRegistry) -> None:
+    scorer = _scorer(registry)
+    good = stream_records_for_test(3)
+    bad_value = dict(good[1], id="bad-value", latency_ms="fast")
+    nested = dict(good[1], id="nested", bytes_out={"a": 1})
+    batch: list[Any] = [good[0], bad_value, ["not", "an", "object"], nested, good[2], None]
+    results = scorer.score_batch(batch)
+    assert len(results) == len(batch)
+    assert [r["id"] for r in results] == [good[0]["id"], "bad-value", None, "nested",
+                                          good[2]["id"], None]
+    for i in (0, 4):
+        assert "error" not in results[i] and results[i]["model_version"] == "v0001"
+        assert {"score", "p_value", "is_anomaly", "threshold", "neighbours"} <= set(results[i])
+    assert "latency_ms" in results[1]["error"] and "'fast'" in results[1]["error"]
+    assert "bytes_out" in results[3]["error"]
+    assert "not a JSON object" in results[2]["error"] and "NoneType" in results[5]["error"]
+    letters = scorer.dead_letters.entries  # type: ignore[attr-defined]
+    assert [e["id"] for e in letters] == ["bad-value", None, "nested", None]
+
+
+class _FragileDetector:
+    """Raises on the whole batch when it contains the record ``boom``."""
+
+    def score_records(self, records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+        if any(r.get("id") == "boom" for r in records):
+            raise RuntimeError("unexpected")
+        return [{"index": i, "id": r["id"], "score": 1.0, "p_value": 0.5, "is_anomaly": False,
+                 "threshold": 2.0, "neighbours": []} for i, r in enumerate(records)]
+
+
+def test_unexpected_failure_is_isolated_to_its_record(registry: ModelRegistry) -> None:
+    holder = ModelHolder(registry, check_interval=3600)
+    holder.version, holder.detector = "v0001", _FragileDetector()
+    scorer = BatchScorer(holder, LoggedDeadLetters())
+    results = scorer.score_batch([{"id": i} for i in range(5)] + [{"id": "boom"}, {"id": 9}])
+    assert [r.get("score") for r in results] == [1.0] * 5 + [None, 1.0]
+    assert "internal error" in results[5]["error"]
+
+
+def test_hot_reload_and_refusal(registry: ModelRegistry, bundles: tuple[Path, Path]) -> None:
+    holder = ModelHolder(registry, check_interval=0.0)
+    holder.load_initial()
+    first = holder.detector
+    assert holder.current()[0] == "v0001"
+    registry.add(bundles[1], promote=True)
+    version, detector = holder.current()
+    assert version == "v0002" and detector is not first
+    # a version that fails verification is refused: the old model keeps serving
+    bad = registry.add(bundles[0])
+    (registry.path(bad) / "reference_ids.json").write_text("[]")
+    (registry.root / "CURRENT").write_text(bad + "\n")
+    assert holder.current() == ("v0002", detector)
+    assert holder.current() == ("v0002", detector)  # refused once, not retried every batch
+
+
+def test_redis_dead_letters_are_written_once(redis_client: Any) -> None:
+    redis_client.delete("nearwatch:deadletter")
+    letters = RedisDeadLetters(redis_client)
+    result = {"id": "x1", "error": "field 'a': bad"}
+    assert letters.write({"id": "x1", "a": "?"}, result, "invalid_field", "v0001")
+    assert not letters.write({"id": "x1", "a": "?"}, result, "invalid_field", "v0001")
+    entries = redis_client.xrange("nearwatch:deadletter")
+    assert len(entries) == 1
+    fields = entries[0][1]
+    assert fields[b"error"] == b"field 'a': bad" and fields[b"reason"] == b"invalid_field"
+
+
+@pytest.fixture()
+def memory_app(registry: ModelRegistry) -> Any:
+    from worker.app import create_app
+
+    settings = replace(Settings.from_env({"NEARWATCH_BROKER_URL": "memory://"}),
+                       model_dir=registry.root)
+    return create_app(settings)
+
+
+def test_client_through_embedded_worker_keeps_order(memory_app: Any) -> None:
+    from celery.contrib.testing.worker import start_worker
+
+    records: list[Any] = stream_records_for_test(230)
+    records[17] = dict(records[17], cpu_pct="hot")
+    client = ScoringClient(memory_app, ClientOptions(batch_size=40, max_in_flight=3))
+    with start_worker(memory_app, pool="solo", perform_ping_check=False):
+        results = list(client.score(records))
+    assert [r["id"] for r in results] == [r["id"] for r in records]
+    assert "cpu_pct" in results[17]["error"]
+    assert sum("error" in r for r in results) == 1 and client.stats.unanswered == 0
+
+
+def test_client_answers_every_record_when_no_worker_answers(memory_app: Any) -> None:
+    client = ScoringClient(memory_app, ClientOptions(batch_size=4, batch_timeout=0.2,
+                                                     max_attempts=2, poll_interval=0.05))
+    results = list(client.score([{"id": i} for i in range(6)]))
+    assert [r["id"] for r in results] == list(range(6))
+    assert all("unanswered after 2 attempt(s)" in r["error"] for r in results)
+    assert client.stats.unanswered == 6 and client.stats.resubmissions == 2
+
+
+def test_read_input_assigns_ids_and_keeps_bad_lines(tmp_path: Path) -> None:
+    from worker.stream import read_input, stream_records
+
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": "a", "x": 1}\n{"x": 2}\nnot json\n[1, 2]\n')
+    items = list(read_input(str(path)))
+    assert items[0]["id"] == "a" and items[1]["id"] == "#2"
+    assert items[2].startswith("record #3: line 3 is not valid JSON")
+    assert items[3] == "record #4: not a JSON object (got list)"
+    csv_path = tmp_path / "in.csv"
+    csv_path.write_text("id,x\n,3\nb,\n")
+    assert list(read_input(str(csv_path))) == [{"id": "#1", "x": "3"}, {"id": "b", "x": None}]
+
+    class _EchoClient:  # answers every sent record; checks that bad lines are not sent
+        options = ClientOptions(batch_size=3)
+        stats = type("S", (), {"unanswered": 0})()
+
+        def score_batches(self, batches: Any) -> Any:
+            for batch in batches:
+                assert all(isinstance(r, dict) for r in batch)
+                yield [{"id": r["id"], "score": 0.0, "is_anomaly": False} for r in batch]
+
+    out = io.StringIO()
+    summary = stream_records(_EchoClient(), items, out)  # type: ignore[arg-type]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and summary.records == 4 and summary.errors == 2

@@ -1,0 +1,173 @@
+"""Real worker nodes on real Redis: bad records, kill -9, hot reload.
+
+Every test streams through `nearwatch worker` subprocesses (prefork pools) started here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service_fixtures import (
+    CLI,
+    Proc,
+    WorkerNode,
+    http_get,
+    metric_value,
+    read_jsonl,
+    scoring_client,
+    service_env,
+    start_worker_node,
+    stream_records_for_test,
+    wait_for,
+    write_jsonl,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_bad_records_are_answered_and_dead_lettered(node: WorkerNode, redis_client: Any) -> None:
+    for key in redis_client.scan_iter("nearwatch:deadletter*"):
+        redis_client.delete(key)
+    records: list[Any] = stream_records_for_test(40, prefix="bad")
+    records[3] = dict(records[3], latency_ms="fast")
+    records[9] = dict(records[9], bytes_out=[1, 2])
+    records[20] = "just a string"
+    client = scoring_client(node, batch_size=40)
+    (results,) = list(client.score_batches([records]))
+    assert [r["id"] for r in results] == [
+        r["id"] if isinstance(r, dict) else None for r in records]
+    errors = {i: r["error"] for i, r in enumerate(results) if "error" in r}
+    assert sorted(errors) == [3, 9, 20]
+    assert "latency_ms" in errors[3] and "bytes_out" in errors[9]
+    assert "not a JSON object" in errors[20]
+    assert all(r["model_version"].startswith("v") for r in results if "error" not in r)
+    letters = redis_client.xrange("nearwatch:deadletter")
+    assert sorted(json.loads(f[b"id"]) or "" for _, f in letters) == ["", "badr0000003",
+                                                                        "badr0000009"]
+    # the same batch again (as a redelivery would): same answers, no second dead letter
+    (again,) = list(client.score_batches([records]))
+    assert [r.get("error") for r in again] == [r.get("error") for r in results]
+    assert redis_client.xlen("nearwatch:deadletter") == 3
+
+
+def _stream_proc(tmp_path: Path, node: WorkerNode, n: int, batch: int, timeout: float
+                 ) -> tuple[Proc, list[dict[str, Any]], Path]:
+    records = stream_records_for_test(n, seed=11, prefix="k")
+    data = write_jsonl(tmp_path / "in.jsonl", records)
+    out = tmp_path / "out.jsonl"
+    env = service_env(node.settings.model_dir, NEARWATCH_BATCH_TIMEOUT=str(timeout),
+                      NEARWATCH_MAX_IN_FLIGHT="6")
+    proc = Proc([*CLI, "stream", "--data", str(data), "--batch", str(batch), "--out", str(out)],
+                env, tmp_path / "stream.log")
+    return proc, records, out
+
+
+def _assert_exactly_once(proc: Proc, records: list[dict[str, Any]], out: Path) -> None:
+    assert proc.process.wait(180) == 0, proc.log()[-3000:]
+    results = read_jsonl(out)
+    assert [r["id"] for r in results] == [r["id"] for r in records]  # once each, in order
+    assert not [r for r in results if "error" in r]
+    assert "0 unanswered" in proc.log()
+
+
+def _scored(node: WorkerNode) -> float:
+    return metric_value(http_get(node.metrics_url) or "", "nearwatch_records_scored_total")
+
+
+def test_kill9_pool_child_mid_batch_loses_nothing(node: WorkerNode, tmp_path: Path) -> None:
+    before = _scored(node)
+    proc, records, out = _stream_proc(tmp_path, node, n=20000, batch=250, timeout=60)
+    kills = 0
+    try:
+        wait_for(lambda: _scored(node) >= before + 1000, 60, "the stream to get going")
+        # Kill pool processes until one dies holding a batch (a process may be between
+        # batches); the broker message of that batch is then requeued and scored again.
+        while "WorkerLostError" not in node.proc.log() and kills < 8 \
+                and proc.process.poll() is None:
+            busy = max(node.proc.children(), key=_cpu_ticks)
+            os.kill(busy, signal.SIGKILL)
+            kills += 1
+            time.sleep(0.4)
+        _assert_exactly_once(proc, records, out)
+    finally:
+        proc.stop()
+    log = node.proc.log()
+    assert "WorkerLostError" in log, f"no kill landed mid-batch in {kills} tries"
+    received = log.count("Task nearwatch.score_batch[") - log.count("succeeded in")
+    assert received > len(records) // 250  # the lost batch was delivered again
+    wait_for(lambda: len(node.proc.children()) == 2, 30, "the pool to replace its processes")
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_kill9_whole_node_mid_stream_loses_nothing(node: WorkerNode, tmp_path: Path) -> None:
+    other = start_worker_node(tmp_path, node.settings.model_dir, "victim", concurrency=1)
+    before = _scored(other)
+    proc, records, out = _stream_proc(tmp_path, node, n=4000, batch=20, timeout=4)
+    try:
+        wait_for(lambda: _scored(other) >= before + 200, 60, "the second node to score")
+        os.killpg(other.proc.pid, signal.SIGKILL)  # parent and pool, no warm shutdown
+        # its unacknowledged batches come back after the visibility timeout, and the client
+        # resubmits after its batch timeout: both may answer, the output has each record once
+        _assert_exactly_once(proc, records, out)
+    finally:
+        proc.stop()
+        other.proc.stop()
+
+
+def test_hot_reload_mid_stream(node: WorkerNode, node_registry: Any,
+                               bundles: tuple[Path, Path]) -> None:
+    pool_before = sorted(node.proc.children())
+    current = node_registry.current_version()
+    client = scoring_client(node, batch_size=20, max_in_flight=2)
+    records = stream_records_for_test(1200, seed=21, prefix="h")
+    chunks = [records[i:i + 20] for i in range(0, len(records), 20)]
+    promoted: list[str] = []
+
+    def batches() -> Any:
+        for i, chunk in enumerate(chunks):
+            if i == 10:
+                promoted.append(node_registry.add(bundles[1], promote=True))
+            time.sleep(0.03)  # ~2 s of stream: the reload happens while batches are in flight
+            yield chunk
+
+    versions = []
+    for chunk, results in zip(chunks, client.score_batches(batches()), strict=True):
+        assert [r["id"] for r in results] == [r["id"] for r in chunk]
+        assert not [r for r in results if "error" in r]
+        versions.append({r["model_version"] for r in results})
+    assert all(len(v) == 1 for v in versions)  # a batch is scored by one model
+    sequence = [v.pop() for v in versions]
+    assert sequence[0] == current and sequence[-1] == promoted[0]
+    switch = sequence.index(promoted[0])
+    assert set(sequence[switch:]) == {promoted[0]}
+
+    # a version failing verification is refused; the workers keep serving the old one
+    bad = node_registry.add(bundles[0])
+    (node_registry.path(bad) / "reference_ids.json").write_text("[]")
+    (node_registry.root / "CURRENT").write_text(bad + "\n")
+    try:
+        time.sleep(1.0)
+        served = set()
+        for results in client.score_batches(chunks[:10]):
+            served |= {r["model_version"] for r in results}
+        assert served == {promoted[0]}
+        text = http_get(node.metrics_url) or ""
+        assert metric_value(text, "nearwatch_model_reloads_total", 'outcome="refused"') >= 1
+        assert f'version="{promoted[0]}"' in text
+    finally:
+        node_registry.promote(promoted[0])
+    assert sorted(node.proc.children()) == pool_before  # no restart

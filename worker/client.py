@@ -1,0 +1,209 @@
+"""Python client for producers: batches in, results out in input order, exactly once.
+
+>>> from worker.client import ScoringClient, ClientOptions       # doctest: +SKIP
+>>> client = ScoringClient(app, ClientOptions(batch_size=500))   # doctest: +SKIP
+>>> for result in client.score(records): ...                     # doctest: +SKIP
+
+Guarantees:
+
+- bounded work in flight: at most ``max_in_flight`` batches are submitted and unanswered;
+- every record is answered exactly once, in input order. The broker delivers at least once
+  (a batch whose worker died is redelivered; a batch unanswered after ``batch_timeout`` is
+  submitted again, e.g. when a whole worker node died and its messages wait for the broker's
+  visibility timeout). Each batch has a sequence number; its first valid answer is used, the
+  results of other attempts are discarded, and every answer is checked record by record
+  (same count, same ids) before it is accepted;
+- a batch that is still unanswered after ``max_attempts`` submissions is answered with one
+  error per record (``stats.unanswered`` counts them), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+
+from worker.settings import Settings
+from worker.tasks import SCORE_BATCH, SCORING_QUEUE
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    batch_size: int = 500
+    max_in_flight: int = 8
+    batch_timeout: float = 60.0
+    max_attempts: int = 3
+    # Longest single wait on a result; result backends with push (Redis) return earlier.
+    poll_interval: float = 0.2
+    # The record field the model reads ids from; answers are checked against it.
+    id_field: str = "id"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ClientOptions:
+        values: dict[str, Any] = {
+            "batch_size": settings.batch_size, "max_in_flight": settings.max_in_flight,
+            "batch_timeout": settings.batch_timeout, "max_attempts": settings.max_attempts,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class ClientStats:
+    batches: int = 0
+    submissions: int = 0
+    resubmissions: int = 0
+    failed_attempts: int = 0
+    unanswered: int = 0
+
+
+@dataclass
+class _Batch:
+    records: list[Any]
+    attempts: list[AsyncResult] = field(default_factory=list)
+    submitted_at: float = 0.0
+    n_submitted: int = 0
+    last_problem: str = ""
+
+
+class ScoringClient:
+    """Submits batches to ``nearwatch.score_batch`` on the ``scoring`` queue of ``app``."""
+
+    def __init__(self, app: Any, options: ClientOptions | None = None) -> None:
+        self.app = app
+        self.options = options or ClientOptions()
+        self.stats = ClientStats()
+
+    def score(self, records: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        """One result per record, in input order."""
+        for results in self.score_batches(_chunks(records, self.options.batch_size)):
+            yield from results
+
+    def score_batches(self, batches: Iterable[list[Any]]) -> Iterator[list[dict[str, Any]]]:
+        """One result list per batch, in input order; batches are consumed lazily."""
+        source = iter(batches)
+        pending: deque[_Batch] = deque()
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.options.max_in_flight:
+                try:
+                    records = list(next(source))
+                except StopIteration:
+                    exhausted = True
+                    break
+                batch = _Batch(records)
+                self.stats.batches += 1
+                if records:
+                    self._submit(batch)
+                pending.append(batch)
+            if not pending:
+                return
+            results = self._resolve(pending[0], pending)
+            pending.popleft()
+            yield results
+
+    # ------------------------------------------------------------------ internals
+    def _submit(self, batch: _Batch) -> None:
+        result = self.app.send_task(SCORE_BATCH, args=[batch.records], queue=SCORING_QUEUE)
+        batch.attempts.append(result)
+        batch.submitted_at = time.monotonic()
+        batch.n_submitted += 1
+        self.stats.submissions += 1
+        if batch.n_submitted > 1:
+            self.stats.resubmissions += 1
+
+    def _resolve(self, head: _Batch, pending: deque[_Batch]) -> list[dict[str, Any]]:
+        if not head.records:
+            return []
+        while True:
+            answer = self._answer(head)
+            if answer is not None:
+                return answer
+            now = time.monotonic()
+            for batch in pending:  # resubmit any overdue batch, not only the head
+                if batch.attempts and now - batch.submitted_at > self.options.batch_timeout:
+                    batch.last_problem = f"no answer within {self.options.batch_timeout:g} s"
+                    self._retry_or_give_up(batch)
+            if head.attempts:
+                wait = max(0.001, min(self.options.poll_interval,
+                                      head.submitted_at + self.options.batch_timeout - now))
+                with contextlib.suppress(CeleryTimeoutError):
+                    head.attempts[-1].get(timeout=wait, interval=min(wait, 0.005),
+                                          propagate=False)
+
+    def _answer(self, batch: _Batch) -> list[dict[str, Any]] | None:
+        """The batch's accepted results, error answers if it gave up, else None."""
+        if not batch.attempts:  # gave up
+            return self._give_up(batch)
+        for attempt in list(batch.attempts):
+            state = attempt.state
+            if state == "SUCCESS":
+                problem = _check(batch.records, attempt.result, self.options.id_field)
+                if problem is None:
+                    results = attempt.result
+                    self._forget(batch)
+                    return results
+                batch.last_problem = problem
+            elif state in ("FAILURE", "REVOKED"):
+                batch.last_problem = f"{state.lower()}: {attempt.result!r}"[:300]
+            else:
+                continue
+            self.stats.failed_attempts += 1
+            batch.attempts.remove(attempt)
+            attempt.forget()
+            if not batch.attempts:
+                self._retry_or_give_up(batch)
+                if not batch.attempts:
+                    return self._give_up(batch)
+        return None
+
+    def _retry_or_give_up(self, batch: _Batch) -> None:
+        if batch.n_submitted < self.options.max_attempts:
+            self._submit(batch)
+        else:
+            self._forget(batch)  # late answers of abandoned attempts are ignored
+
+    def _give_up(self, batch: _Batch) -> list[dict[str, Any]]:
+        self.stats.unanswered += len(batch.records)
+        reason = (f"unanswered after {batch.n_submitted} attempt(s): "
+                  f"{batch.last_problem or 'no answer'}")
+        id_field = self.options.id_field
+        return [{"id": _record_id(r, id_field), "error": reason} for r in batch.records]
+
+    def _forget(self, batch: _Batch) -> None:
+        for attempt in batch.attempts:
+            attempt.forget()
+        batch.attempts.clear()
+
+
+def _check(records: list[Any], results: Any, id_field: str) -> str | None:
+    """Why an answer cannot be accepted for ``records``, or None when it matches."""
+    if not isinstance(results, list) or len(results) != len(records):
+        return f"answer has {len(results) if isinstance(results, list) else '?'} results " \
+               f"for {len(records)} records"
+    for record, result in zip(records, results, strict=True):
+        expected = _record_id(record, id_field)
+        if not isinstance(result, dict) or result.get("id") != expected:
+            return f"answer does not match record id {expected!r}"
+    return None
+
+
+def _record_id(record: Any, id_field: str) -> Any:
+    return record.get(id_field) if isinstance(record, dict) else None
+
+
+def _chunks(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,158 @@
+"""CLI commands around the detector library: generate, train, score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from detector.io import UnreadableRecord, read_records
+
+
+@click.command("generate")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--n", "n_records", default=5_000, show_default=True, type=click.IntRange(min=0))
+@click.option("--anomaly-rate", default=0.02, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--extra-fields", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Extra numeric sensor fields (m00, m01, ...) for wide records.")
+def generate_command(
+    out_path: Path, n_records: int, anomaly_rate: float, seed: int, extra_fields: int
+) -> None:
+    """Write synthetic service-telemetry records (JSON lines, `is_anomaly` ground truth)."""
+    from detector.synthetic import generate_records
+
+    records = generate_records(n_records, anomaly_rate, seed, n_extra_fields=extra_fields)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w") as stream:
+        for record in records:
+            stream.write(json.dumps(record) + "\n")
+    n_anomalies = sum(bool(r["is_anomaly"]) for r in records)
+    click.echo(f"wrote {len(records)} records ({n_anomalies} anomalies) to {out_path}")
+
+
+@click.command("train")
+@click.option("--data", "data_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--alpha", default=0.01, show_default=True, type=float,
+              help="Target false-positive rate of the threshold.")
+@click.option("--delta", default=0.05, show_default=True, type=float,
+              help="Allowed probability that the realised FPR exceeds alpha.")
+@click.option("--label-field", default=None,
+              help="Ground-truth field (1/true = anomaly): trains on the normal records only.")
+@click.option("--class-field", default=None,
+              help="Class of each normal record (e.g. service): supervised metric learning.")
+@click.option("--known-anomalies", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Use up to N labelled anomalies as hard negatives (needs --label-field).")
+@click.option("--id-field", default="id", show_default=True)
+@click.option("--encoder", default="auto", show_default=True,
+              type=click.Choice(["auto", "identity", "metric"]))
+@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--schema", "schema_path", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Declared schema (JSON) instead of inferring it.")
+def train_command(
+    data_path: Path, out_dir: Path, alpha: float, delta: float, label_field: str | None,
+    class_field: str | None, known_anomalies: int, id_field: str, encoder: str, k: int,
+    seed: int, schema_path: Path | None,
+) -> None:
+    """Train a detector on normal records and save it as a verified bundle."""
+    from detector import Detector
+    from detector.index import configure_threads
+
+    configure_threads(1)
+    data = read_records(data_path, label_field=label_field)
+    records = data.records
+    unreadable = [r for r in records if isinstance(r, UnreadableRecord)]
+    if unreadable:
+        raise click.ClickException(f"{data_path}: {unreadable[0].reason}")
+    is_anomaly = data.labels if data.labels is not None else np.zeros(len(records), dtype=bool)
+    normal_rows = np.flatnonzero(~is_anomaly)
+    anomaly_rows = np.flatnonzero(is_anomaly)[:known_anomalies]
+    normals = _take(records, normal_rows)
+    labels = None
+    if class_field is not None:
+        labels = [r.get(class_field) for r in normals]
+    detector = Detector(
+        k=k, alpha=alpha, delta=delta, id_field=id_field, encoder=encoder, seed=seed,
+        label_fields=tuple(f for f in (label_field, class_field) if f),
+        schema=json.loads(schema_path.read_text()) if schema_path else None, progress=True,
+    )
+    anomalies = _take(records, anomaly_rows) if len(anomaly_rows) else None
+    try:
+        detector.fit(normals, labels=labels, anomalies=anomalies)
+    except ValueError as exc:  # every library error is a ValueError with a clear message
+        raise click.ClickException(str(exc)) from exc
+    detector.save(out_dir)
+    click.echo(
+        f"trained on {len(normal_rows)} normal records ({detector.training_mode_}, "
+        f"{len(anomaly_rows)} known anomalies): {detector.n_reference_} references, "
+        f"threshold {detector.threshold_:.4g} (target FPR {alpha}, certified bound "
+        f"{detector.fpr_bound_:.4g} with probability {1 - delta:.2f}); saved to {out_dir}"
+    )
+
+
+@click.command("score")
+@click.option("--model", "model_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "data_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--batch", "batch_size", default=2_048, show_default=True,
+              type=click.IntRange(min=1))
+def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: int) -> None:
+    """Score records: one JSON result per input record, in input order."""
+    from tqdm import tqdm
+
+    from detector import Detector
+    from detector.index import configure_threads
+
+    configure_threads(1)
+    try:
+        detector = Detector.load(model_dir)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    records = read_records(data_path).records
+    if isinstance(records, np.ndarray):
+        records = [{f"f{j}": float(v) for j, v in enumerate(row)} | {detector.id_field: i}
+                   for i, row in enumerate(records)]
+    counts = {"records": 0, "anomalies": 0, "errors": 0}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w") as stream, tqdm(total=len(records), unit="rec") as progress:
+        for start in range(0, len(records), batch_size):
+            for result in _score_chunk(detector, records[start : start + batch_size]):
+                counts["records"] += 1
+                counts["anomalies"] += bool(result.get("is_anomaly"))
+                counts["errors"] += "error" in result
+                stream.write(json.dumps(result) + "\n")
+            progress.update(min(batch_size, len(records) - start))
+    click.echo(
+        f"scored {counts['records']} records: {counts['anomalies']} anomalies, "
+        f"{counts['errors']} errors; results in {out_path}"
+    )
+
+
+def _score_chunk(detector: Any, chunk: list[Any]) -> list[dict[str, Any]]:
+    """Score a chunk; unreadable lines are answered with their parse error, in place."""
+    readable = [r for r in chunk if not isinstance(r, UnreadableRecord)]
+    scored = iter(detector.score_records(readable, n_neighbours=3))
+    results = []
+    for record in chunk:
+        if isinstance(record, UnreadableRecord):
+            results.append({"id": None, "error": record.reason})
+            continue
+        result = next(scored)
+        result.pop("index", None)
+        results.append(result)
+    return results
+
+
+def _take(records: Any, rows: np.ndarray) -> Any:
+    if isinstance(records, np.ndarray):
+        return records[rows]
+    return [records[i] for i in rows]

@@ -1,0 +1,173 @@
+"""Service commands: worker, stream, ingest, models add/list, demo.
+
+Each command reads ``Settings.from_env()`` once (the edge) and passes it down.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("worker")
+@click.option("--concurrency", "-c", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Pool processes (one torch/faiss thread each).")
+@click.option("--loglevel", default=None, help="Celery log level (default NEARWATCH_LOG_LEVEL).")
+def worker_command(concurrency: int, loglevel: str | None) -> None:
+    """One worker node serving the `scoring` queue, with its /metrics endpoint.
+
+    SIGTERM: warm shutdown (batches in progress finish and are acknowledged).
+    """
+    from worker.app import run_worker_node
+
+    try:
+        run_worker_node(_settings(), concurrency, loglevel)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("stream")
+@click.option("--data", "source", required=True,
+              help="JSONL or CSV file, or - for stdin (JSONL or CSV, sniffed).")
+@click.option("--batch", "batch_size", default=None, type=click.IntRange(min=1),
+              help="Records per task (default NEARWATCH_BATCH_SIZE, 500).")
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Results as JSON lines (default: stdout).")
+@click.option("--max-in-flight", default=None, type=click.IntRange(min=1),
+              help="Batches submitted and not yet answered (default NEARWATCH_MAX_IN_FLIGHT).")
+@click.option("--timeout", "batch_timeout", default=None, type=click.FloatRange(min=0.1),
+              help="Seconds before an unanswered batch is submitted again.")
+def stream_command(source: str, batch_size: int | None, out_path: Path | None,
+                   max_in_flight: int | None, batch_timeout: float | None) -> None:
+    """Score records through the workers: one result line per record, in input order.
+
+    Records without an `id` get "#<n>" (n: 1-based position in the input). Exits 1 if any
+    record went unanswered.
+    """
+    from tqdm import tqdm
+
+    from worker.app import create_app
+    from worker.client import ClientOptions, ScoringClient
+    from worker.stream import read_input, stream_records
+
+    settings = _settings()
+    options = ClientOptions.from_settings(settings, batch_size=batch_size,
+                                          max_in_flight=max_in_flight,
+                                          batch_timeout=batch_timeout)
+    client = ScoringClient(create_app(settings), options)
+    out = out_path.open("w") if out_path else sys.stdout
+    try:
+        with tqdm(unit="rec", file=sys.stderr, disable=None, desc="streamed") as progress:
+            summary = stream_records(client, read_input(source), out, progress)
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"--data {source}: {exc.strerror}") from exc
+    finally:
+        if out_path:
+            out.close()
+    click.echo(summary.line(), err=True)
+    if summary.unanswered:
+        raise SystemExit(1)
+
+
+@click.command("ingest")
+@click.option("--batch", "batch_size", default=500, show_default=True,
+              type=click.IntRange(min=1))
+@click.option("--consumer", default="", help="Consumer name (default <hostname>-<pid>).")
+@click.option("--claim-idle-ms", default=30_000, show_default=True, type=click.IntRange(min=1),
+              help="Take over entries pending this long at a stalled consumer.")
+@click.option("--stop-when-idle", is_flag=True,
+              help="Exit once nothing is new or pending (batch jobs, tests).")
+def ingest_command(batch_size: int, consumer: str, claim_idle_ms: int,
+                   stop_when_idle: bool) -> None:
+    """Score the Redis stream nearwatch:records into nearwatch:scores (consumer group)."""
+    import redis
+
+    from worker.app import create_app
+    from worker.client import ClientOptions, ScoringClient
+    from worker.ingest import IngestOptions, StreamIngest
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("ingest needs Redis: set NEARWATCH_REDIS_URL")
+    client = ScoringClient(create_app(settings),
+                           ClientOptions.from_settings(settings, batch_size=batch_size))
+    ingest = StreamIngest(
+        redis.Redis.from_url(settings.redis_url), client.score_batches,
+        IngestOptions(consumer=consumer, batch_size=batch_size, claim_idle_ms=claim_idle_ms,
+                      stop_when_idle=stop_when_idle),
+    )
+
+    def stop(*_: Any) -> None:  # finish the batches in flight, then exit
+        ingest.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    click.echo(f"ingest: consumer {ingest.consumer} reading nearwatch:records", err=True)
+    stats = ingest.run()
+    click.echo(f"ingest: {stats.entries} entries read, {stats.written} results written, "
+               f"{stats.claimed} claimed from stalled consumers, {stats.errors} errors",
+               err=True)
+
+
+@click.group("models")
+def models_group() -> None:
+    """The model registry under NEARWATCH_MODEL_DIR."""
+
+
+@models_group.command("add")
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--promote", is_flag=True, help="Make it the current model.")
+def models_add(bundle_dir: Path, promote: bool) -> None:
+    """Verify BUNDLE_DIR and copy it into the registry under a new version."""
+    from detector.registry import ModelRegistry
+
+    registry = ModelRegistry(_settings().model_dir)
+    try:
+        version = registry.add(bundle_dir, promote=promote)
+    except ValueError as exc:  # BundleError: tampered, truncated, wrong format
+        raise click.ClickException(f"refused {bundle_dir}: {exc}") from exc
+    click.echo(f"added {version}{' (current)' if promote else ''} to {registry.root}")
+
+
+@models_group.command("list")
+def models_list() -> None:
+    """Registered versions; * marks the current one."""
+    from detector.registry import ModelRegistry
+
+    registry = ModelRegistry(_settings().model_dir)
+    listed = registry.list()
+    if not listed:
+        click.echo(f"no models in {registry.root}")
+    for entry in listed:
+        click.echo(f"{'*' if entry.current else ' '} {entry.version}  "
+                   f"model {entry.model_version or '?'}  created {entry.created_at or '?'}")
+
+
+@click.command("demo")
+@click.option("--records", "n_stream", default=2000, show_default=True,
+              type=click.IntRange(min=20), help="Records to stream.")
+def demo_command(n_stream: int) -> None:
+    """Synthetic records → train → stream through Celery → flagged records → /metrics."""
+    from worker.demo import run_demo
+
+    status = run_demo(_settings(), click.echo, n_stream=n_stream)
+    if status:
+        raise SystemExit(status)
+
+
+service_commands: list[click.Command] = [
+    worker_command, stream_command, ingest_command, models_group, demo_command,
+]

@@ -1,0 +1,154 @@
+"""`nearwatch demo`: the whole service path on one machine, with or without Redis.
+
+Without ``NEARWATCH_BROKER_URL`` everything runs in this process but still passes real
+messages: Celery's in-memory broker (``memory://``), an in-memory result backend and a
+Celery worker (solo pool) in a thread, reading the model from a temporary registry. With
+``NEARWATCH_BROKER_URL`` set, the model is added to ``NEARWATCH_MODEL_DIR`` and promoted, and
+the records go to the real workers (which hot-reload it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from worker.settings import Settings
+
+Echo = Callable[[str], None]
+
+
+def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int = 2000,
+             seed: int = 0) -> int:
+    """Returns the process exit status (non-zero if a record went unanswered)."""
+    from detector import Detector
+    from detector.index import configure_threads
+    from detector.registry import ModelRegistry
+    from detector.synthetic import LABEL_FIELD, generate_records
+    from worker.client import ClientOptions, ScoringClient
+
+    configure_threads(settings.threads_per_process)
+    started = time.perf_counter()
+    echo(f"1. synthetic telemetry: {n_train} training + {n_stream} streamed records")
+    train = [r for r in generate_records(n_train, anomaly_rate=0.0, seed=seed)]
+    stream = generate_records(n_stream, anomaly_rate=0.02, seed=seed + 1)
+    for record in stream:
+        record["id"] = f"s{record['id']}"
+    stream[7]["latency_ms"] = "fast"  # two bad records: answered with errors, not dropped
+    stream[11]["bytes_out"] = {"nested": 1}
+
+    echo("2. training the detector")
+    detector = Detector(label_fields=(LABEL_FIELD,), encoder="identity", seed=seed).fit(train)
+    echo(f"   {detector.n_reference_} references, threshold {detector.threshold_:.4g}, "
+         f"certified FPR <= {detector.fpr_bound_:.4g} (target {detector.alpha})")
+
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nearwatch-")))
+        detector.save(workdir / "bundle")
+        registry = ModelRegistry(settings.model_dir if settings.broker_configured
+                                 else workdir / "models")
+        version = registry.add(workdir / "bundle", promote=True)
+        if settings.broker_configured:
+            app, metrics_url = _real_workers(settings)
+        else:
+            app, metrics_url = stack.enter_context(_embedded_worker(settings, registry.root))
+        echo(f"3. model {version} promoted in {registry.root}; "
+             f"broker {app.conf.broker_url.split('@')[-1]}")
+        client = ScoringClient(app, ClientOptions.from_settings(settings, batch_size=250))
+        if settings.broker_configured:
+            _wait_for_version(client, version, stream[0])
+        t0 = time.perf_counter()
+        results = list(client.score(stream))
+        seconds = time.perf_counter() - t0
+        _print_flagged(echo, stream, results)
+        echo(f"5. metrics at {metrics_url}:")
+        for line in _metrics_excerpt(metrics_url):
+            echo(f"   {line}")
+    return _summary(echo, stream, results, seconds, time.perf_counter() - started,
+                    client.stats.unanswered, LABEL_FIELD)
+
+
+@contextlib.contextmanager
+def _embedded_worker(settings: Settings, model_dir: Path) -> Iterator[tuple[Any, str]]:
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.app import create_app
+    from worker.metrics import prepare_multiprocess_dir, serve_metrics
+
+    local = replace(settings, broker_url="memory://", result_backend="cache+memory://",
+                    redis_url=None, model_dir=model_dir, metrics_dir=None)
+    directory = prepare_multiprocess_dir(None)
+    port = serve_metrics(0, directory, "127.0.0.1")
+    app = create_app(local)
+    # The worker builds its scorer (and loads the model) on the first batch.
+    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
+                      shutdown_timeout=30.0):
+        yield app, f"http://127.0.0.1:{port}/metrics"
+
+
+def _real_workers(settings: Settings) -> tuple[Any, str]:
+    from worker.app import create_app
+
+    return create_app(settings), f"http://127.0.0.1:{settings.metrics_port}/metrics"
+
+
+def _wait_for_version(client: Any, version: str, probe: dict[str, Any],
+                      timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (result,) = next(client.score_batches([[probe]]))
+        if result.get("model_version") == version:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the workers did not switch to model {version} within {timeout:g} s")
+
+
+def _print_flagged(echo: Echo, stream: list[dict[str, Any]], results: list[dict[str, Any]]
+                   ) -> None:
+    flagged = [(r, rec) for r, rec in zip(results, stream, strict=True) if r.get("is_anomaly")]
+    flagged.sort(key=lambda pair: -pair[0]["score"])
+    echo(f"4. {len(flagged)} flagged records (top 10 by score):")
+    echo(f"   {'id':>10}  {'service':<7} {'score':>9} {'p-value':>8}  truth    nearest normal")
+    for result, record in flagged[:10]:
+        truth = "anomaly" if record.get("is_anomaly") else "normal"
+        nearest = result["neighbours"][0]
+        echo(f"   {result['id']:>10}  {record['service']:<7} {result['score']:9.3f} "
+             f"{result['p_value']:8.4f}  {truth:<8} {nearest['id']} "
+             f"(d={nearest['distance']:.3f})")
+    for result in results:
+        if "error" in result:
+            echo(f"   error: {result['error']}")
+
+
+def _metrics_excerpt(url: str) -> list[str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return [f"(not reachable: {exc})"]
+    wanted = ("nearwatch_records_scored_total", "nearwatch_anomalies_total",
+              "nearwatch_record_errors_total", "nearwatch_threshold", "nearwatch_fpr_bound",
+              "nearwatch_target_fpr", "nearwatch_reference_size", "nearwatch_model_info",
+              "nearwatch_batch_duration_seconds_count", "nearwatch_score_count")
+    return [line for line in text.splitlines() if line.startswith(wanted)]
+
+
+def _summary(echo: Echo, stream: list[dict[str, Any]], results: list[dict[str, Any]],
+             seconds: float, total_seconds: float, unanswered: int, label_field: str) -> int:
+    truth = [bool(r.get(label_field)) for r in stream]
+    flagged = [bool(r.get("is_anomaly")) for r in results]
+    hits = sum(t and f for t, f in zip(truth, flagged, strict=True))
+    false_alarms = sum(f and not t for t, f in zip(truth, flagged, strict=True))
+    errors = sum("error" in r for r in results)
+    normals = max(1, len(truth) - sum(truth))
+    echo(f"6. summary: {len(results)} records streamed in {seconds:.2f} s "
+         f"({len(results) / max(seconds, 1e-9):,.0f} records/s), {sum(flagged)} flagged "
+         f"({hits}/{sum(truth)} true anomalies found, false-alarm rate "
+         f"{false_alarms / normals:.3%}), {errors} errors, {unanswered} unanswered; "
+         f"demo took {total_seconds:.1f} s")
+    return 1 if unanswered else 0

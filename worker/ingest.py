@@ -1,0 +1,196 @@
+"""Language-agnostic input: the Redis stream ``nearwatch:records`` → scores → ``nearwatch:scores``.
+
+Producers in any language ``XADD nearwatch:records * record '<JSON object>'``. ``nearwatch
+ingest`` reads the stream as a member of the consumer group ``nearwatch``, has each batch
+scored by the workers (``ScoringClient``), and then, in one atomic Lua script per batch, for
+every entry: ``XACK`` it and, only if that acknowledgement was new, ``XADD`` its result to
+``nearwatch:scores`` (fields ``entry``: the source entry id, ``result``: the JSON result).
+So a result is written exactly once even when two consumers race for the same entry, and an
+entry is never acknowledged without its result.
+
+A consumer that dies leaves its entries pending; any live consumer takes them over with
+``XAUTOCLAIM`` once they have been idle for ``claim_idle_ms``. Nothing is lost or left pending.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("nearwatch.ingest")
+
+RECORDS_STREAM = "nearwatch:records"
+SCORES_STREAM = "nearwatch:scores"
+GROUP = "nearwatch"
+RECORD_FIELD = "record"
+# ARGV: group, scores maxlen, deadletter maxlen, then (entry id, result JSON, bad-entry reason)
+_WRITE_AND_ACK = """
+local written = 0
+for i = 4, #ARGV, 3 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'entry', ARGV[i],
+               'result', ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'entry', ARGV[i],
+                 'error', ARGV[i + 2], 'reason', 'invalid_json')
+    end
+    written = written + 1
+  end
+end
+return written
+"""
+
+BatchScorer = Callable[[Iterable[list[Any]]], Iterator[list[dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    records_stream: str = RECORDS_STREAM
+    scores_stream: str = SCORES_STREAM
+    deadletter_stream: str = "nearwatch:deadletter"
+    group: str = GROUP
+    consumer: str = ""  # default: <hostname>-<pid>
+    batch_size: int = 500
+    block_ms: int = 200
+    claim_idle_ms: int = 30_000
+    scores_maxlen: int = 1_000_000
+    deadletter_maxlen: int = 100_000
+    stop_when_idle: bool = False  # exit once nothing is new, pending or claimable (tests, jobs)
+
+
+@dataclass
+class IngestStats:
+    entries: int = 0
+    written: int = 0
+    claimed: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class _Entry:
+    entry_id: str
+    record: Any  # parsed record, or None when unreadable
+    problem: str  # why the entry is unreadable ('' when fine)
+
+
+class StreamIngest:
+    def __init__(self, client: Any, score_batches: BatchScorer,
+                 options: IngestOptions | None = None) -> None:
+        self.redis = client
+        self.score_batches = score_batches
+        self.options = options or IngestOptions()
+        self.consumer = self.options.consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.stats = IngestStats()
+        self.stop = threading.Event()
+        self._write_and_ack = client.register_script(_WRITE_AND_ACK)
+        self._claim_cursor = "0-0"
+        self._last_claim = 0.0
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.options.records_stream, self.options.group, id="0",
+                                     mkstream=True)
+        except Exception as exc:  # BUSYGROUP: it exists already
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self) -> IngestStats:
+        """Consume until ``stop`` is set (or until idle, with ``stop_when_idle``)."""
+        self.ensure_group()
+        in_flight: deque[list[_Entry]] = deque()
+
+        def batches() -> Iterator[list[Any]]:
+            while not self.stop.is_set():
+                # While answers are outstanding, block only briefly so they are written soon.
+                entries = self._read(block_ms=10 if in_flight else self.options.block_ms)
+                if not entries and self.options.stop_when_idle and not in_flight \
+                        and self._nothing_left():
+                    return
+                # An empty batch hands control back to the loop below (nothing is sent).
+                in_flight.append(entries)
+                yield [e.record for e in entries if not e.problem]
+
+        for results in self.score_batches(batches()):
+            self._write(in_flight.popleft(), results)
+        return self.stats
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, block_ms: int) -> list[_Entry]:
+        raw = self._claim()
+        if not raw:
+            answer = self.redis.xreadgroup(
+                self.options.group, self.consumer, {self.options.records_stream: ">"},
+                count=self.options.batch_size, block=block_ms)
+            raw = answer[0][1] if answer else []
+        # A claimed entry deleted from the stream meanwhile comes back as (id, None).
+        entries = [_parse(entry_id, fields) for entry_id, fields in raw if fields is not None]
+        self.stats.entries += len(entries)
+        return entries
+
+    def _claim(self) -> list[tuple[Any, Any]]:
+        # Claim at most every claim_idle_ms / 2: an entry needs that long idle to qualify.
+        now = time.monotonic()
+        if now - self._last_claim < self.options.claim_idle_ms / 2000 and \
+                self._claim_cursor == "0-0":
+            return []
+        self._last_claim = now
+        cursor, claimed, *_ = self.redis.xautoclaim(
+            self.options.records_stream, self.options.group, self.consumer,
+            min_idle_time=self.options.claim_idle_ms, start_id=self._claim_cursor,
+            count=self.options.batch_size)
+        self._claim_cursor = _text(cursor)
+        if claimed:
+            log.warning("claimed %d entries of a stalled consumer", len(claimed))
+            self.stats.claimed += len(claimed)
+        return claimed
+
+    def _nothing_left(self) -> bool:
+        summary = self.redis.xpending(self.options.records_stream, self.options.group)
+        if summary["pending"]:
+            return False
+        groups = self.redis.xinfo_groups(self.options.records_stream)
+        group = next(g for g in groups if _text(g["name"]) == self.options.group)
+        lag = group.get("lag")
+        return lag == 0 if lag is not None else _text(group["last-delivered-id"]) == \
+            _text(self.redis.xinfo_stream(self.options.records_stream)["last-generated-id"])
+
+    # ------------------------------------------------------------------ writing
+    def _write(self, entries: list[_Entry], results: list[dict[str, Any]]) -> None:
+        if not entries:
+            return
+        answers = iter(results)
+        args: list[Any] = [self.options.group, self.options.scores_maxlen,
+                           self.options.deadletter_maxlen]
+        for entry in entries:
+            result = {"id": None, "error": entry.problem} if entry.problem else next(answers)
+            self.stats.errors += "error" in result
+            args += [entry.entry_id, json.dumps(result), entry.problem]
+        keys = [self.options.records_stream, self.options.scores_stream,
+                self.options.deadletter_stream]
+        self.stats.written += int(self._write_and_ack(keys=keys, args=args))
+
+
+def _parse(entry_id: Any, fields: dict[Any, Any]) -> _Entry:
+    entry = _text(entry_id)
+    raw = fields.get(RECORD_FIELD.encode()) if RECORD_FIELD.encode() in fields else \
+        fields.get(RECORD_FIELD)
+    if raw is None:
+        return _Entry(entry, None, f"stream entry {entry} has no {RECORD_FIELD!r} field")
+    try:
+        record = json.loads(raw)
+    except ValueError as exc:
+        return _Entry(entry, None, f"stream entry {entry}: field {RECORD_FIELD!r} is not "
+                                   f"valid JSON: {exc}")
+    return _Entry(entry, record, "")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,39 @@
+"""Celery tasks: stable explicit names, JSON arguments, thin bodies calling the runtime.
+
+``nearwatch.score_batch`` runs with ``acks_late`` + ``reject_on_worker_lost``: the broker
+message is acknowledged only after the result is stored, and a batch whose process died is
+requeued. Re-running is safe: scoring is a pure function of (records, model), dead letters
+are deduplicated per record, so a redelivered batch gives the same answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from worker.runtime import BatchScorer
+
+SCORE_BATCH = "nearwatch.score_batch"
+SCORING_QUEUE = "scoring"
+
+
+@shared_task(
+    name=SCORE_BATCH, bind=True, acks_late=True,
+    reject_on_worker_lost=True, ignore_result=False,
+)
+def score_batch(self: Task, records: list[Any]) -> list[dict[str, Any]]:
+    """Score a list of records; one result per record, same order (see ARCHITECTURE.md)."""
+    if not isinstance(records, list):
+        raise TypeError(f"score_batch takes a list of records, got {type(records).__name__}")
+    return scorer_for(self.app).score_batch(records)
+
+
+def scorer_for(app: Any) -> BatchScorer:
+    """The process's scorer: built in ``worker_process_init`` (prefork) or on first use."""
+    from worker.app import build_runtime
+
+    scorer = getattr(app, "nearwatch_scorer", None)
+    if scorer is None:
+        scorer = build_runtime(app)
+    return scorer
