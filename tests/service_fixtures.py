@@ -91,16 +91,19 @@ class Proc:
             return [int(p) for p in path.read_text().split()]
         return []
 
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process.poll() is None:
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM the group, then SIGKILL what is left; the exit status after SIGTERM."""
+        status = self.process.poll()
+        if status is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
+                status = self.process.wait(timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)  # stragglers of the group, e.g. pool children
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(5)
+        return status
 
 
 @dataclass
@@ -225,7 +228,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, redis_client: Any,
     """One worker node (2 pool processes) shared by the service tests."""
     worker = start_worker_node(tmp_path_factory.mktemp("node-run"), node_registry.root, "main")
     yield worker
-    worker.proc.stop()
+    status = worker.proc.stop()
+    assert status == 0, f"worker did not shut down cleanly on SIGTERM:\n{worker.proc.log()[-2000:]}"
 
 
 def scoring_client(node: WorkerNode, **options: Any) -> Any:
@@ -246,3 +250,10 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
                 continue
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def wait_broker_idle(redis_client: Any, timeout: float = 60.0) -> None:
+    """Wait until no batch is queued or unacknowledged (kombu's Redis keys), e.g. until a
+    killed node's batch has come back after the visibility timeout and been scored."""
+    wait_for(lambda: redis_client.llen("scoring") == 0 and redis_client.hlen("unacked") == 0,
+             timeout, "the broker to have no queued or unacknowledged batch", interval=0.2)

@@ -146,3 +146,19 @@ def test_invalid_parameters_are_refused() -> None:
     for kwargs in ({"k": 0}, {"metric": "manhattan"}, {"alpha": 1.5}, {"encoder": "magic"}):
         with pytest.raises(ValueError):
             Detector(**kwargs).fit(data)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_scores_equal_brute_force_numpy(metric: str) -> None:
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(900, 6)) * rng.uniform(0.1, 10, size=6)
+    queries = rng.normal(size=(50, 6)) * 3
+    detector = Detector(encoder="identity", metric=metric, k=4, alpha=None).fit(train)
+    references = detector.reference_features_.astype(np.float64)
+    features = detector.feature_encoder_.transform(queries).astype(np.float64)
+    if metric == "cosine":
+        references /= np.linalg.norm(references, axis=1, keepdims=True)
+        features /= np.linalg.norm(features, axis=1, keepdims=True)
+    distances = np.sqrt(((features[:, None, :] - references[None, :, :]) ** 2).sum(-1))
+    expected = np.sort(distances, axis=1)[:, :4].mean(axis=1)
+    np.testing.assert_allclose(detector.score(queries), expected, rtol=1e-4, atol=1e-5)

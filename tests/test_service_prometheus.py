@@ -20,6 +20,7 @@ from tests.service_fixtures import (
     metric_value,
     scoring_client,
     stream_records_for_test,
+    wait_broker_idle,
     wait_for,
 )
 
@@ -58,11 +59,13 @@ def _query(url: str, expression: str) -> float | None:
 
 
 def test_prometheus_counts_match_stream_across_children(
-    node: WorkerNode, prometheus: str, node_registry: Any
+    node: WorkerNode, prometheus: str, node_registry: Any, redis_client: Any
 ) -> None:
     scored = "sum(nearwatch_records_scored_total)"
     errors = "sum(nearwatch_record_errors_total)"
-    # the node's counters before this test (other tests used the same node)
+    # the node's counters before this test (other tests used the same node, and may have
+    # left a batch to be redelivered: wait for it to be scored first)
+    wait_broker_idle(redis_client)
     base_scored = wait_for(lambda: _query(prometheus, scored) is not None
                            and [_query(prometheus, scored)], 30, "a first scrape")[0]
     base_errors = _query(prometheus, errors) or 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,12 @@ def memory_app(registry: ModelRegistry) -> Any:
 
 
 def test_client_through_embedded_worker_keeps_order(memory_app: Any) -> None:
-    from celery.contrib.testing.worker import start_worker
+    from worker.demo import embedded_worker
 
     records: list[Any] = stream_records_for_test(230)
     records[17] = dict(records[17], cpu_pct="hot")
     client = ScoringClient(memory_app, ClientOptions(batch_size=40, max_in_flight=3))
-    with start_worker(memory_app, pool="solo", perform_ping_check=False):
+    with embedded_worker(memory_app):
         results = list(client.score(records))
     assert [r["id"] for r in results] == [r["id"] for r in records]
     assert "cpu_pct" in results[17]["error"]
@@ -139,29 +140,64 @@ def test_client_answers_every_record_when_no_worker_answers(memory_app: Any) -> 
     assert client.stats.unanswered == 6 and client.stats.resubmissions == 2
 
 
-def test_read_input_assigns_ids_and_keeps_bad_lines(tmp_path: Path) -> None:
+def test_stream_path_assigns_ids_and_answers_bad_lines(registry: ModelRegistry,
+                                                        tmp_path: Path) -> None:
     from worker.stream import read_input, stream_records
 
     path = tmp_path / "in.jsonl"
-    path.write_text('{"id": "a", "x": 1}\n{"x": 2}\nnot json\n[1, 2]\n')
-    items = list(read_input(str(path)))
-    assert items[0]["id"] == "a" and items[1]["id"] == "#2"
-    assert items[2].startswith("record #3: line 3 is not valid JSON")
-    assert items[3] == "record #4: not a JSON object (got list)"
+    good = stream_records_for_test(2)
+    del good[1]["id"]
+    path.write_text(f'{json.dumps(good[0])}\n\n{json.dumps(good[1])}\nnot json\n[1, 2]\n')
+    lines = list(read_input(str(path)))
+    assert len(lines) == 4  # blank lines skipped, nothing parsed yet
     csv_path = tmp_path / "in.csv"
     csv_path.write_text("id,x\n,3\nb,\n")
-    assert list(read_input(str(csv_path))) == [{"id": "#1", "x": "3"}, {"id": "b", "x": None}]
+    assert [json.loads(t)["id"] for t in read_input(str(csv_path))] == [None, "b"]
 
-    class _EchoClient:  # answers every sent record; checks that bad lines are not sent
+    scorer = _scorer(registry)
+
+    class _LocalClient:  # the worker's text path, without a broker
         options = ClientOptions(batch_size=3)
         stats = type("S", (), {"unanswered": 0})()
 
-        def score_batches(self, batches: Any) -> Any:
-            for batch in batches:
-                assert all(isinstance(r, dict) for r in batch)
-                yield [{"id": r["id"], "score": 0.0, "is_anomaly": False} for r in batch]
+        def score_json_batches(self, batches: Any) -> Any:
+            for batch, first in batches:
+                yield scorer.score_json(batch, first)
 
     out = io.StringIO()
-    summary = stream_records(_EchoClient(), items, out)  # type: ignore[arg-type]
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 4 and summary.records == 4 and summary.errors == 2
+    summary = stream_records(_LocalClient(), lines, out)  # type: ignore[arg-type]
+    results = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["id"] for r in results] == [good[0]["id"], "#2", None, None]
+    assert "score" in results[1]
+    assert results[2]["error"].startswith("record #3: not valid JSON")
+    assert results[3]["error"] == "record #4: not a JSON object (got list)"
+    assert (summary.records, summary.errors) == (4, 2)
+
+
+def test_ingest_leaves_unanswered_entries_pending_then_reclaims(redis_client: Any) -> None:
+    from worker.ingest import IngestOptions, StreamIngest
+
+    for key in ("nearwatch:records", "nearwatch:scores"):
+        redis_client.delete(key)
+    for i in range(3):
+        redis_client.xadd("nearwatch:records", {"record": json.dumps({"id": i})})
+    calls: list[int] = []
+
+    def scorer(batches: Any) -> Any:  # no worker answers the first batch
+        for lines, _ in batches:
+            if lines:
+                calls.append(len(lines))
+            if lines and len(calls) == 1:
+                yield [json.dumps({"id": None, "error": "unanswered after 3 attempt(s): x"})
+                       for _ in lines]
+            else:
+                yield [json.dumps({"id": json.loads(line)["id"], "score": 1.0})
+                       for line in lines]
+
+    ingest = StreamIngest(redis_client, scorer, IngestOptions(
+        consumer="u", claim_idle_ms=50, block_ms=20, stop_when_idle=True))
+    stats = ingest.run()
+    assert (stats.unanswered, stats.claimed, stats.written) == (3, 3, 3)
+    results = [json.loads(f[b"result"]) for _, f in redis_client.xrange("nearwatch:scores")]
+    assert [r["id"] for r in results] == [0, 1, 2]
+    assert redis_client.xpending("nearwatch:records", "nearwatch")["pending"] == 0

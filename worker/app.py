@@ -18,7 +18,7 @@ from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
 from worker.settings import Settings
-from worker.tasks import SCORE_BATCH, SCORING_QUEUE
+from worker.tasks import SCORING_QUEUE
 
 log = logging.getLogger("nearwatch.worker")
 _runtime_lock = threading.Lock()
@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> Celery:
         result_accept_content=["json"],
         task_queues=(Queue(SCORING_QUEUE),),
         task_default_queue=SCORING_QUEUE,
-        task_routes={SCORE_BATCH: {"queue": SCORING_QUEUE}},
+        task_routes={"nearwatch.*": {"queue": SCORING_QUEUE}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> Celery:
         # Loading torch, faiss and a model in a fresh pool process can exceed the 4 s default.
         worker_proc_alive_timeout=120.0,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options=_transport_options(settings),
         result_expires=settings.result_expires,
         task_send_sent_event=False,
         worker_send_task_events=False,
@@ -54,6 +54,20 @@ def create_app(settings: Settings) -> Celery:
     )
     app.conf.nearwatch_settings = settings
     return app
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    timeout = settings.visibility_timeout
+    options: dict[str, Any] = {
+        "visibility_timeout": timeout,
+        # Scan for a dead node's unacknowledged batches every few seconds (kombu's default
+        # scan period is ~100 s on top of the visibility timeout).
+        "unacked_restore_interval": max(1, min(10, int(timeout // 4))),
+        "unacked_restore_throttle": 1,
+    }
+    if settings.broker_url.startswith("memory://"):
+        options["polling_interval"] = 0.005  # in-process queue: poll it often (default 1 s)
+    return options
 
 
 def settings_of(app: Any) -> Settings:
@@ -92,11 +106,9 @@ def build_runtime(app: Any) -> Any:
 def process_metrics() -> Any:
     """This process's ``ServiceMetrics``, or None when multiprocess metrics are not enabled."""
     global _process_metrics
-    from prometheus_client import values as prom_values
+    from worker.metrics import ServiceMetrics, active_multiprocess_dir
 
-    from worker.metrics import ServiceMetrics
-
-    if _process_metrics is None and getattr(prom_values.ValueClass, "_multiprocess", False):
+    if _process_metrics is None and active_multiprocess_dir() is not None:
         _process_metrics = ServiceMetrics()
     return _process_metrics
 
@@ -104,25 +116,23 @@ def process_metrics() -> Any:
 @worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
     # Runs in each prefork child right after fork: the model is loaded before the first
-    # task, and a child that cannot load it fails loudly instead of failing every batch.
+    # task (a missing or refused model is logged; the child retries at each batch).
     from celery import current_app
 
     if current_app.conf.get("nearwatch_settings") is None:
         return  # some other Celery app's pool
-    try:
-        build_runtime(current_app)
-    except Exception:
-        log.exception("pool process %d could not load the model", os.getpid())
-        raise
+    build_runtime(current_app)
 
 
 @worker_process_shutdown.connect
 def _pool_process_exit(**_: Any) -> None:
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
+    from worker.metrics import active_multiprocess_dir
+
+    directory = active_multiprocess_dir()
+    if directory is not None:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(os.getpid(), directory)
+        multiprocess.mark_process_dead(os.getpid(), str(directory))
 
 
 def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None = None) -> None:
@@ -133,13 +143,16 @@ def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None =
 
     registry = ModelRegistry(settings.model_dir)
     if registry.current_version() is None:
-        raise RuntimeError(
-            f"no current model in {settings.model_dir}: run "
-            "`nearwatch models add BUNDLE_DIR --promote` (NEARWATCH_MODEL_DIR sets the registry)"
-        )
+        log.warning("no current model in %s yet: batches fail (and are retried by the "
+                    "clients) until `nearwatch models add BUNDLE_DIR --promote`",
+                    settings.model_dir)
     configure_threads(settings.threads_per_process)  # before fork: children inherit it
     directory = prepare_multiprocess_dir(settings.metrics_dir)
-    port = serve_metrics(settings.metrics_port, directory, settings.metrics_host)
+    try:
+        port = serve_metrics(settings.metrics_port, directory, settings.metrics_host)
+    except OSError as exc:
+        raise RuntimeError(f"cannot serve metrics on {settings.metrics_host}:"
+                           f"{settings.metrics_port}: {exc} (NEARWATCH_METRICS_PORT)") from exc
     log.warning("metrics on http://%s:%d/metrics (multiprocess dir %s)",
                 settings.metrics_host, port, directory)
     app = create_app(settings)

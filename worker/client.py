@@ -1,8 +1,10 @@
 """Python client for producers: batches in, results out in input order, exactly once.
 
->>> from worker.client import ScoringClient, ClientOptions       # doctest: +SKIP
->>> client = ScoringClient(app, ClientOptions(batch_size=500))   # doctest: +SKIP
->>> for result in client.score(records): ...                     # doctest: +SKIP
+Usage (``app`` from ``worker.app.create_app(Settings.from_env())``)::
+
+    client = ScoringClient(app, ClientOptions(batch_size=500))
+    for result in client.score(records):  # dicts in, result dicts out, same order
+        ...
 
 Guarantees:
 
@@ -20,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -30,7 +33,9 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from worker.settings import Settings
-from worker.tasks import SCORE_BATCH, SCORING_QUEUE
+from worker.tasks import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
+
+UNANSWERED = "unanswered after"  # start of the error of a record no worker answered
 
 
 @dataclass(frozen=True)
@@ -61,19 +66,24 @@ class ClientStats:
     resubmissions: int = 0
     failed_attempts: int = 0
     unanswered: int = 0
+    # seconds from a batch's first submission to its accepted answer (the latest 10 000)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
 @dataclass
 class _Batch:
     records: list[Any]
+    task: str = SCORE_BATCH
+    first_position: int | None = None  # text batches: input position of records[0]
     attempts: list[AsyncResult] = field(default_factory=list)
+    first_submitted_at: float = 0.0
     submitted_at: float = 0.0
     n_submitted: int = 0
     last_problem: str = ""
 
 
 class ScoringClient:
-    """Submits batches to ``nearwatch.score_batch`` on the ``scoring`` queue of ``app``."""
+    """Submits batches to the ``scoring`` queue of ``app`` and collects their answers."""
 
     def __init__(self, app: Any, options: ClientOptions | None = None) -> None:
         self.app = app
@@ -87,19 +97,29 @@ class ScoringClient:
 
     def score_batches(self, batches: Iterable[list[Any]]) -> Iterator[list[dict[str, Any]]]:
         """One result list per batch, in input order; batches are consumed lazily."""
-        source = iter(batches)
+        return self._run(_Batch(list(records)) for records in batches)
+
+    def score_json_batches(self, batches: Iterable[tuple[list[str], int | None]]
+                           ) -> Iterator[list[str]]:
+        """Records as JSON texts → results as JSON texts (``nearwatch.score_json_batch``).
+
+        Each batch is ``(lines, first_position)``; ``first_position`` (1-based input
+        position of the first line, or None) lets the workers name records and give id-less
+        records the id ``"#<position>"``. Answers are checked by count only.
+        """
+        return self._run(_Batch(list(lines), SCORE_JSON_BATCH, first) for lines, first in batches)
+
+    def _run(self, batches: Iterator[_Batch]) -> Iterator[list[Any]]:
         pending: deque[_Batch] = deque()
         exhausted = False
         while True:
             while not exhausted and len(pending) < self.options.max_in_flight:
-                try:
-                    records = list(next(source))
-                except StopIteration:
+                batch = next(batches, None)
+                if batch is None:
                     exhausted = True
                     break
-                batch = _Batch(records)
                 self.stats.batches += 1
-                if records:
+                if batch.records:
                     self._submit(batch)
                 pending.append(batch)
             if not pending:
@@ -110,15 +130,22 @@ class ScoringClient:
 
     # ------------------------------------------------------------------ internals
     def _submit(self, batch: _Batch) -> None:
-        result = self.app.send_task(SCORE_BATCH, args=[batch.records], queue=SCORING_QUEUE)
+        args: list[Any] = [batch.records]
+        if batch.task == SCORE_JSON_BATCH:
+            args.append(batch.first_position)
+        # argsrepr: a short label instead of Celery's repr of every record (client CPU)
+        result = self.app.send_task(batch.task, args=args, queue=SCORING_QUEUE,
+                                    argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}")
         batch.attempts.append(result)
         batch.submitted_at = time.monotonic()
+        if not batch.n_submitted:
+            batch.first_submitted_at = batch.submitted_at
         batch.n_submitted += 1
         self.stats.submissions += 1
         if batch.n_submitted > 1:
             self.stats.resubmissions += 1
 
-    def _resolve(self, head: _Batch, pending: deque[_Batch]) -> list[dict[str, Any]]:
+    def _resolve(self, head: _Batch, pending: deque[_Batch]) -> list[Any]:
         if not head.records:
             return []
         while True:
@@ -134,20 +161,23 @@ class ScoringClient:
                 wait = max(0.001, min(self.options.poll_interval,
                                       head.submitted_at + self.options.batch_timeout - now))
                 with contextlib.suppress(CeleryTimeoutError):
+                    # disable_sync_subtasks=False: the embedded worker (demo) shares this
+                    # process, which makes Celery think we are inside a task.
                     head.attempts[-1].get(timeout=wait, interval=min(wait, 0.005),
-                                          propagate=False)
+                                          propagate=False, disable_sync_subtasks=False)
 
-    def _answer(self, batch: _Batch) -> list[dict[str, Any]] | None:
+    def _answer(self, batch: _Batch) -> list[Any] | None:
         """The batch's accepted results, error answers if it gave up, else None."""
         if not batch.attempts:  # gave up
             return self._give_up(batch)
         for attempt in list(batch.attempts):
             state = attempt.state
             if state == "SUCCESS":
-                problem = _check(batch.records, attempt.result, self.options.id_field)
+                problem = _check(batch, attempt.result, self.options.id_field)
                 if problem is None:
                     results = attempt.result
                     self._forget(batch)
+                    self.stats.latencies.append(time.monotonic() - batch.first_submitted_at)
                     return results
                 batch.last_problem = problem
             elif state in ("FAILURE", "REVOKED"):
@@ -169,10 +199,15 @@ class ScoringClient:
         else:
             self._forget(batch)  # late answers of abandoned attempts are ignored
 
-    def _give_up(self, batch: _Batch) -> list[dict[str, Any]]:
+    def _give_up(self, batch: _Batch) -> list[Any]:
         self.stats.unanswered += len(batch.records)
-        reason = (f"unanswered after {batch.n_submitted} attempt(s): "
+        reason = (f"{UNANSWERED} {batch.n_submitted} attempt(s): "
                   f"{batch.last_problem or 'no answer'}")
+        if batch.task == SCORE_JSON_BATCH:
+            first = batch.first_position
+            return [json.dumps({"id": None, "error": reason if first is None
+                                else f"record #{first + i}: {reason}"})
+                    for i in range(len(batch.records))]
         id_field = self.options.id_field
         return [{"id": _record_id(r, id_field), "error": reason} for r in batch.records]
 
@@ -182,11 +217,14 @@ class ScoringClient:
         batch.attempts.clear()
 
 
-def _check(records: list[Any], results: Any, id_field: str) -> str | None:
-    """Why an answer cannot be accepted for ``records``, or None when it matches."""
+def _check(batch: _Batch, results: Any, id_field: str) -> str | None:
+    """Why an answer cannot be accepted for ``batch``, or None when it matches."""
+    records = batch.records
     if not isinstance(results, list) or len(results) != len(records):
-        return f"answer has {len(results) if isinstance(results, list) else '?'} results " \
-               f"for {len(records)} records"
+        count = len(results) if isinstance(results, list) else "?"
+        return f"answer has {count} results for {len(records)} records"
+    if batch.task == SCORE_JSON_BATCH:
+        return None if all(isinstance(r, str) for r in results) else "answer is not JSON texts"
     for record, result in zip(records, results, strict=True):
         expected = _record_id(record, id_field)
         if not isinstance(result, dict) or result.get("id") != expected:

@@ -22,6 +22,18 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
+def _require_broker(app: Any) -> None:
+    """Fail fast, with the URL and a hint, when the broker is unreachable."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=5)
+    except Exception as exc:  # kombu wraps the transport's error types
+        url = app.conf.broker_url.split("@")[-1]
+        raise click.ClickException(
+            f"cannot reach the broker {url}: {exc} (is Redis running? `make services`; "
+            "NEARWATCH_BROKER_URL selects the broker)") from exc
+
+
 @click.command("worker")
 @click.option("--concurrency", "-c", default=2, show_default=True, type=click.IntRange(min=1),
               help="Pool processes (one torch/faiss thread each).")
@@ -67,7 +79,9 @@ def stream_command(source: str, batch_size: int | None, out_path: Path | None,
     options = ClientOptions.from_settings(settings, batch_size=batch_size,
                                           max_in_flight=max_in_flight,
                                           batch_timeout=batch_timeout)
-    client = ScoringClient(create_app(settings), options)
+    app = create_app(settings)
+    _require_broker(app)
+    client = ScoringClient(app, options)
     out = out_path.open("w") if out_path else sys.stdout
     try:
         with tqdm(unit="rec", file=sys.stderr, disable=None, desc="streamed") as progress:
@@ -102,10 +116,11 @@ def ingest_command(batch_size: int, consumer: str, claim_idle_ms: int,
     settings = _settings()
     if not settings.redis_url:
         raise click.ClickException("ingest needs Redis: set NEARWATCH_REDIS_URL")
-    client = ScoringClient(create_app(settings),
-                           ClientOptions.from_settings(settings, batch_size=batch_size))
+    app = create_app(settings)
+    _require_broker(app)
+    client = ScoringClient(app, ClientOptions.from_settings(settings, batch_size=batch_size))
     ingest = StreamIngest(
-        redis.Redis.from_url(settings.redis_url), client.score_batches,
+        redis.Redis.from_url(settings.redis_url), client.score_json_batches,
         IngestOptions(consumer=consumer, batch_size=batch_size, claim_idle_ms=claim_idle_ms,
                       stop_when_idle=stop_when_idle),
     )
@@ -118,6 +133,7 @@ def ingest_command(batch_size: int, consumer: str, claim_idle_ms: int,
     click.echo(f"ingest: consumer {ingest.consumer} reading nearwatch:records", err=True)
     stats = ingest.run()
     click.echo(f"ingest: {stats.entries} entries read, {stats.written} results written, "
+               f"{stats.unanswered} left pending (no worker answered), "
                f"{stats.claimed} claimed from stalled consumers, {stats.errors} errors",
                err=True)
 

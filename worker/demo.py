@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int 
     stream[11]["bytes_out"] = {"nested": 1}
 
     echo("2. training the detector")
-    detector = Detector(label_fields=(LABEL_FIELD,), encoder="identity", seed=seed).fit(train)
+    detector = Detector(label_fields=(LABEL_FIELD,), seed=seed).fit(train)
     echo(f"   {detector.n_reference_} references, threshold {detector.threshold_:.4g}, "
          f"certified FPR <= {detector.fpr_bound_:.4g} (target {detector.alpha})")
 
@@ -75,8 +76,6 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int 
 
 @contextlib.contextmanager
 def _embedded_worker(settings: Settings, model_dir: Path) -> Iterator[tuple[Any, str]]:
-    from celery.contrib.testing.worker import start_worker
-
     from worker.app import create_app
     from worker.metrics import prepare_multiprocess_dir, serve_metrics
 
@@ -85,10 +84,36 @@ def _embedded_worker(settings: Settings, model_dir: Path) -> Iterator[tuple[Any,
     directory = prepare_multiprocess_dir(None)
     port = serve_metrics(0, directory, "127.0.0.1")
     app = create_app(local)
-    # The worker builds its scorer (and loads the model) on the first batch.
-    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False,
-                      shutdown_timeout=30.0):
+    with embedded_worker(app, wait_on_exit=False):
         yield app, f"http://127.0.0.1:{port}/metrics"
+
+
+@contextlib.contextmanager
+def embedded_worker(app: Any, wait_on_exit: bool = True) -> Iterator[Any]:
+    """A real Celery worker (solo pool) consuming ``app``'s queues from a thread.
+
+    ``wait_on_exit=False`` does not wait for the worker loop's next poll (up to a few
+    seconds) when the process is about to exit anyway; the thread is a daemon.
+    """
+    from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
+    from celery.worker import state
+
+    setup_app_for_worker(app, "WARNING", None)
+    controller = TestWorkController(
+        app=app, pool="solo", concurrency=1, hostname="nearwatch-embedded@localhost",
+        loglevel="WARNING", logfile=None, ready_callback=None, without_heartbeat=True,
+        without_mingle=True, without_gossip=True,
+    )
+    thread = threading.Thread(target=controller.start, daemon=True, name="nearwatch-worker")
+    thread.start()
+    controller.ensure_started()
+    try:
+        yield controller
+    finally:
+        state.should_terminate = 0  # the worker loop stops at its next poll
+        if wait_on_exit:
+            thread.join(30)
+            state.should_terminate = None
 
 
 def _real_workers(settings: Settings) -> tuple[Any, str]:

@@ -25,12 +25,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from worker.client import UNANSWERED
+
 log = logging.getLogger("nearwatch.ingest")
 
 RECORDS_STREAM = "nearwatch:records"
 SCORES_STREAM = "nearwatch:scores"
 GROUP = "nearwatch"
 RECORD_FIELD = "record"
+_UNANSWERED = f'"error": "{UNANSWERED}'
+
 # ARGV: group, scores maxlen, deadletter maxlen, then (entry id, result JSON, bad-entry reason)
 _WRITE_AND_ACK = """
 local written = 0
@@ -40,7 +44,7 @@ for i = 4, #ARGV, 3 do
                'result', ARGV[i + 1])
     if ARGV[i + 2] ~= '' then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'entry', ARGV[i],
-                 'error', ARGV[i + 2], 'reason', 'invalid_json')
+                 'error', ARGV[i + 2], 'reason', 'no_record')
     end
     written = written + 1
   end
@@ -48,7 +52,8 @@ end
 return written
 """
 
-BatchScorer = Callable[[Iterable[list[Any]]], Iterator[list[dict[str, Any]]]]
+# ScoringClient.score_json_batches: (JSON texts, first position) batches → JSON result texts
+BatchScorer = Callable[[Iterable[tuple[list[str], int | None]]], Iterator[list[str]]]
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,14 @@ class IngestStats:
     written: int = 0
     claimed: int = 0
     errors: int = 0
+    unanswered: int = 0  # left pending for a retry
 
 
 @dataclass(frozen=True)
 class _Entry:
     entry_id: str
-    record: Any  # parsed record, or None when unreadable
-    problem: str  # why the entry is unreadable ('' when fine)
+    record: str  # the record's JSON text, parsed and scored by the workers
+    problem: str  # why the entry has no record ('' when it has one)
 
 
 class StreamIngest:
@@ -109,14 +115,15 @@ class StreamIngest:
 
         def batches() -> Iterator[list[Any]]:
             while not self.stop.is_set():
+                outstanding = any(in_flight)  # entries read and not yet written
                 # While answers are outstanding, block only briefly so they are written soon.
-                entries = self._read(block_ms=10 if in_flight else self.options.block_ms)
-                if not entries and self.options.stop_when_idle and not in_flight \
+                entries = self._read(block_ms=10 if outstanding else self.options.block_ms)
+                if not entries and self.options.stop_when_idle and not outstanding \
                         and self._nothing_left():
                     return
                 # An empty batch hands control back to the loop below (nothing is sent).
                 in_flight.append(entries)
-                yield [e.record for e in entries if not e.problem]
+                yield [e.record for e in entries if not e.problem], None
 
         for results in self.score_batches(batches()):
             self._write(in_flight.popleft(), results)
@@ -163,16 +170,23 @@ class StreamIngest:
             _text(self.redis.xinfo_stream(self.options.records_stream)["last-generated-id"])
 
     # ------------------------------------------------------------------ writing
-    def _write(self, entries: list[_Entry], results: list[dict[str, Any]]) -> None:
+    def _write(self, entries: list[_Entry], results: list[str]) -> None:
         if not entries:
             return
         answers = iter(results)
         args: list[Any] = [self.options.group, self.options.scores_maxlen,
                            self.options.deadletter_maxlen]
         for entry in entries:
-            result = {"id": None, "error": entry.problem} if entry.problem else next(answers)
-            self.stats.errors += "error" in result
-            args += [entry.entry_id, json.dumps(result), entry.problem]
+            if entry.problem:
+                result = json.dumps({"id": None, "error": entry.problem})
+            else:
+                result = next(answers)
+                if _UNANSWERED in result:
+                    # No worker answered: leave the entry pending; XAUTOCLAIM retries it.
+                    self.stats.unanswered += 1
+                    continue
+            self.stats.errors += '"error": ' in result  # only a key can match (see stream.py)
+            args += [entry.entry_id, result, entry.problem]
         keys = [self.options.records_stream, self.options.scores_stream,
                 self.options.deadletter_stream]
         self.stats.written += int(self._write_and_ack(keys=keys, args=args))
@@ -180,16 +194,10 @@ class StreamIngest:
 
 def _parse(entry_id: Any, fields: dict[Any, Any]) -> _Entry:
     entry = _text(entry_id)
-    raw = fields.get(RECORD_FIELD.encode()) if RECORD_FIELD.encode() in fields else \
-        fields.get(RECORD_FIELD)
+    raw = fields.get(RECORD_FIELD.encode(), fields.get(RECORD_FIELD))
     if raw is None:
-        return _Entry(entry, None, f"stream entry {entry} has no {RECORD_FIELD!r} field")
-    try:
-        record = json.loads(raw)
-    except ValueError as exc:
-        return _Entry(entry, None, f"stream entry {entry}: field {RECORD_FIELD!r} is not "
-                                   f"valid JSON: {exc}")
-    return _Entry(entry, record, "")
+        return _Entry(entry, "", f"stream entry {entry} has no {RECORD_FIELD!r} field")
+    return _Entry(entry, _text(raw), "")
 
 
 def _text(value: Any) -> str:

@@ -33,6 +33,12 @@ ERROR_REASONS = ("not_an_object", "invalid_field", "invalid_json", "scoring_fail
 SCORE_BUCKETS = tuple(round(0.01 * 2**i, 4) for i in range(18))
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PID_FILE = re.compile(r"_(\d+)\.db$")
+_active_dir: Path | None = None  # set by prepare_multiprocess_dir; inherited by pool children
+
+
+def active_multiprocess_dir() -> Path | None:
+    """The multiprocess directory of this worker node, if metrics are enabled."""
+    return _active_dir
 
 
 def prepare_multiprocess_dir(directory: Path | None) -> Path:
@@ -40,6 +46,7 @@ def prepare_multiprocess_dir(directory: Path | None) -> Path:
 
     Must run before any metric object exists; pool children inherit the mode by fork.
     """
+    global _active_dir
     path = Path(tempfile.mkdtemp(prefix="nearwatch-metrics-")) if directory is None else directory
     if path.exists():
         shutil.rmtree(path)
@@ -48,6 +55,7 @@ def prepare_multiprocess_dir(directory: Path | None) -> Path:
     # here (not reading it) keeps worker/settings.py the only reader of configuration.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     prom_values.ValueClass = prom_values.MultiProcessValue()
+    _active_dir = path
     return path
 
 
@@ -153,10 +161,31 @@ class ServiceMetrics:
             anomalies = sum(1 for r in results if r.get("is_anomaly"))
             if anomalies:
                 self.anomalies.inc(anomalies)
-            for score in scored:
-                self.score.observe(score)
+            observe_many(self.score, scored)
         for reason in reasons:
             self.record_errors.labels(reason).inc()
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """``observe`` each value, with one file write per touched bucket instead of per value.
+
+    Uses the histogram's internal bucket counters (stable across prometheus_client releases
+    for years); falls back to plain ``observe`` if they are not there.
+    """
+    import numpy as np
+
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = np.bincount(np.searchsorted(np.asarray(bounds), values, side="left"),
+                         minlength=len(bounds))
+    for index in np.flatnonzero(counts).tolist():
+        buckets[index].inc(int(counts[index]))
+    total.inc(float(np.sum(values)))
 
 
 def _number(value: Any) -> float:

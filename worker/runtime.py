@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from detector.errors import BundleError
@@ -94,9 +95,18 @@ class ModelHolder:
         self._checked_at = 0.0
         self._lock = threading.Lock()
 
-    def load_initial(self) -> None:
-        version, detector = self.registry.load_current()
+    def load_initial(self) -> bool:
+        """Load the current model; without one (or a refused one) the worker still starts,
+        answers batches with a failure until a model is promoted, then picks it up."""
+        try:
+            version, detector = self.registry.load_current()
+        except (BundleError, OSError, ValueError) as exc:
+            log.error("no model to serve yet: %s", exc)
+            if self.metrics is not None:
+                self.metrics.model_reloads.labels("refused").inc()
+            return False
         self._install(version, detector)
+        return True
 
     def current(self) -> tuple[str, Any]:
         now = time.monotonic()
@@ -105,7 +115,8 @@ class ModelHolder:
                 self._checked_at = now
                 self._follow_pointer()
         if self.detector is None:
-            raise BundleError(f"no model could be loaded from {self.registry.root}")
+            raise BundleError(f"no model to serve: the registry {self.registry.root} has no "
+                              "current model that loads (nearwatch models add ... --promote)")
         return self.version or "", self.detector
 
     def _follow_pointer(self) -> None:
@@ -145,28 +156,66 @@ class BatchScorer:
         self.metrics = metrics
 
     def score_batch(self, records: list[Any]) -> list[dict[str, Any]]:
+        """Records (parsed JSON) → one result dict per record, same order."""
+        return self._score(records, {}, lambda i: f"record {i} of the batch")
+
+    def score_json(self, lines: list[Any], first_position: int | None = None) -> list[str]:
+        """JSON texts → one JSON result text per record, same order.
+
+        The text path of `nearwatch stream` and `nearwatch ingest`: records are parsed here,
+        in the pool, and results are serialised here, so the producer does neither.
+        ``first_position``: 1-based input position of ``lines[0]``; records without an id
+        then get ``"#<position>"`` and errors name the position.
+        """
+        def label(i: int) -> str:
+            if first_position is None:
+                return f"record {i} of the batch"
+            return f"record #{first_position + i}"
+
+        id_field = getattr(self.holder.current()[1], "id_field", "id")
+        records: list[Any] = []
+        unreadable: dict[int, str] = {}
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line) if isinstance(line, str | bytes) else line
+            except ValueError as exc:
+                unreadable[i] = f"{label(i)}: not valid JSON: {exc}"
+                record = line
+            if isinstance(record, dict) and first_position is not None \
+                    and record.get(id_field) is None:
+                record[id_field] = f"#{first_position + i}"
+            records.append(record)
+        return [json.dumps(r) for r in self._score(records, unreadable, label)]
+
+    def _score(self, records: list[Any], unreadable: dict[int, str],
+               label: Callable[[int], str]) -> list[dict[str, Any]]:
         started = time.perf_counter()
         version, detector = self.holder.current()
         results: list[dict[str, Any]] = [{} for _ in records]
-        reasons: list[str] = []
-        objects = [i for i, record in enumerate(records) if isinstance(record, dict)]
+        reasons: dict[int, str] = {}
+        objects = []
         for i, record in enumerate(records):
-            if not isinstance(record, dict):
-                results[i] = {"id": None, "error": f"record {i} of the batch is not a JSON "
-                              f"object (got {type(record).__name__})"}
+            if i in unreadable:
+                results[i], reasons[i] = {"id": None, "error": unreadable[i]}, "invalid_json"
+            elif not isinstance(record, dict):
+                results[i] = {"id": None, "error": f"{label(i)}: not a JSON object "
+                              f"(got {type(record).__name__})"}
+                reasons[i] = "not_an_object"
+            else:
+                objects.append(i)
         scored = self._score_objects(detector, [records[i] for i in objects])
         for i, result in zip(objects, scored, strict=True):
             results[i] = result
         for i, result in enumerate(results):
             if "error" in result:
-                reason = result.pop("reason", None) or (
-                    "not_an_object" if not isinstance(records[i], dict) else "invalid_field")
-                reasons.append(reason)
+                reason = result.pop("reason", None) or reasons.get(i, "invalid_field")
+                reasons[i] = reason
                 self._dead_letter(records[i], result, reason, version)
             else:
                 result["model_version"] = version
         if self.metrics is not None:
-            self.metrics.batch_scored(results, reasons, time.perf_counter() - started)
+            self.metrics.batch_scored(results, list(reasons.values()),
+                                      time.perf_counter() - started)
         return results
 
     def _score_objects(self, detector: Any, records: list[dict[str, Any]]

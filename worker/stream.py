@@ -1,8 +1,9 @@
 """`nearwatch stream`: records from a file or stdin → workers → one result line per record.
 
-Ids: a record without an ``id`` gets ``"#<n>"``, ``n`` its 1-based position in the input, so
-every output line can be traced back to its input record. Lines that are not JSON objects are
-answered in place with an error naming the line; they are never sent, never dropped.
+Ids: a record without an ``id`` gets ``"#<n>"``, ``n`` its 1-based position in the input
+(blank lines are skipped, not counted), so every output line can be traced back to its input
+record. Lines that are not JSON objects are answered in place with an error naming the
+position; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from detector.io import UnreadableRecord, iter_csv, iter_jsonl
+from detector.io import iter_csv
 from worker.client import ScoringClient
 
 
@@ -38,8 +38,12 @@ class StreamSummary:
                 f"{self.throughput:,.0f} records/s")
 
 
-def read_input(source: str, id_field: str = "id") -> Iterator[dict[str, Any] | str]:
-    """Records (with ids) in input order; an unusable line comes as its error message."""
+def read_input(source: str) -> Iterator[str]:
+    """One JSON text per record, in input order (JSONL lines as they are; CSV rows encoded).
+
+    JSONL lines are not parsed here: the workers parse them (in parallel) and answer a line
+    that is not a JSON object with an error naming its position.
+    """
     stream: TextIO
     if source == "-":
         stream = sys.stdin
@@ -52,47 +56,47 @@ def read_input(source: str, id_field: str = "id") -> Iterator[dict[str, Any] | s
         stream = path.open(newline="")
         lines = stream
     try:
-        rows = iter_csv(_LineStream(lines)) if kind == "csv" else iter_jsonl(_LineStream(lines))
-        for position, row in enumerate(rows, start=1):
-            if isinstance(row, UnreadableRecord):
-                yield f"record #{position}: {row.reason}"
-            elif not isinstance(row, dict):
-                yield f"record #{position}: not a JSON object (got {type(row).__name__})"
-            else:
-                if row.get(id_field) is None:
-                    row[id_field] = f"#{position}"
-                yield row
+        if kind == "csv":
+            for row in iter_csv(_LineStream(lines)):  # type: ignore[arg-type]
+                yield json.dumps(row)
+        else:
+            for line in lines:
+                if line.strip():
+                    yield line.rstrip("\r\n")
     finally:
         if stream is not sys.stdin:
             stream.close()
 
 
-def stream_records(client: ScoringClient, items: Iterable[dict[str, Any] | str], out: TextIO,
+def stream_records(client: ScoringClient, lines: Iterable[str], out: TextIO,
                    progress: Any = None) -> StreamSummary:
-    """Send ``items`` in batches, write one JSON result per item, in order."""
+    """Send JSON texts in batches, write one JSON result line per record, in order."""
     summary = StreamSummary()
     started = time.perf_counter()
-    chunks: deque[list[dict[str, Any] | str]] = deque()
 
-    def batches() -> Iterator[list[dict[str, Any]]]:
-        for chunk in _chunks(items, client.options.batch_size):
-            chunks.append(chunk)
-            yield [item for item in chunk if isinstance(item, dict)]
+    def batches() -> Iterator[tuple[list[str], int]]:
+        position = 1
+        for chunk in _chunks(lines, client.options.batch_size):
+            yield chunk, position
+            position += len(chunk)
 
-    for results in client.score_batches(batches()):
-        answers = iter(results)
-        chunk = chunks.popleft()
-        for item in chunk:
-            result = {"id": None, "error": item} if isinstance(item, str) else next(answers)
+    for results in client.score_json_batches(batches()):
+        for result in results:
+            # Results are compact JSON written by the workers: in a JSON text `"error": ` can
+            # only be a key (a quote inside a string value is escaped), so no parse is needed.
             summary.records += 1
-            summary.anomalies += bool(result.get("is_anomaly"))
-            summary.errors += "error" in result
-            out.write(json.dumps(result) + "\n")
+            summary.anomalies += _ANOMALY in result
+            summary.errors += _ERROR in result
+            out.write(result + "\n")
         if progress is not None:
-            progress.update(len(chunk))
+            progress.update(len(results))
     summary.unanswered = client.stats.unanswered
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+_ANOMALY = '"is_anomaly": true'
+_ERROR = '"error": '
 
 
 class _LineStream:

@@ -15,6 +15,7 @@ from celery import Task, shared_task
 from worker.runtime import BatchScorer
 
 SCORE_BATCH = "nearwatch.score_batch"
+SCORE_JSON_BATCH = "nearwatch.score_json_batch"
 SCORING_QUEUE = "scoring"
 
 
@@ -27,6 +28,22 @@ def score_batch(self: Task, records: list[Any]) -> list[dict[str, Any]]:
     if not isinstance(records, list):
         raise TypeError(f"score_batch takes a list of records, got {type(records).__name__}")
     return scorer_for(self.app).score_batch(records)
+
+
+@shared_task(
+    name=SCORE_JSON_BATCH, bind=True, acks_late=True,
+    reject_on_worker_lost=True, ignore_result=False,
+)
+def score_json_batch(self: Task, lines: list[str], first_position: int | None = None
+                     ) -> list[str]:
+    """Like ``score_batch`` for records as JSON texts; answers are JSON texts.
+
+    Producers that hold JSON already (`nearwatch stream`, `nearwatch ingest`) skip a parse
+    and a serialisation on their side; the pool does both, in parallel.
+    """
+    if not isinstance(lines, list):
+        raise TypeError(f"score_json_batch takes a list of JSON texts, got {type(lines).__name__}")
+    return scorer_for(self.app).score_json(lines, first_position)
 
 
 def scorer_for(app: Any) -> BatchScorer:

@@ -1,0 +1,177 @@
+"""Aggregate benchmark runs into report.json, a markdown table and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import beta as beta_distribution
+
+METHODS = ("nearwatch", "raw_knn", "iforest")
+
+
+def fpr_lower_bound(false_positives: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson lower bound of a binomial rate (0 when nothing was seen).
+
+    >>> fpr_lower_bound(0, 100), round(fpr_lower_bound(5, 100), 4)
+    (0.0, 0.0199)
+    """
+    if false_positives == 0:
+        return 0.0
+    return float(beta_distribution.ppf(1 - confidence, false_positives, n - false_positives + 1))
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+
+def summarise_dataset(runs: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """Per-dataset summary over seeds; calibration pooled over the certified seeds."""
+    summary: dict[str, Any] = {
+        method: {
+            metric: _mean_std([r[method][metric] for r in runs]) for metric in ("auroc", "auprc")
+        }
+        for method in METHODS
+    }
+    summary["train_s"] = _mean_std([r["nearwatch"]["train_s"] for r in runs])
+    summary["score_s"] = _mean_std([r["nearwatch"]["score_s"] for r in runs])
+    summary["n_labelled"] = runs[0]["nearwatch"]["n_labelled"]
+    certified = [r["nearwatch"] for r in runs if r["nearwatch"]["certified"]]
+    calibration: dict[str, Any] = {"alpha": alpha, "certified_seeds": len(certified)}
+    if certified:
+        false_positives = sum(r["false_positives"] for r in certified)
+        n = sum(r["n_test_normal"] for r in certified)
+        calibration.update(
+            false_positives=false_positives,
+            n_test_normal=n,
+            realised_fpr=false_positives / n,
+            fpr_lower_bound_95=fpr_lower_bound(false_positives, n),
+            fpr_bound=float(np.mean([r["fpr_bound"] for r in certified])),
+        )
+        calibration["holds"] = calibration["fpr_lower_bound_95"] <= alpha
+    else:
+        calibration["not_certifiable"] = (
+            f"needs >= {runs[0]['nearwatch']['training_normals_needed']} training normals "
+            f"({runs[0]['nearwatch']['calibration_records_needed']} calibration records); "
+            f"has {runs[0]['nearwatch']['n_train']}"
+        )
+    summary["calibration"] = calibration
+    return summary
+
+
+def overall(datasets: dict[str, dict[str, Any]], alpha: float, bar: float) -> dict[str, Any]:
+    """Averages over datasets and the bar checks of the issue."""
+    mean_auroc = {m: float(np.mean([d[m]["auroc"]["mean"] for d in datasets.values()]))
+                  for m in METHODS}
+    mean_auprc = {m: float(np.mean([d[m]["auprc"]["mean"] for d in datasets.values()]))
+                  for m in METHODS}
+    below_knn = {
+        name: round(d["raw_knn"]["auroc"]["mean"] - d["nearwatch"]["auroc"]["mean"], 2)
+        for name, d in datasets.items()
+        if d["raw_knn"]["auroc"]["mean"] - d["nearwatch"]["auroc"]["mean"] > 2.0
+    }
+    calibrated = [
+        d["calibration"] for d in datasets.values() if d["calibration"]["certified_seeds"]
+    ]
+    false_positives = sum(c["false_positives"] for c in calibrated)
+    n = sum(c["n_test_normal"] for c in calibrated)
+    pooled_fpr = false_positives / n if n else float("nan")
+    return {
+        "mean_auroc": mean_auroc,
+        "mean_auprc": mean_auprc,
+        "pooled_realised_fpr": pooled_fpr,
+        "checks": {
+            f"mean_auroc >= {bar}": mean_auroc["nearwatch"] >= bar,
+            "no dataset > 2 points below raw kNN": not below_knn,
+            "datasets > 2 points below raw kNN": below_knn,
+            f"pooled realised FPR <= alpha={alpha}": pooled_fpr <= alpha,
+            "per-dataset 95% lower bound of FPR <= alpha": all(c["holds"] for c in calibrated),
+            "not certifiable": [name for name, d in datasets.items()
+                                if not d["calibration"]["certified_seeds"]],
+        },
+    }
+
+
+def _pm(stat: dict[str, float]) -> str:
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    alpha = report["config"]["alpha"]
+    lines = [
+        "| dataset | nearwatch AUROC | raw kNN AUROC | iForest AUROC | nearwatch AUPRC "
+        f"| raw kNN AUPRC | realised FPR (α={alpha}) | 95% lower bound | certified bound "
+        "| train s | score s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in report["datasets"].items():
+        c = d["calibration"]
+        if c["certified_seeds"]:
+            fpr = f"{c['realised_fpr']:.4f} ({c['false_positives']}/{c['n_test_normal']})"
+            bounds = f"{c['fpr_lower_bound_95']:.4f} | {c['fpr_bound']:.4f}"
+        else:
+            fpr, bounds = f"not certifiable: {c['not_certifiable']}", "– | –"
+        lines.append(
+            f"| {name} | {_pm(d['nearwatch']['auroc'])} | {_pm(d['raw_knn']['auroc'])} "
+            f"| {_pm(d['iforest']['auroc'])} | {_pm(d['nearwatch']['auprc'])} "
+            f"| {_pm(d['raw_knn']['auprc'])} | {fpr} | {bounds} "
+            f"| {d['train_s']['mean']:.2f} | {d['score_s']['mean']:.3f} |"
+        )
+    o = report["overall"]
+    lines.append(
+        f"| **mean** | **{o['mean_auroc']['nearwatch']:.2f}** | {o['mean_auroc']['raw_knn']:.2f} "
+        f"| {o['mean_auroc']['iforest']:.2f} | {o['mean_auprc']['nearwatch']:.2f} "
+        f"| {o['mean_auprc']['raw_knn']:.2f} | pooled {o['pooled_realised_fpr']:.4f} | | | | |"
+    )
+    checks = "\n".join(f"- {k}: {v}" for k, v in o["checks"].items())
+    return "\n".join(lines) + "\n\nChecks:\n" + checks + "\n"
+
+
+def write_plots(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["datasets"])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(names)), 4.5))
+    for i, method in enumerate(METHODS):
+        means = [report["datasets"][n][method]["auroc"]["mean"] for n in names]
+        stds = [report["datasets"][n][method]["auroc"]["std"] for n in names]
+        ax.bar(x + (i - 1) * 0.27, means, 0.27, yerr=stds, label=method, capsize=2)
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylim(40, 101)
+    ax.set_ylabel("AUROC (%)")
+    ax.set_title("AUROC per dataset (mean ± std over seeds)")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "auroc.png", dpi=120)
+    plt.close(fig)
+
+    alpha = report["config"]["alpha"]
+    certified = [n for n in names if report["datasets"][n]["calibration"]["certified_seeds"]]
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(certified)), 4.5))
+    realised = [report["datasets"][n]["calibration"]["realised_fpr"] for n in certified]
+    lower = [report["datasets"][n]["calibration"]["fpr_lower_bound_95"] for n in certified]
+    ax.bar(certified, realised, color="tab:blue", label="realised FPR (pooled over seeds)")
+    ax.scatter(certified, lower, color="black", marker="_", s=200, label="95% lower bound")
+    ax.axhline(alpha, color="tab:red", linestyle="--", label=f"target α = {alpha}")
+    ax.set_ylabel("false-positive rate on test normals")
+    ax.set_title("Calibration: realised vs target FPR")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    table = markdown_table(report)
+    (out / "report.md").write_text(f"# nearwatch one-class benchmark\n\n{table}")
+    write_plots(report, out)
+    return table

@@ -1,0 +1,301 @@
+"""Service benchmark: end-to-end throughput and latency next to in-process scoring.
+
+For each reference-set size: train a detector on 40-field synthetic records, then measure in
+the same run
+
+- in-process ``Detector.score`` (1 process, and 2 forked processes: the same core count as
+  the worker pool), records already parsed;
+- end to end: a JSONL file → ``worker.stream`` (read, batch, submit) → Redis broker →
+  ``nearwatch worker --concurrency 2`` (prefork) → Redis result backend → results written as
+  JSON lines (to a null sink): records/s and the round-trip latency of a batch;
+- single-record latency: one record per task, one task at a time (p50/p99).
+
+Run (needs Redis at 127.0.0.1:6379; uses DB 12)::
+
+    .venv/bin/python -m bench.service --refs 10000 --refs 100000 --records 40000 \\
+        --out bench/results/service
+
+The CPU columns (client + worker node + Redis, from /proc and Redis INFO) make runs on a
+shared machine comparable: "e2e CPU capacity" is what the pipeline sustains on this many
+cores with nothing else running.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+N_EXTRA_FIELDS = 28  # + 12 telemetry fields = 40 fields per record (plus id and label)
+ROOT = Path(__file__).resolve().parents[1]
+NOTES = """In-process: `Detector.score` on parsed records, batches of `--batch`. End-to-end: JSONL
+file -> `worker.stream` -> Redis -> `nearwatch worker` (prefork) -> Redis results -> JSON
+lines; the stream path sends records as JSON texts (`nearwatch.score_json_batch`): the pool
+parses and serialises, the producer does neither. Batch p50/p99: submit -> answer of a
+batch while `--in-flight` batches queue. Single: one record per task, one task at a time.
+CPU µs/rec: CPU time of each part divided by records; capacity = cores / total."""
+
+
+@click.command("bench-service")
+@click.option("--refs", "ref_sizes", multiple=True, type=int, default=(10_000, 100_000),
+              show_default=True, help="Reference-set sizes (repeatable).")
+@click.option("--records", "n_records", default=60_000, show_default=True, type=int)
+@click.option("--batch", "batch_size", default=1000, show_default=True, type=int)
+@click.option("--in-flight", "max_in_flight", default=6, show_default=True, type=int)
+@click.option("--concurrency", default=2, show_default=True, type=int)
+@click.option("--latency-samples", default=400, show_default=True, type=int)
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path))
+def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_flight: int,
+         concurrency: int, latency_samples: int, out_dir: Path | None) -> None:
+    """Measure the scoring service end to end (see the module docstring)."""
+    from detector.index import configure_threads
+
+    configure_threads(1)
+    rows = []
+    for n_refs in ref_sizes:
+        rows.append(_bench_one(n_refs, n_records, batch_size, max_in_flight, concurrency,
+                               latency_samples))
+        click.echo(_table(rows[-1:]), err=True)
+    report = {
+        "command": " ".join(["python -m bench.service", *sys.argv[1:]]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_end": os.getloadavg()},
+        "settings": {"records": n_records, "batch": batch_size, "in_flight": max_in_flight,
+                     "concurrency": concurrency, "fields": 40},
+        "results": rows,
+    }
+    click.echo(_table(rows))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / "results.md").write_text(
+            f"`{report['command']}`\n\n{_table(rows)}\n\nload average at end: "
+            f"{report['machine']['load_average_at_end']}\n\n{NOTES}\n")
+
+
+def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
+               concurrency: int, latency_samples: int) -> dict[str, Any]:
+    from detector import Detector
+    from detector.registry import ModelRegistry
+    from detector.synthetic import LABEL_FIELD, generate_records
+
+    work = Path(tempfile.mkdtemp(prefix="nearwatch-bench-"))
+    try:
+        train = generate_records(n_refs, anomaly_rate=0.0, seed=1, n_extra_fields=N_EXTRA_FIELDS)
+        records = generate_records(n_records, anomaly_rate=0.02, seed=2,
+                                   n_extra_fields=N_EXTRA_FIELDS)
+        for record in records:
+            record.pop(LABEL_FIELD)
+        started = time.perf_counter()
+        detector = Detector(label_fields=(LABEL_FIELD,), seed=0).fit(train)
+        fit_s = time.perf_counter() - started
+        del train
+        detector.save(work / "bundle")
+        registry = ModelRegistry(work / "models")
+        registry.add(work / "bundle", promote=True)
+        in_1 = _in_process_rate(detector, records, batch_size, processes=1)
+        in_2 = _in_process_rate(detector, records, batch_size, processes=concurrency)
+        data = work / "records.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+        in_cpu = _in_process_cpu_us(detector, records, batch_size)
+        node = _worker_node(registry.root, concurrency, work)
+        with node as app:
+            cpu_before = _cpu_seconds(node)
+            e2e = _end_to_end(app, data, batch_size, max_in_flight)
+            cpu = {k: v - cpu_before[k] for k, v in _cpu_seconds(node).items()}
+            single = _single_record_latency(app, records[:latency_samples])
+        per_record = {f"cpu_us_per_record_{k}": round(v / n_records * 1e6, 1)
+                      for k, v in cpu.items()}
+        total_us = sum(cpu.values()) / n_records * 1e6
+        return {
+            "refs": n_refs, "index": detector.reference_index_.kind_,
+            "embedder": type(detector.embedder_).__name__, "fit_s": round(fit_s, 1),
+            "in_process_1proc_rps": round(in_1), "in_process_2proc_rps": round(in_2),
+            **e2e, **single, **per_record,
+            "cpu_us_per_record_e2e_total": round(total_us, 1),
+            "cpu_us_per_record_in_process": round(in_cpu, 1),
+            # what the pipeline would sustain on this machine's cores with nothing else running
+            "e2e_cpu_capacity_rps": round((os.cpu_count() or 1) * 1e6 / total_us),
+            "e2e_vs_in_process_1proc": round(e2e["e2e_rps"] / in_1, 3),
+            "e2e_vs_in_process_2proc": round(e2e["e2e_rps"] / in_2, 3),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _in_process_rate(detector: Any, records: list[dict[str, Any]], batch_size: int,
+                     processes: int) -> float:
+    """Records/s of ``Detector.score`` over parsed records, in ``processes`` processes."""
+    if processes == 1:
+        detector.score(records[:batch_size])  # warm up
+        started = time.perf_counter()
+        for i in range(0, len(records), batch_size):
+            detector.score(records[i:i + batch_size])
+        return len(records) / (time.perf_counter() - started)
+    # Forked workers inherit the detector and the records (nothing is pickled per call).
+    share = len(records) // processes
+    _POOL_STATE.update(detector=detector, batch_size=batch_size, records=records, share=share)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes) as pool:
+        pool.map(_score_share, [-1] * processes)  # warm up every process
+        started = time.perf_counter()
+        pool.map(_score_share, range(processes))
+        return share * processes / (time.perf_counter() - started)
+
+
+_POOL_STATE: dict[str, Any] = {}
+
+
+def _score_share(part: int) -> None:
+    state = _POOL_STATE
+    size, share = state["batch_size"], state["share"]
+    records = state["records"][:size] if part < 0 else \
+        state["records"][part * share:(part + 1) * share]
+    for i in range(0, len(records), size):
+        state["detector"].score(records[i:i + size])
+
+
+def _in_process_cpu_us(detector: Any, records: list[dict[str, Any]], batch_size: int) -> float:
+    started = time.process_time()
+    for i in range(0, len(records), batch_size):
+        detector.score(records[i:i + batch_size])
+    return (time.process_time() - started) / len(records) * 1e6
+
+
+def _cpu_seconds(node: Any) -> dict[str, float]:
+    """CPU seconds used so far by this process (the client), the worker node, and Redis."""
+    import redis
+
+    own = os.times()
+    ticks = 0
+    for pid in node.pids():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    info = redis.Redis.from_url(REDIS_URL).info("cpu")
+    return {"client": own.user + own.system,
+            "worker_node": ticks / os.sysconf("SC_CLK_TCK"),
+            "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"])}
+
+
+class _NullSink:
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _end_to_end(app: Any, data: Path, batch_size: int, max_in_flight: int) -> dict[str, Any]:
+    from worker.client import ClientOptions, ScoringClient
+    from worker.stream import read_input, stream_records
+
+    client = ScoringClient(app, ClientOptions(batch_size=batch_size,
+                                              max_in_flight=max_in_flight))
+    summary = stream_records(client, read_input(str(data)), _NullSink())  # type: ignore[arg-type]
+    latencies = np.array(client.stats.latencies) * 1000
+    return {"e2e_rps": round(summary.throughput), "e2e_records": summary.records,
+            "e2e_unanswered": summary.unanswered,
+            "batch_latency_p50_ms": round(float(np.percentile(latencies, 50)), 1),
+            "batch_latency_p99_ms": round(float(np.percentile(latencies, 99)), 1)}
+
+
+def _single_record_latency(app: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    from worker.client import ClientOptions, ScoringClient
+
+    client = ScoringClient(app, ClientOptions(batch_size=1, max_in_flight=1))
+    for results in client.score_batches([[r] for r in records[:20]]):  # warm up
+        assert len(results) == 1
+    client.stats.latencies.clear()
+    for results in client.score_batches([[r] for r in records]):
+        assert len(results) == 1
+    latencies = np.array(client.stats.latencies) * 1000
+    return {"single_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "single_p99_ms": round(float(np.percentile(latencies, 99)), 2)}
+
+
+class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
+    """``nearwatch worker`` in a subprocess on Redis DB 12; yields a client app."""
+
+    def __init__(self, model_dir: Path, concurrency: int, work: Path,
+                 loglevel: str = "WARNING") -> None:
+        self.model_dir, self.concurrency, self.work = model_dir, concurrency, work
+        self.loglevel = loglevel
+
+    def __enter__(self) -> Any:
+        import redis
+
+        from worker.app import create_app
+        from worker.settings import Settings
+
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEARWATCH_")}
+        env.update(NEARWATCH_BROKER_URL=REDIS_URL, NEARWATCH_MODEL_DIR=str(self.model_dir),
+                   NEARWATCH_METRICS_PORT=str(port), NEARWATCH_LOG_LEVEL=self.loglevel,
+                   OMP_NUM_THREADS="1")
+        self.log = (self.work / "worker.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from worker.cli import main; main()", "worker",
+             "--concurrency", str(self.concurrency)],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        app = create_app(Settings.from_env(env))
+        from worker.client import ClientOptions, ScoringClient
+
+        probe = ScoringClient(app, ClientOptions(batch_size=1, batch_timeout=120))
+        list(probe.score([{"id": "probe"}]))  # answered (with an error) once a worker is up
+        time.sleep(1.0)  # let every pool process finish loading
+        return app
+
+    def pids(self) -> list[int]:
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [self.process.pid, *map(int, path.read_text().split())]
+        except OSError:
+            return [self.process.pid]
+
+    def __exit__(self, *_: Any) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ("| refs | index | in-process 1 proc | in-process 2 proc | end-to-end | "
+              "e2e / 1 proc | e2e / 2 proc | batch p50 / p99 | single p50 / p99 | "
+              "CPU µs/rec in-process / e2e (client+node+redis) | e2e CPU capacity |")
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for r in rows:
+        lines.append(
+            f"| {r['refs']:,} | {r['index']} | {r['in_process_1proc_rps']:,} rec/s | "
+            f"{r['in_process_2proc_rps']:,} rec/s | {r['e2e_rps']:,} rec/s | "
+            f"{r['e2e_vs_in_process_1proc']:.0%} | {r['e2e_vs_in_process_2proc']:.0%} | "
+            f"{r['batch_latency_p50_ms']} / {r['batch_latency_p99_ms']} ms | "
+            f"{r['single_p50_ms']} / {r['single_p99_ms']} ms | "
+            f"{r['cpu_us_per_record_in_process']} / {r['cpu_us_per_record_e2e_total']} "
+            f"({r['cpu_us_per_record_client']}+{r['cpu_us_per_record_worker_node']}+"
+            f"{r['cpu_us_per_record_redis']}) | {r['e2e_cpu_capacity_rps']:,} rec/s |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Smoke run of ``nearwatch bench`` on a tiny generated dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from bench.quality import bench_command
+from bench.report import fpr_lower_bound
+
+
+def _write_dataset(path: Path, n_normal: int, n_anomaly: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = np.vstack([rng.normal(size=(n_normal, 3)), rng.normal(5.0, 1.0, size=(n_anomaly, 3))])
+    y = np.r_[np.zeros(n_normal), np.ones(n_anomaly)].astype(np.int8)
+    np.savez_compressed(path, X=x.astype(np.float32), y=y)
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    _write_dataset(tmp_path / "blobs.npz", 400, 20, 0)
+    _write_dataset(tmp_path / "small.npz", 40, 6, 1)  # too few normals to certify
+    out = tmp_path / "report"
+    result = CliRunner().invoke(bench_command, [
+        "--data-dir", str(tmp_path), "--seeds", "2", "--labelled-anomalies", "4",
+        "--alpha", "0.05", "--delta", "0.1", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["datasets"]) == {"blobs", "small"}
+    blobs = report["datasets"]["blobs"]
+    for method in ("nearwatch", "raw_knn", "iforest"):
+        assert 90 <= blobs[method]["auroc"]["mean"] <= 100
+        assert set(blobs[method]["auprc"]) == {"mean", "std"}
+    calibration = blobs["calibration"]
+    assert calibration["certified_seeds"] == 2 and 0 <= calibration["realised_fpr"] <= 1
+    assert calibration["fpr_bound"] <= 0.05
+    assert blobs["n_labelled"] == 4 and blobs["train_s"]["mean"] > 0
+    small = report["datasets"]["small"]
+    assert small["n_labelled"] == 3  # at most half of the 6 anomalies
+    assert "not_certifiable" in small["calibration"]
+    assert "small" in report["overall"]["checks"]["not certifiable"]
+    assert report["runs"]["blobs"][0]["nearwatch"]["training_mode"] == "self_supervised"
+    for name in ("report.md", "auroc.png", "calibration.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| blobs |" in result.output
+
+
+def test_fpr_lower_bound() -> None:
+    assert fpr_lower_bound(0, 50) == 0.0
+    assert 0.0 < fpr_lower_bound(3, 100) < 0.03 < fpr_lower_bound(10, 100)

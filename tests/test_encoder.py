@@ -1,0 +1,97 @@
+"""The MLP encoder, the embedder wrapper and their saved state."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detector import encoder as encoder_module
+from detector.encoder import IdentityEmbedder, MetricEmbedder, MLPEncoder, build_embedder
+
+
+def _embedder(normalize: bool = True) -> MetricEmbedder:
+    torch.manual_seed(0)
+    mlp = MLPEncoder(5, hidden=(16, 8), embedding_dim=3, normalize=normalize)
+    mlp.set_standardisation(torch.randn(50, 5) * 3 + 1)
+    return MetricEmbedder(mlp, raw_weight=1.0, embedding_weight=2.0)
+
+
+def _round_trip(embedder: MetricEmbedder | IdentityEmbedder) -> object:
+    """Through JSON and torch.save / torch.load(weights_only=True), as the bundle does."""
+    buffer = io.BytesIO()
+    torch.save(embedder.tensors(), buffer)
+    buffer.seek(0)
+    tensors = torch.load(buffer, weights_only=True)
+    return build_embedder(json.loads(json.dumps(embedder.to_state())), tensors)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_round_trip_reproduces_embeddings(normalize: bool) -> None:
+    embedder = _embedder(normalize)
+    x = np.random.default_rng(0).normal(size=(20, 5)).astype(np.float32)
+    clone = _round_trip(embedder)
+    assert np.array_equal(clone.embed(x), embedder.embed(x))
+
+
+def test_embedding_layout_raw_then_learned() -> None:
+    embedder = _embedder()
+    x = np.random.default_rng(1).normal(size=(7, 5)).astype(np.float32)
+    out = embedder.embed(x)
+    assert out.dtype == np.float32 and out.shape == (7, 5 + 3)
+    mlp = embedder.encoder
+    z = (x - mlp.center.numpy()) / mlp.scale.numpy()
+    assert np.allclose(out[:, :5], z, atol=1e-5)
+    # the learned part is L2-normalised, then weighted
+    assert np.allclose(np.linalg.norm(out[:, 5:], axis=1), 2.0, atol=1e-5)
+
+
+def test_embed_is_batchwise_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = _embedder()
+    x = np.random.default_rng(2).normal(size=(25, 5)).astype(np.float32)
+    whole = embedder.embed(x)
+    monkeypatch.setattr(encoder_module, "EMBED_BATCH", 4)
+    assert np.allclose(embedder.embed(x), whole, atol=1e-6)
+
+
+def test_embed_runs_in_eval_mode_without_gradients() -> None:
+    embedder = _embedder()
+    embedder.encoder.train()
+    out = embedder.embed(np.zeros((3, 5), dtype=np.float32))
+    assert not embedder.encoder.training and isinstance(out, np.ndarray)
+
+
+def test_embed_rejects_wrong_width() -> None:
+    with pytest.raises(ValueError, match=r"shape \(n, 5\)"):
+        _embedder().embed(np.zeros((2, 4)))
+
+
+def test_standardisation_handles_constant_columns() -> None:
+    mlp = MLPEncoder(2, hidden=(4,), embedding_dim=2)
+    mlp.set_standardisation(torch.tensor([[1.0, 5.0], [3.0, 5.0]]))
+    assert mlp.scale.tolist()[1] == 1.0 and mlp.center.tolist()[1] == 5.0
+
+
+def test_identity_embedder() -> None:
+    identity = IdentityEmbedder()
+    x = np.arange(6, dtype=np.float64).reshape(2, 3)
+    assert identity.embed(x).dtype == np.float32 and identity.tensors() == {}
+    assert isinstance(_round_trip(identity), IdentityEmbedder)
+
+
+def test_build_embedder_rejects_bad_state() -> None:
+    embedder = _embedder()
+    with pytest.raises(ValueError, match="version"):
+        build_embedder({**embedder.to_state(), "version": 99}, embedder.tensors())
+    with pytest.raises(ValueError, match="kind"):
+        build_embedder({**embedder.to_state(), "kind": "transformer"}, embedder.tensors())
+    with pytest.raises(ValueError, match="do not match"):
+        build_embedder({**embedder.to_state(), "embedding_dim": 4}, embedder.tensors())
+
+
+def test_encoder_is_small_enough_for_fast_inference() -> None:
+    mlp = MLPEncoder(40)  # default widths
+    assert sum(p.numel() for p in mlp.parameters()) < 30_000

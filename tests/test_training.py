@@ -1,0 +1,112 @@
+"""train_embedder: modes, determinism, early stopping, known anomalies, input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.training import TrainingConfig, train_embedder
+
+FAST = TrainingConfig(max_steps=40, hidden=(32,), embedding_dim=8, batch_size=64, eval_every=10)
+
+
+def _clusters(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=n)
+    centres = np.array([[0.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0]])
+    return (centres[labels] + rng.normal(size=(n, 4))).astype(np.float32), labels
+
+
+def test_deterministic_with_a_seed() -> None:
+    x, _ = _clusters()
+    first = train_embedder(x, config=FAST).embed(x)
+    second = train_embedder(x, config=FAST).embed(x)
+    other = train_embedder(x, config=TrainingConfig(**{**FAST.__dict__, "seed": 1})).embed(x)
+    assert np.array_equal(first, second) and not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize(
+    ("supervision", "mode"),
+    [
+        ({}, "self_supervised"),
+        ({"labels": "labels"}, "supervised"),
+        ({"pairs": [(0, 1, 1), (0, 2, 0)]}, "weakly_supervised"),
+        ({"triplets": [(0, 1, 2)]}, "weakly_supervised"),
+    ],
+)
+def test_mode_follows_supervision(supervision: dict, mode: str) -> None:
+    x, labels = _clusters()
+    if "labels" in supervision:
+        supervision = {"labels": labels}
+    embedder = train_embedder(x, config=FAST, **supervision)
+    assert embedder.history["mode"] == mode
+    assert np.isfinite(embedder.embed(x)).all()
+
+
+@pytest.mark.parametrize("loss", ["supcon", "triplet", "triplet_semihard", "multi_similarity",
+                                  "contrastive"])
+def test_every_supervised_loss_trains(loss: str) -> None:
+    x, labels = _clusters()
+    config = TrainingConfig(**{**FAST.__dict__, "supervised_loss": loss})
+    assert np.isfinite(train_embedder(x, config=config, labels=labels).embed(x)).all()
+
+
+def test_supervised_embedding_separates_classes() -> None:
+    x, labels = _clusters(400)
+    embedder = train_embedder(x, config=FAST, labels=labels)
+    learned = embedder.embed(x)[:, 4:]
+    centroids = np.stack([learned[labels == c].mean(0) for c in range(3)])
+    within = np.mean([np.linalg.norm(learned[labels == c] - centroids[c], axis=1).mean()
+                      for c in range(3)])
+    between = np.mean([np.linalg.norm(centroids[a] - centroids[b])
+                       for a in range(3) for b in range(a + 1, 3)])
+    assert between > within
+
+
+def test_known_anomalies_are_pushed_away_from_normals() -> None:
+    x, _ = _clusters(400)
+    anomalies = x[:5] + np.array([0.0, 0.0, 2.5, 2.5], dtype=np.float32)  # off the normal plane
+    normals = x[5:]
+    plain = train_embedder(normals, config=FAST)
+    taught = train_embedder(normals, config=FAST, anomalies=anomalies)
+    assert taught.history["mode"] == "self_supervised" and not taught.encoder.normalize
+
+    def margin(embedder: object) -> float:
+        ref = embedder.embed(normals)
+        a = embedder.embed(anomalies)
+        d_anomaly = np.sort(np.linalg.norm(a[:, None] - ref[None], axis=2), axis=1)[:, 0].mean()
+        n = embedder.embed(normals[:50])
+        d_normal = np.sort(np.linalg.norm(n[:, None] - ref[None], axis=2), axis=1)[:, 1].mean()
+        return d_anomaly / d_normal
+
+    assert margin(taught) > 1.25 * margin(plain)
+
+
+def test_early_stopping_and_time_budget() -> None:
+    x, _ = _clusters()
+    patient = TrainingConfig(**{**FAST.__dict__, "max_steps": 5000, "patience": 1,
+                                "learning_rate": 0.05})
+    assert train_embedder(x, config=patient).history["stopped_early"]
+    rushed = TrainingConfig(**{**FAST.__dict__, "time_budget_s": 0.0})
+    assert train_embedder(x, config=rushed).history["steps"] == 1
+
+
+def test_tiny_training_sets_still_train() -> None:
+    x, _ = _clusters(12)
+    assert train_embedder(x, config=FAST).embed(x).shape == (12, 12)
+
+
+def test_input_errors_name_the_problem() -> None:
+    x, labels = _clusters(50)
+    with pytest.raises(ValueError, match="labels has 3 entries"):
+        train_embedder(x, config=FAST, labels=[0, 1, 2])
+    with pytest.raises(ValueError, match="pairs refer to rows outside"):
+        train_embedder(x, config=FAST, pairs=[(0, 50, 1)])
+    with pytest.raises(ValueError, match="NaN"):
+        train_embedder(np.full((5, 2), np.nan, dtype=np.float32), config=FAST)
+    with pytest.raises(ValueError, match="needs labels"):
+        train_embedder(x, config=TrainingConfig(mode="supervised"))
+    with pytest.raises(ValueError, match="mode must be"):
+        train_embedder(x, config=TrainingConfig(mode="psychic"))
+    with pytest.raises(ValueError, match="supervised_loss"):
+        train_embedder(x, config=TrainingConfig(supervised_loss="magic"), labels=labels)
