@@ -34,7 +34,7 @@ class Augmentation(Protocol):
 class MarginalCorruption:
     """Replace each entry with prob. ``rate`` by a draw from its column's empirical marginal."""
 
-    def __init__(self, rate: float = 0.3) -> None:
+    def __init__(self, rate: float = 0.6) -> None:
         self.rate = rate
 
     def __call__(self, x: torch.Tensor, pool: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -87,7 +87,7 @@ class Objective:
         *,
         supervised_loss: str = "supcon",
         temperature: float = 0.2,
-        corruption_rate: float = 0.3,
+        corruption_rate: float = 0.6,
         margin: float = 1.0,
         anomaly_margin: float = 1.0,
         anomaly_views: int = 128,

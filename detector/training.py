@@ -35,9 +35,9 @@ class TrainingConfig:
     """Every knob of encoder training. The defaults are the one benchmarked configuration.
 
     ``embedding_weight`` / ``anomaly_embedding_weight``: weight of the learned embedding next to
-    the standardised features (``raw_weight``), relative to ``sqrt(n_features)`` so that the two
-    parts keep their balance whatever the width; the larger one applies when known anomalies
-    were given, because then the embedding carries information the features alone do not.
+    the standardised features (``raw_weight``), see ``_embedding_weight``; the larger one applies
+    when known anomalies were given, because then the embedding carries information that the
+    features alone do not (benchmark: 0.3 vs 10 measured best of {0.3, 0.5, 1, 3, 10, 30}).
     """
 
     mode: str = "auto"  # auto | supervised | weakly_supervised | self_supervised
@@ -50,7 +50,7 @@ class TrainingConfig:
     supervised_loss: str = "supcon"  # supcon | triplet | triplet_semihard | multi_similarity
     temperature: float = 0.2
     margin: float = 0.5  # contrastive / triplet losses (embeddings on the unit sphere)
-    corruption_rate: float = 0.3
+    corruption_rate: float = 0.6  # SCARF's default; measured 0.3 vs 0.6: 94.48 vs 94.51
     anomaly_margin: float = 1.0
     anomaly_views: int = 128
     anomaly_noise: float = 0.1
@@ -58,7 +58,7 @@ class TrainingConfig:
     view_loss_weight_with_anomalies: float = 0.0
     raw_weight: float = 1.0
     embedding_weight: float = 0.3
-    embedding_weight_reference_dim: float | None = None  # None: weight ∝ sqrt(d); else sqrt(d)·sqrt(d/ref)
+    embedding_reference_dim: float = 16.0
     anomaly_embedding_weight: float = 10.0
     validation_fraction: float = 0.1
     eval_every: int = 25
@@ -132,13 +132,9 @@ def train_embedder(
         if time.perf_counter() - started > config.time_budget_s:
             break
     encoder.load_state_dict(best_state)
-    scale = math.sqrt(data.features.shape[1])
-    if config.embedding_weight_reference_dim:
-        scale *= math.sqrt(data.features.shape[1] / config.embedding_weight_reference_dim)
-    weight = config.anomaly_embedding_weight if data.anomalies is not None else (
-        config.embedding_weight
+    embedder = MetricEmbedder(
+        encoder.eval(), config.raw_weight, _embedding_weight(config, data)
     )
-    embedder = MetricEmbedder(encoder.eval(), config.raw_weight, weight * scale)
     embedder.history = {
         "mode": mode,
         "steps": steps_run,
@@ -147,6 +143,20 @@ def train_embedder(
         "stopped_early": steps_run < config.max_steps,
     }
     return embedder
+
+
+def _embedding_weight(config: TrainingConfig, data: Supervision) -> float:
+    """Absolute weight of the learned part next to the standardised features.
+
+    Standardised-feature distances grow like ``sqrt(d)``, hence the ``sqrt(d)`` factor. Without
+    known anomalies the weight grows by a further ``sqrt(d / embedding_reference_dim)``: raw
+    distances concentrate as ``d`` grows, so the learned embedding matters more in wide data
+    (benchmark: +1 AUROC on 64-field optdigits, ±0.3 on the 6-field sets).
+    """
+    d = data.features.shape[1]
+    if data.anomalies is not None:
+        return config.anomaly_embedding_weight * math.sqrt(d)
+    return config.embedding_weight * math.sqrt(d) * math.sqrt(d / config.embedding_reference_dim)
 
 
 def _validation_loss(
