@@ -32,8 +32,8 @@ from detector.calibration import ConformalCalibrator, required_calibration_size
 from detector.errors import CalibrationError, NotFittedError
 from detector.index import ReferenceIndex
 from detector.persistence import load_detector, save_detector
-from detector.scoring import explain_rows, score_record_batch
 from detector.schema import FeatureEncoder
+from detector.scoring import explain_rows, score_record_batch
 from detector.supervision import FitSupervision, build_embedder_for_fit
 
 ENCODERS = ("auto", "identity", "metric")
@@ -136,6 +136,7 @@ class Detector:
         supervision = FitSupervision.restrict(labels, pairs, triplets, reference_rows, n)
         self.embedder_ = build_embedder_for_fit(
             self.encoder, reference_features, supervision, anomaly_features,
+            numeric_columns=_numeric_columns(self.feature_encoder_),
             training=self.training, seed=self.seed, progress=self.progress,
         )
         self.training_mode_ = supervision.mode
@@ -290,6 +291,16 @@ def _mean_distance(index: ReferenceIndex, embeddings: np.ndarray, k: int) -> np.
         return np.zeros(0, dtype=np.float64)
     distances, _ = index.search(embeddings, k)
     return distances.astype(np.float64).mean(axis=1)
+
+
+def _numeric_columns(encoder: FeatureEncoder) -> np.ndarray:
+    """Mask of the feature columns that carry numeric values (not 0/1 indicator columns)."""
+    mask = np.zeros(encoder.n_features_, dtype=bool)
+    for field in encoder.field_columns_:
+        column = encoder.numeric_value_column(field)
+        if column is not None:
+            mask[column] = True
+    return mask
 
 
 def _take(data: np.ndarray | list[Any], rows: np.ndarray) -> np.ndarray | list[Any]:

@@ -74,11 +74,23 @@ class MLPEncoder(nn.Module):
         layers.append(nn.Linear(width, embedding_dim))
         self.net = nn.Sequential(*layers)
 
-    def set_standardisation(self, features: torch.Tensor) -> None:
-        """Z-score with these rows' mean and std (std 0 → 1): every column on one scale."""
+    def set_standardisation(
+        self, features: torch.Tensor, columns: torch.Tensor | None = None
+    ) -> None:
+        """Z-score with these rows' mean and std (std 0 → 1): every column on one scale.
+
+        ``columns`` (bool mask) limits this to numeric value columns: 0/1 columns (one-hot,
+        hashed, boolean, missing indicators) keep their scale, since dividing a rare
+        category's indicator by its small std would make that one column dominate distances.
+        """
         std = features.std(0)
-        self.center.copy_(features.mean(0))
-        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        center = features.mean(0)
+        scale = torch.where(std > 1e-6, std, torch.ones_like(std))
+        if columns is not None:
+            center = torch.where(columns, center, torch.zeros_like(center))
+            scale = torch.where(columns, scale, torch.ones_like(scale))
+        self.center.copy_(center)
+        self.scale.copy_(scale)
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.center) / self.scale

@@ -81,7 +81,8 @@ def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, byt
             f"(which hashes to {encoder.version_})"
         )
     detector.feature_encoder_ = encoder
-    detector.embedder_ = build_embedder(manifest["embedder"], tensors_from_bytes(files[ENCODER_FILE]))
+    tensors = tensors_from_bytes(files[ENCODER_FILE])
+    detector.embedder_ = build_embedder(manifest["embedder"], tensors)
     detector.reference_index_ = ReferenceIndex.from_bytes(files[INDEX_FILE], manifest["index"])
     detector.calibrator_ = ConformalCalibrator.from_state(
         manifest["calibration"], array_from_bytes(files[CALIBRATION_FILE])

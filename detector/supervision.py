@@ -95,6 +95,7 @@ def build_embedder_for_fit(
     supervision: FitSupervision,
     anomaly_features: np.ndarray | None,
     *,
+    numeric_columns: np.ndarray,
     training: Any,
     seed: int,
     progress: bool,
@@ -114,5 +115,6 @@ def build_embedder_for_fit(
         pairs=supervision.pairs,
         triplets=supervision.triplets,
         anomalies=anomaly_features,
+        standardise_columns=numeric_columns,
         progress=progress,
     )

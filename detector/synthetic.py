@@ -110,7 +110,9 @@ def _normal_record(
     return record
 
 
-def _inject_anomaly(rng: np.random.Generator, record: dict[str, object], service_index: int) -> None:
+def _inject_anomaly(
+    rng: np.random.Generator, record: dict[str, object], service_index: int
+) -> None:
     kind = int(rng.integers(4))
     profile = SERVICES[service_index]
     if kind == 0:  # point: latency far beyond any service at this load

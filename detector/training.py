@@ -75,13 +75,15 @@ def train_embedder(
     pairs: Sequence[Sequence[int]] | np.ndarray | None = None,
     triplets: Sequence[Sequence[int]] | np.ndarray | None = None,
     anomalies: np.ndarray | None = None,
+    standardise_columns: np.ndarray | None = None,
     progress: bool = False,
 ) -> MetricEmbedder:
     """Train the encoder on normal ``features`` (already scaled float32 rows).
 
     labels: integer class per row; pairs: ``(i, j, similar)`` rows; triplets:
     ``(anchor, positive, negative)`` rows (indices into ``features``); anomalies: feature rows
-    of known anomalies. Deterministic for a given ``config.seed`` (and thread count).
+    of known anomalies; standardise_columns: bool mask of the columns to z-score (numeric
+    values; default all). Deterministic for a given ``config.seed`` (and thread count).
     """
     data = _supervision(features, labels, pairs, triplets, anomalies)
     mode = data.mode(config.mode)
@@ -92,7 +94,12 @@ def train_embedder(
         normalize=data.anomalies is None,
     )
     train_rows, validation_rows = _holdout(len(data.features), config, generator)
-    encoder.set_standardisation(data.features[train_rows])
+    encoder.set_standardisation(
+        data.features[train_rows],
+        None if standardise_columns is None else torch.from_numpy(
+            np.asarray(standardise_columns, dtype=bool)
+        ),
+    )
     objective = Objective(
         mode,
         supervised_loss=config.supervised_loss,
