@@ -42,36 +42,40 @@ def score_record_batch(
         )
     records = list(records)
     features, errors = detector.feature_encoder_.transform_records(records)
-    good_rows = np.array([i for i, error in enumerate(errors) if error is None], dtype=np.int64)
-    results: list[dict[str, Any]] = [{} for _ in records]
     id_field = detector.id_field
-    for i, record in enumerate(records):
-        record_id = record.get(id_field) if isinstance(record, dict) else None
-        error = errors[i]
-        results[i] = {"index": i, "id": record_id}
-        if error is not None:
+    results: list[dict[str, Any]] = [
+        {"index": i, "id": record.get(id_field) if isinstance(record, dict) else None}
+        for i, record in enumerate(records)
+    ]
+    good: list[int] = []
+    for i, error in enumerate(errors):
+        if error is None:
+            good.append(i)
+        else:
             results[i].update(error=str(error), field=error.field)
-    if len(good_rows) == 0:
+    if not good:
         return results
+    good_rows = np.array(good, dtype=np.int64)
     scores, distances, rows = neighbour_search(detector, features[good_rows], n_neighbours)
     p_values = detector.calibrator_.p_value(scores)
     threshold = detector.threshold_
     reference_ids = detector.reference_ids_
-    for position, i in enumerate(good_rows.tolist()):
-        score = float(scores[position])
-        results[i].update(
-            score=score,
-            p_value=float(p_values[position]),
-            is_anomaly=None if threshold is None else bool(score > threshold),
-            threshold=threshold,
-            neighbours=[
-                {"id": reference_ids[int(row)], "distance": float(distance)}
-                for distance, row in zip(
-                    distances[position, :n_neighbours], rows[position, :n_neighbours],
-                    strict=True,
-                )
-            ],
-        )
+    # Bulk numpy -> Python conversion (tolist) instead of a float() per value: same values
+    # (float64 -> float and float32 -> float are exact), ~1 µs less per record.
+    flags = [None] * len(good) if threshold is None else (scores > threshold).tolist()
+    neighbour_ids = [[reference_ids[row] for row in block]
+                     for block in rows[:, :n_neighbours].tolist()]
+    for i, score, p_value, flag, ids, dists in zip(
+        good, scores.tolist(), p_values.tolist(), flags, neighbour_ids,
+        distances[:, :n_neighbours].tolist(), strict=True,
+    ):
+        result = results[i]
+        result["score"] = score
+        result["p_value"] = p_value
+        result["is_anomaly"] = flag
+        result["threshold"] = threshold
+        result["neighbours"] = [{"id": rid, "distance": d}
+                                for rid, d in zip(ids, dists, strict=True)]
     return results
 
 

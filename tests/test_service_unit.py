@@ -62,6 +62,23 @@ def test_bad_records_never_fail_their_batch(registry: ModelRegistry) -> None:
     assert [e["id"] for e in letters] == ["bad-value", None, "nested", None]
 
 
+def test_json_path_matches_the_parsed_path_and_keeps_json_edge_cases(
+        registry: ModelRegistry) -> None:
+    # The text path parses with orjson and falls back to json for what orjson refuses
+    # (NaN literals, integers beyond 64 bits): answers must equal the parsed path's.
+    scorer = _scorer(registry)
+    good = stream_records_for_test(2)
+    lines = [json.dumps(good[0]), '{"id": NaN, "load": NaN}', json.dumps(dict(good[1], id=2**70)),
+             "{oops"]
+    texts = scorer.score_json(lines, 1)
+    parsed = [json.loads(t) for t in texts]
+    expected = scorer.score_batch([good[0]])[0]
+    assert parsed[0] == expected and texts[0].startswith('{"id":')
+    assert texts[1].startswith('{"id": NaN') and "not a finite" in parsed[1]["error"]
+    assert parsed[2]["id"] == 2**70 and "score" in parsed[2]
+    assert parsed[3]["error"].startswith("record #4: not valid JSON")
+
+
 class _FragileDetector:
     """Raises on the whole batch when it contains the record ``boom``."""
 

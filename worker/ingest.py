@@ -185,7 +185,7 @@ class StreamIngest:
                     # No worker answered: leave the entry pending; XAUTOCLAIM retries it.
                     self.stats.unanswered += 1
                     continue
-            self.stats.errors += '"error": ' in result  # only a key can match (see stream.py)
+            self.stats.errors += '"error":' in result  # only a key can match (see stream.py)
             args += [entry.entry_id, result, entry.problem]
         keys = [self.options.records_stream, self.options.scores_stream,
                 self.options.deadletter_stream]

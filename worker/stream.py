@@ -85,7 +85,7 @@ def stream_records(client: ScoringClient, lines: Iterable[str], out: TextIO,
             # Results are compact JSON written by the workers: in a JSON text `"error": ` can
             # only be a key (a quote inside a string value is escaped), so no parse is needed.
             summary.records += 1
-            summary.anomalies += _ANOMALY in result
+            summary.anomalies += _ANOMALY in result or _ANOMALY_SPACED in result
             summary.errors += _ERROR in result
             out.write(result + "\n")
         if progress is not None:
@@ -95,8 +95,10 @@ def stream_records(client: ScoringClient, lines: Iterable[str], out: TextIO,
     return summary
 
 
-_ANOMALY = '"is_anomaly": true'
-_ERROR = '"error": '
+# Workers write compact JSON (orjson); json.dumps' spaced form is still recognised.
+_ANOMALY = '"is_anomaly":true'
+_ANOMALY_SPACED = '"is_anomaly": true'
+_ERROR = '"error":'
 
 
 class _LineStream:
