@@ -92,7 +92,7 @@ class ScoringClient:
 
     def score(self, records: Iterable[Any]) -> Iterator[dict[str, Any]]:
         """One result per record, in input order."""
-        for results in self.score_batches(_chunks(records, self.options.batch_size)):
+        for results in self.score_batches(chunks(records, self.options.batch_size)):
             yield from results
 
     def score_batches(self, batches: Iterable[list[Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -236,7 +236,7 @@ def _record_id(record: Any, id_field: str) -> Any:
     return record.get(id_field) if isinstance(record, dict) else None
 
 
-def _chunks(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def chunks(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
     chunk: list[Any] = []
     for record in records:
         chunk.append(record)

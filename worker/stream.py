@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from detector.io import iter_csv
-from worker.client import ScoringClient
+from worker.client import ScoringClient, chunks
 
 
 @dataclass
@@ -76,7 +76,7 @@ def stream_records(client: ScoringClient, lines: Iterable[str], out: TextIO,
 
     def batches() -> Iterator[tuple[list[str], int]]:
         position = 1
-        for chunk in _chunks(lines, client.options.batch_size):
+        for chunk in chunks(lines, client.options.batch_size):
             yield chunk, position
             position += len(chunk)
 
@@ -116,14 +116,3 @@ def _prepend(first: str, stream: TextIO) -> Iterator[str]:
     if head:
         yield head
     yield from stream
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
