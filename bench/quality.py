@@ -12,11 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
 from tqdm.auto import tqdm
 
-from bench.protocol import evaluate_baselines, evaluate_detector, load_dataset, split
-from bench.report import overall, summarise_dataset, write_report
 from detector.index import configure_threads
 
 BAR_UNLABELLED = 94.5
@@ -50,8 +47,14 @@ def bench_command(
     out: Path,
 ) -> None:
     """Run the one-class quality benchmark on every .npz in DATA_DIR."""
-    configure_threads(threads)
-    torch.set_num_threads(threads)
+    # Imported here: scikit-learn and matplotlib are bench-only extras, and the CLI must start
+    # (fast) without them.
+    import torch
+
+    from bench.protocol import evaluate_baselines, evaluate_detector, load_dataset, split
+    from bench.report import overall, summarise_dataset, write_report
+
+    configure_threads(threads)  # torch's pool too
     wanted = {name for name in datasets.split(",") if name}
     paths = [p for p in sorted(data_dir.glob("*.npz")) if not wanted or p.stem in wanted]
     if not paths:
