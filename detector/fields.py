@@ -110,12 +110,26 @@ def infer_kind(column: Sequence[object]) -> str | None:
     if all(issubclass(t, numbers.Real) for t in types - {str}):
         if str not in types:
             return "numeric"
-        try:  # numbers mixed with numeric strings such as "12.5"; "nan" is rejected by fit
-            [float(v) for v in column if isinstance(v, str)]
+        # Numbers mixed with strings: numeric strings ("12.5") count as numbers, and a field
+        # that is mostly numbers stays numeric so that a few bad values ("n/a") are reported
+        # as record errors instead of silently turning the field into a category.
+        present = [v for v in column if v is not None]
+        if sum(_is_number_like(v) for v in present) >= NUMERIC_SHARE * len(present):
             return "numeric"
-        except ValueError:
-            pass
     return "categorical"
+
+
+NUMERIC_SHARE = 0.9
+
+
+def _is_number_like(value: object) -> bool:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return isinstance(value, numbers.Real)
 
 
 def signed_log1p(values: np.ndarray) -> np.ndarray:

@@ -86,3 +86,15 @@ def test_console_script_is_installed() -> None:
     output = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     for command in ("generate", "train", "score"):
         assert command in output.stdout
+
+
+def test_bad_training_record_is_named(workdir: Path) -> None:
+    _invoke("generate", "--out", str(workdir / "train-bad.jsonl"), "--n", "800")
+    lines = (workdir / "train-bad.jsonl").read_text().splitlines()
+    lines[17] = json.dumps(dict(json.loads(lines[17]), cpu_pct="n/a"))
+    (workdir / "train-bad.jsonl").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["train", "--data", str(workdir / "train-bad.jsonl"),
+                                       "--out", str(workdir / "bad-model"), "--alpha", "0.05",
+                                       "--delta", "0.1", "--encoder", "identity"])
+    assert result.exit_code != 0
+    assert "'r0000017'" in result.output and "field 'cpu_pct'" in result.output

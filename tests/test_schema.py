@@ -346,3 +346,17 @@ def test_unfitted_encoder_raises() -> None:
         FeatureEncoder().transform([{"x": 1}])
     with pytest.raises(NotFittedError):
         FeatureEncoder().to_state()
+
+
+def test_a_few_bad_strings_do_not_turn_a_numeric_field_into_a_category() -> None:
+    records = [{"id": i, "cpu": float(i)} for i in range(50)] + [{"id": 50, "cpu": "n/a"}]
+    with pytest.raises(RecordError, match="field 'cpu'") as caught:
+        FeatureEncoder().fit(records)
+    assert caught.value.record_index == 50
+    encoder = FeatureEncoder().fit(records[:50])
+    assert encoder.fields_[0]["kind"] == "numeric"
+    _, errors = encoder.transform_records(records[48:])
+    assert errors[:2] == [None, None] and errors[2].field == "cpu"
+    # a field of mostly words is a category
+    words = [{"cpu": "high"}] * 10 + [{"cpu": 3}]
+    assert FeatureEncoder().fit(words).fields_[0]["kind"] == "categorical"
