@@ -94,10 +94,12 @@ class Objective:
         anomaly_noise: float = 0.1,
         anomaly_loss_weight: float = 1.0,
         view_loss_weight_with_anomalies: float = 0.0,
+        column_groups: torch.Tensor | None = None,
+        invariant_fields: torch.Tensor | None = None,
     ) -> None:
         self.mode = mode
         self.view_loss_weight_with_anomalies = view_loss_weight_with_anomalies
-        self.view = MarginalCorruption(corruption_rate)
+        self.view = MarginalCorruption(corruption_rate, column_groups, invariant_fields)
         self.nt_xent = NTXentLoss(temperature)
         self.labelled = labelled_loss(supervised_loss, margin, temperature)
         self.pair_loss = ContrastiveLoss(margin)

@@ -96,6 +96,8 @@ def build_embedder_for_fit(
     anomaly_features: np.ndarray | None,
     *,
     numeric_columns: np.ndarray,
+    column_groups: np.ndarray | None = None,
+    invariant_fields: np.ndarray | None = None,
     training: Any,
     seed: int,
     progress: bool,
@@ -116,5 +118,7 @@ def build_embedder_for_fit(
         triplets=supervision.triplets,
         anomalies=anomaly_features,
         standardise_columns=numeric_columns,
+        column_groups=column_groups,
+        invariant_fields=invariant_fields,
         progress=progress,
     )

@@ -76,6 +76,8 @@ def train_embedder(
     triplets: Sequence[Sequence[int]] | np.ndarray | None = None,
     anomalies: np.ndarray | None = None,
     standardise_columns: np.ndarray | None = None,
+    column_groups: np.ndarray | None = None,
+    invariant_fields: np.ndarray | None = None,
     progress: bool = False,
 ) -> MetricEmbedder:
     """Train the encoder on normal ``features`` (already scaled float32 rows).
@@ -83,7 +85,10 @@ def train_embedder(
     labels: integer class per row; pairs: ``(i, j, similar)`` rows; triplets:
     ``(anchor, positive, negative)`` rows (indices into ``features``); anomalies: feature rows
     of known anomalies; standardise_columns: bool mask of the columns to z-score (numeric
-    values; default all). Deterministic for a given ``config.seed`` (and thread count).
+    values; default all); column_groups: field index of each column (a field's columns are
+    corrupted together; default one field per column); invariant_fields: bool per field,
+    fields corrupted in every view (hashed ids). Deterministic for a given ``config.seed``
+    (and thread count).
     """
     data = _supervision(features, labels, pairs, triplets, anomalies)
     mode = data.mode(config.mode)
@@ -111,6 +116,12 @@ def train_embedder(
         anomaly_noise=config.anomaly_noise,
         anomaly_loss_weight=config.anomaly_loss_weight,
         view_loss_weight_with_anomalies=config.view_loss_weight_with_anomalies,
+        column_groups=None if column_groups is None else torch.from_numpy(
+            np.asarray(column_groups, dtype=np.int64)
+        ),
+        invariant_fields=None if invariant_fields is None else torch.from_numpy(
+            np.asarray(invariant_fields, dtype=bool)
+        ),
     )
     optimiser = torch.optim.Adam(
         encoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay

@@ -110,3 +110,20 @@ def test_input_errors_name_the_problem() -> None:
         train_embedder(x, config=TrainingConfig(mode="psychic"))
     with pytest.raises(ValueError, match="supervised_loss"):
         train_embedder(x, config=TrainingConfig(supervised_loss="magic"), labels=labels)
+
+
+def test_corruption_keeps_fields_whole_and_always_corrupts_invariant_fields() -> None:
+    import torch
+
+    from detector.augment import MarginalCorruption
+
+    # columns 0-2: one one-hot field; column 3: a hashed id field, corrupted in every view
+    pool = torch.tensor([[1, 0, 0, 5], [0, 1, 0, 6], [0, 0, 1, 7]], dtype=torch.float32)
+    x = pool.repeat(100, 1)
+    groups, always = torch.tensor([0, 0, 0, 1]), torch.tensor([False, True])
+    view = MarginalCorruption(0.6, groups, always)(x, pool, torch.Generator().manual_seed(0))
+    assert (view[:, :3].sum(1) == 1).all()  # still a valid one-hot vector
+    assert (view[:, :3] != x[:, :3]).any()
+    kept = MarginalCorruption(0.0, groups, always)(x, pool, torch.Generator().manual_seed(0))
+    assert torch.equal(kept[:, :3], x[:, :3])
+    assert (kept[:, 3] != x[:, 3]).float().mean() > 0.5  # a fresh donor in every view
