@@ -169,7 +169,7 @@ class Detector:
         self.schema_version_ = self.feature_encoder_.version_
         self.threshold_ = float(self.calibrator_.threshold_) if self.alpha is not None else None
         self.fpr_bound_ = float(self.calibrator_.fpr_bound_) if self.alpha is not None else None
-        self.model_version_ = _model_version(all_features, self.get_params())
+        self.model_version_ = _model_version(all_features, self.get_params(), self.embedder_)
         return self
 
     def _check_params(self) -> None:
@@ -334,7 +334,8 @@ def _reference_ids(
     return [int(row) if rid is None else rid for rid, row in zip(ids, rows, strict=True)]
 
 
-def _model_version(features: np.ndarray, params: dict[str, Any]) -> str:
+def _model_version(features: np.ndarray, params: dict[str, Any], embedder: Any) -> str:
+    """Content hash of what decides scores: references, configuration and encoder weights."""
     import hashlib
     import json
 
@@ -342,4 +343,7 @@ def _model_version(features: np.ndarray, params: dict[str, Any]) -> str:
 
     digest = hashlib.sha256(fingerprint(features).encode())
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(embedder.tensors().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()[:12]
