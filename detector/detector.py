@@ -31,6 +31,7 @@ import numpy as np
 from detector.calibration import ConformalCalibrator, required_calibration_size
 from detector.errors import CalibrationError, NotFittedError
 from detector.index import ReferenceIndex
+from detector.io import take_rows
 from detector.persistence import load_detector, save_detector
 from detector.schema import FeatureEncoder
 from detector.scoring import explain_rows, score_record_batch
@@ -115,8 +116,8 @@ class Detector:
         data = X if isinstance(X, np.ndarray) else list(X)
         n = len(data)
         reference_rows, calibration_rows = self._split(n)
-        reference_data = _take(data, reference_rows)
-        calibration_data = _take(data, calibration_rows)
+        reference_data = take_rows(data, reference_rows)
+        calibration_data = take_rows(data, calibration_rows)
 
         self.feature_encoder_ = FeatureEncoder(
             id_field=self.id_field,
@@ -318,12 +319,6 @@ def _field_groups(encoder: FeatureEncoder) -> tuple[np.ndarray, np.ndarray]:
         groups[encoder.field_columns_[spec["name"]]] = index
         hashed[index] = spec.get("encoding") == "hash"
     return groups, hashed
-
-
-def _take(data: np.ndarray | list[Any], rows: np.ndarray) -> np.ndarray | list[Any]:
-    if isinstance(data, np.ndarray):
-        return data[rows]
-    return [data[i] for i in rows]
 
 
 def _reference_ids(

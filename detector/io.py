@@ -39,6 +39,13 @@ class RecordFile:
     labels: np.ndarray | None = None
 
 
+def take_rows(data: list[Any] | np.ndarray, rows: np.ndarray) -> list[Any] | np.ndarray:
+    """The rows ``rows`` of a record list or a feature matrix, keeping its type."""
+    if isinstance(data, np.ndarray):
+        return data[rows]
+    return [data[i] for i in rows]
+
+
 def read_records(path: str | Path, label_field: str | None = None) -> RecordFile:
     """Read ``path`` by extension; ``label_field`` pulls a 0/1 ground-truth column out."""
     file_path = Path(path)

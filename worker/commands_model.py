@@ -9,7 +9,7 @@ from typing import Any
 import click
 import numpy as np
 
-from detector.io import UnreadableRecord, read_records
+from detector.io import UnreadableRecord, read_records, take_rows
 
 
 @click.command("generate")
@@ -74,7 +74,7 @@ def train_command(
     is_anomaly = data.labels if data.labels is not None else np.zeros(len(records), dtype=bool)
     normal_rows = np.flatnonzero(~is_anomaly)
     anomaly_rows = np.flatnonzero(is_anomaly)[:known_anomalies]
-    normals = _take(records, normal_rows)
+    normals = take_rows(records, normal_rows)
     labels = None
     if class_field is not None:
         labels = [r.get(class_field) for r in normals]
@@ -83,7 +83,7 @@ def train_command(
         label_fields=tuple(f for f in (label_field, class_field) if f),
         schema=json.loads(schema_path.read_text()) if schema_path else None, progress=True,
     )
-    anomalies = _take(records, anomaly_rows) if len(anomaly_rows) else None
+    anomalies = take_rows(records, anomaly_rows) if len(anomaly_rows) else None
     try:
         detector.fit(normals, labels=labels, anomalies=anomalies)
     except ValueError as exc:  # every library error is a ValueError with a clear message
@@ -151,8 +151,3 @@ def _score_chunk(detector: Any, chunk: list[Any]) -> list[dict[str, Any]]:
         results.append(result)
     return results
 
-
-def _take(records: Any, rows: np.ndarray) -> Any:
-    if isinstance(records, np.ndarray):
-        return records[rows]
-    return [records[i] for i in rows]
