@@ -95,6 +95,10 @@ def evaluate_detector(
         "n_labelled": len(s.labelled_anomalies),
         "training_mode": detector.training_mode_,
         "certified": certified,
+        "calibration_index": detector.calibration_index_,
+        "index_parts": detector.reference_index_.kinds_,
+        "n_distinct_references": detector.n_unique_reference_,
+        "duplicate_factor": detector.duplicate_factor_,
     }
     if certified:
         false_positives = int((scores[~s.test_is_anomaly] > detector.threshold_).sum())

@@ -32,6 +32,8 @@ BAR_UNLABELLED = 94.5
 @click.option("--datasets", default="", help="Comma-separated dataset names (default: all).")
 @click.option("--timing/--no-timing", default=False, show_default=True,
               help="Also time training on a 100k x 40-field set.")
+@click.option("--exact/--no-exact", default=False, show_default=True,
+              help="Also run the Detector with an exact (flat) index on the same splits.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def bench_command(
@@ -43,6 +45,7 @@ def bench_command(
     encoder: str,
     datasets: str,
     timing: bool,
+    exact: bool,
     threads: int,
     out: Path,
 ) -> None:
@@ -71,6 +74,9 @@ def bench_command(
                 s = split(x, y, seed, labelled)
                 result = {"seed": seed, "nearwatch": evaluate_detector(
                     s, seed, alpha, delta, {"encoder": encoder})}
+                if exact:
+                    result["nearwatch_exact"] = evaluate_detector(
+                        s, seed, alpha, delta, {"encoder": encoder, "index": "flat"})
                 result.update(evaluate_baselines(s, seed))
                 runs[path.stem].append(result)
                 progress.update()
@@ -79,6 +85,7 @@ def bench_command(
         "config": {
             "data_dir": str(data_dir), "seeds": seeds, "labelled_anomalies": labelled,
             "alpha": alpha, "delta": delta, "encoder": encoder, "threads": threads,
+            "exact": exact,
             "protocol": "train on a random 50% of normals; test on the other 50% + anomalies",
         },
         "environment": {"python": platform.python_version(), "torch": torch.__version__,

@@ -28,7 +28,7 @@ import numpy as np
 
 from detector.errors import BundleError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: distinct references with counts, index in parts
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest_sha256"  # digest of the manifest's own content, minus this key
 

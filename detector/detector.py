@@ -6,11 +6,16 @@ k-th distance alone when references are duplicated (many zero distances) and sti
 with every neighbour's distance, so a record far from all normals scores high.
 
 Calibration: the normal training records are split into references R and calibration records
-C. The feature scaling and the embedder are fitted on R only; calibration scores are the kNN
-distances from C to R, which are exchangeable with those of new normal records, so the
-certified threshold holds. After certification the index is rebuilt on R ∪ C: a kNN distance
-to a superset can only be smaller, so false-alarm guarantees and p-values stay valid
-(conservative) while scoring uses every normal record.
+C. The feature scaling and the embedder are fitted on R only. Distinct records are indexed once
+with their multiplicity (``detector.references``). Calibration scores are the scores of C
+computed by the very search that serves: the index over R (same object, same parameters), so
+they are exchangeable with the scores that index gives new normal records, whatever its kind
+(exact or HNSW). C is then added *without rebuilding R's index*: as extra copies of references
+already in R, and as a second index part for values only C has. Search merges the parts, so
+every record's served score is at most the score the calibrated search gives it, and the
+certified threshold and p-values stay valid (conservative) while scoring uses every normal
+record. (A kNN distance to a rebuilt HNSW graph over R ∪ C has no such bound: that was the
+bug on duplicate-heavy real data.)
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -30,9 +35,9 @@ import numpy as np
 
 from detector.calibration import ConformalCalibrator, required_calibration_size
 from detector.errors import CalibrationError, NotFittedError
-from detector.index import ReferenceIndex
 from detector.io import take_rows
 from detector.persistence import load_detector, save_detector
+from detector.references import ReferenceSet, group_duplicates
 from detector.schema import FeatureEncoder
 from detector.scoring import explain_rows, score_record_batch
 from detector.supervision import FitSupervision, build_embedder_for_fit
@@ -144,33 +149,52 @@ class Detector:
         )
         self.training_mode_ = supervision.mode
 
-        # One index kind for calibration and scoring, chosen by the final reference count,
-        # so calibration scores carry the same (small) approximation error as live scores.
-        index_kind = self._index_kind(n)
-        reference_embeddings = self.embedder_.embed(reference_features)
-        calibration_index = self._new_index(index_kind).fit(reference_embeddings)
-        calibration_scores = _mean_distance(
-            calibration_index, self.embedder_.embed(calibration_features), self.k
+        # Each distinct record is embedded and indexed once, with its multiplicity. Part 0 of
+        # the reference set (R) is the very index that calibration searches and that serves;
+        # calibration records C are added afterwards as extra copies or a new part, which can
+        # only lower a score (see detector.references and the module docstring).
+        groups = group_duplicates(reference_features, calibration_features)
+        stacked_features = np.vstack([reference_features, calibration_features])
+        distinct_features = stacked_features[groups.representatives]
+        distinct_embeddings = self.embedder_.embed(distinct_features)
+        n_part0 = len(groups.in_references)
+        references = ReferenceSet(
+            metric=self.metric, kind=self.index, flat_max=self.flat_max, seed=self.seed
+        ).fit(distinct_embeddings[:n_part0], groups.reference_counts[:n_part0])
+        calibration_groups = np.unique(groups.calibration_group)
+        group_scores = np.zeros(len(distinct_features), dtype=np.float64)
+        group_scores[calibration_groups] = references.mean_distance(
+            distinct_embeddings[calibration_groups], self.k
         )
         self.calibrator_ = ConformalCalibrator(alpha=self.alpha, delta=self.delta).fit(
-            calibration_scores
+            group_scores[groups.calibration_group]
         )
+        self.calibration_index_ = references.kinds_[0]
 
-        # Score against every normal record (R ∪ C); see the module docstring for why it is safe.
-        all_features = np.vstack([reference_features, calibration_features])
-        self.reference_features_ = all_features
-        self.reference_index_ = self._new_index(index_kind).fit(self.embedder_.embed(all_features))
-        self.reference_ids_ = _reference_ids(
+        # Score against every normal record (R ∪ C) without touching part 0's index.
+        references.add_copies(groups.calibration_counts[:n_part0])
+        if len(distinct_features) > n_part0:
+            references.add_part(
+                distinct_embeddings[n_part0:], groups.calibration_counts[n_part0:]
+            )
+        self.reference_index_ = references
+        self.reference_features_ = distinct_features
+        all_ids = _reference_ids(
             self.feature_encoder_, reference_data, calibration_data,
             np.concatenate([reference_rows, calibration_rows]),
         )
-        self.n_reference_ = len(all_features)
+        self.reference_ids_ = [all_ids[row] for row in groups.representatives.tolist()]
+        self.n_reference_ = references.n_records_
+        self.n_unique_reference_ = references.n_unique_
+        self.duplicate_factor_ = self.n_reference_ / self.n_unique_reference_
         self.n_calibration_ = len(calibration_features)
         self.n_features_ = self.feature_encoder_.n_features_
         self.schema_version_ = self.feature_encoder_.version_
         self.threshold_ = float(self.calibrator_.threshold_) if self.alpha is not None else None
         self.fpr_bound_ = float(self.calibrator_.fpr_bound_) if self.alpha is not None else None
-        self.model_version_ = _model_version(all_features, self.get_params(), self.embedder_)
+        self.model_version_ = _model_version(
+            distinct_features, references.counts_, self.get_params(), self.embedder_
+        )
         return self
 
     def _check_params(self) -> None:
@@ -203,15 +227,6 @@ class Detector:
         order = np.random.default_rng(self.seed).permutation(n)
         return np.sort(order[n_calibration:]), np.sort(order[:n_calibration])
 
-    def _index_kind(self, n_references: int) -> str:
-        if self.index != "auto":
-            return self.index
-        return "flat" if n_references <= self.flat_max else "hnsw"
-
-    def _new_index(self, kind: str) -> ReferenceIndex:
-        return ReferenceIndex(metric=self.metric, kind=kind, flat_max=self.flat_max,
-                              seed=self.seed)
-
     # ------------------------------------------------------------------ scoring
     def _check_fitted(self) -> None:
         if not hasattr(self, "reference_index_"):
@@ -225,7 +240,7 @@ class Detector:
     def score(self, X: np.ndarray | Iterable[dict[str, Any]]) -> np.ndarray:
         """Mean distance to the ``k`` nearest normal references; higher = more anomalous."""
         embeddings = self._embed(X)
-        return _mean_distance(self.reference_index_, embeddings, self.k)
+        return self.reference_index_.mean_distance(embeddings, self.k)
 
     def p_value(self, X: np.ndarray | Iterable[dict[str, Any]]) -> np.ndarray:
         """Conformal p-values in (0, 1]: small means unlike the calibration normals."""
@@ -289,13 +304,6 @@ class Detector:
         return f"Detector(k={self.k}, metric={self.metric!r}, alpha={self.alpha}{fitted})"
 
 
-def _mean_distance(index: ReferenceIndex, embeddings: np.ndarray, k: int) -> np.ndarray:
-    if len(embeddings) == 0:
-        return np.zeros(0, dtype=np.float64)
-    distances, _ = index.search(embeddings, k)
-    return distances.astype(np.float64).mean(axis=1)
-
-
 def _numeric_columns(encoder: FeatureEncoder) -> np.ndarray:
     """Mask of the feature columns that carry numeric values (not 0/1 indicator columns)."""
     mask = np.zeros(encoder.n_features_, dtype=bool)
@@ -329,7 +337,9 @@ def _reference_ids(
     return [int(row) if rid is None else rid for rid, row in zip(ids, rows, strict=True)]
 
 
-def _model_version(features: np.ndarray, params: dict[str, Any], embedder: Any) -> str:
+def _model_version(
+    features: np.ndarray, counts: np.ndarray, params: dict[str, Any], embedder: Any
+) -> str:
     """Content hash of what decides scores: references, configuration and encoder weights."""
     import hashlib
     import json
@@ -337,6 +347,7 @@ def _model_version(features: np.ndarray, params: dict[str, Any], embedder: Any) 
     from detector.bundle import fingerprint
 
     digest = hashlib.sha256(fingerprint(features).encode())
+    digest.update(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
     for name, tensor in sorted(embedder.tensors().items()):
         digest.update(name.encode())

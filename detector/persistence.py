@@ -17,21 +17,27 @@ from detector.bundle import (
 )
 from detector.calibration import ConformalCalibrator
 from detector.errors import BundleError, SchemaMismatchError
-from detector.index import ReferenceIndex
+from detector.references import ReferenceSet
 from detector.schema import FeatureEncoder
 
 if TYPE_CHECKING:
     from detector.detector import Detector
 
 ENCODER_FILE = "encoder.pt"
-INDEX_FILE = "index.faiss"
+INDEX_FILE = "index.faiss"  # part 0 (the calibrated index); part i > 0: index_{i}.faiss
+REFERENCE_COUNTS_FILE = "reference_counts.npy"
 CALIBRATION_FILE = "calibration.npy"
 REFERENCE_FEATURES_FILE = "reference_features.npy"
 REFERENCE_IDS_FILE = "reference_ids.json"
 FITTED_ATTRIBUTES = (
     "n_reference_", "n_calibration_", "n_features_", "threshold_", "fpr_bound_",
-    "model_version_", "schema_version_", "training_mode_",
+    "model_version_", "schema_version_", "training_mode_", "n_unique_reference_",
+    "duplicate_factor_", "calibration_index_",
 )
+
+
+def index_file(part: int) -> str:
+    return INDEX_FILE if part == 0 else f"index_{part}.faiss"
 
 
 def save_detector(detector: Detector, path: Path) -> None:
@@ -40,25 +46,27 @@ def save_detector(detector: Detector, path: Path) -> None:
         "schema": detector.feature_encoder_.to_state(),
         "schema_version": detector.schema_version_,
         "embedder": detector.embedder_.to_state(),
-        "index": detector.reference_index_.to_state(),
+        "references": detector.reference_index_.to_state(),
         "calibration": detector.calibrator_.to_state(),
         "fitted": {name: getattr(detector, name) for name in FITTED_ATTRIBUTES},
         "data_fingerprint": fingerprint(detector.reference_features_),
     }
     files = {
         ENCODER_FILE: tensors_to_bytes(detector.embedder_.tensors()),
-        INDEX_FILE: detector.reference_index_.to_bytes(),
+        REFERENCE_COUNTS_FILE: array_to_bytes(detector.reference_index_.counts_),
         CALIBRATION_FILE: array_to_bytes(detector.calibrator_.calibration_scores_),
         REFERENCE_FEATURES_FILE: array_to_bytes(detector.reference_features_),
         REFERENCE_IDS_FILE: json.dumps(detector.reference_ids_).encode(),
     }
+    for part, index in enumerate(detector.reference_index_.parts_):
+        files[index_file(part)] = index.to_bytes()
     write_bundle(path, manifest, files)
 
 
 def load_detector(cls: type[Detector], path: Path) -> Detector:
     manifest, files = read_bundle(path)
     missing = {ENCODER_FILE, INDEX_FILE, CALIBRATION_FILE, REFERENCE_FEATURES_FILE,
-               REFERENCE_IDS_FILE} - set(files)
+               REFERENCE_IDS_FILE, REFERENCE_COUNTS_FILE} - set(files)
     if missing:
         raise BundleError(f"{path}: bundle lacks {', '.join(sorted(missing))}")
     try:
@@ -83,7 +91,14 @@ def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, byt
     detector.feature_encoder_ = encoder
     tensors = tensors_from_bytes(files[ENCODER_FILE])
     detector.embedder_ = build_embedder(manifest["embedder"], tensors)
-    detector.reference_index_ = ReferenceIndex.from_bytes(files[INDEX_FILE], manifest["index"])
+    references = manifest["references"]
+    n_parts = len(references["parts"])
+    if any(index_file(part) not in files for part in range(n_parts)):
+        raise BundleError(f"bundle lacks one of the {n_parts} index files")
+    detector.reference_index_ = ReferenceSet.from_state(
+        references, [files[index_file(part)] for part in range(n_parts)],
+        array_from_bytes(files[REFERENCE_COUNTS_FILE]),
+    )
     detector.calibrator_ = ConformalCalibrator.from_state(
         manifest["calibration"], array_from_bytes(files[CALIBRATION_FILE])
     )
@@ -91,8 +106,11 @@ def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, byt
     detector.reference_ids_ = json.loads(files[REFERENCE_IDS_FILE])
     for name, value in manifest["fitted"].items():
         setattr(detector, name, value)
-    if len(detector.reference_ids_) != detector.n_reference_:
-        raise BundleError("reference ids do not match the number of references")
+    references = detector.reference_index_
+    if (len(detector.reference_ids_) != references.n_unique_
+            or len(detector.reference_features_) != references.n_unique_
+            or detector.n_reference_ != references.n_records_):
+        raise BundleError("reference ids, features and counts do not match the index")
     return detector
 
 

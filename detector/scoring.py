@@ -20,12 +20,16 @@ if TYPE_CHECKING:
 def neighbour_search(
     detector: Detector, features: np.ndarray, n_neighbours: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scores plus the distances and reference rows of the nearest references."""
-    k_search = min(max(detector.k, n_neighbours), detector.n_reference_)
-    distances, rows = detector.reference_index_.search(
-        detector.embedder_.embed(features), k_search
+    """Scores plus the distances and rows of the nearest distinct references.
+
+    Searching more distinct neighbours than ``k`` (for explanations) returns a superset of the
+    candidates, so a score can only be lower than or equal to the calibrated search's.
+    """
+    references = detector.reference_index_
+    distances, rows = references.search(
+        detector.embedder_.embed(features), max(detector.k, n_neighbours)
     )
-    scores = distances[:, : detector.k].astype(np.float64).mean(axis=1)
+    scores = references.mean_from_neighbours(distances, rows, detector.k)
     return scores, distances, rows
 
 
@@ -63,19 +67,20 @@ def score_record_batch(
     # Bulk numpy -> Python conversion (tolist) instead of a float() per value: same values
     # (float64 -> float and float32 -> float are exact), ~1 µs less per record.
     flags = [None] * len(good) if threshold is None else (scores > threshold).tolist()
-    neighbour_ids = [[reference_ids[row] for row in block]
-                     for block in rows[:, :n_neighbours].tolist()]
-    for i, score, p_value, flag, ids, dists in zip(
+    neighbour_rows = rows[:, :n_neighbours]
+    neighbour_ids = [[reference_ids[row] for row in block] for block in neighbour_rows.tolist()]
+    neighbour_copies = detector.reference_index_.counts_[neighbour_rows].tolist()
+    for i, score, p_value, flag, ids, dists, copies in zip(
         good, scores.tolist(), p_values.tolist(), flags, neighbour_ids,
-        distances[:, :n_neighbours].tolist(), strict=True,
+        distances[:, :n_neighbours].tolist(), neighbour_copies, strict=True,
     ):
         result = results[i]
         result["score"] = score
         result["p_value"] = p_value
         result["is_anomaly"] = flag
         result["threshold"] = threshold
-        result["neighbours"] = [{"id": rid, "distance": d}
-                                for rid, d in zip(ids, dists, strict=True)]
+        result["neighbours"] = [{"id": rid, "distance": d, "copies": c}
+                                for rid, d, c in zip(ids, dists, copies, strict=True)]
     return results
 
 
@@ -92,8 +97,11 @@ def explain_rows(
     p_values = detector.calibrator_.p_value(scores)
     encoder = detector.feature_encoder_
     explanations = []
+    taken = detector.reference_index_.records_taken(rows, detector.k)
     for i in range(len(features)):
-        typical = np.median(detector.reference_features_[rows[i, : detector.k]], axis=0)
+        # the k nearest *records*: a distinct reference counts as many times as it is taken
+        nearest_records = np.repeat(rows[i], taken[i])
+        typical = np.median(detector.reference_features_[nearest_records], axis=0)
         field_deviations = []
         for field, columns in encoder.field_columns_.items():
             deviation = float(np.linalg.norm(features[i, columns] - typical[columns]))
@@ -106,7 +114,8 @@ def explain_rows(
             if detector.threshold_ is None
             else bool(scores[i] > detector.threshold_),
             "neighbours": [
-                {"id": detector.reference_ids_[int(row)], "distance": float(distance)}
+                {"id": detector.reference_ids_[int(row)], "distance": float(distance),
+                 "copies": int(detector.reference_index_.counts_[row])}
                 for distance, row in zip(
                     distances[i, :n_neighbours], rows[i, :n_neighbours], strict=True
                 )

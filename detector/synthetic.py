@@ -129,3 +129,36 @@ def _inject_anomaly(
         record["retries"] = int(rng.integers(3, 8))
         record["status"] = "503"
         record["method"] = profile.methods[-1]
+
+
+def repetitive_matrix(
+    n: int, n_distinct: int = 1_000, dim: int = 6, repeat_rate: float = 0.95, seed: int = 0
+) -> np.ndarray:
+    """Normal rows that repeat like real monitoring data: most rows are exact copies.
+
+    ``n_distinct`` prototype rows (a 3-cluster Gaussian mixture) are drawn with Zipf-like
+    popularity, so a few values occur thousands of times; a share ``1 - repeat_rate`` of rows
+    are fresh near-prototype values that occur once. Rows are i.i.d. for a fixed ``seed``'s
+    prototypes, so a held-out sample is exchangeable with a training sample drawn alike.
+
+    >>> rows = repetitive_matrix(2_000, n_distinct=100, seed=0)
+    >>> rows.shape, len(np.unique(rows, axis=0)) < 250
+    ((2000, 6), True)
+    """
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=4.0, size=(3, dim))
+    prototypes = centers[rng.integers(0, 3, n_distinct)] + rng.normal(size=(n_distinct, dim))
+    prototypes = np.round(prototypes, 2)  # recorded values have finite precision
+    popularity = 1.0 / np.arange(1, n_distinct + 1) ** 1.1
+    return sample_repetitive(prototypes, popularity / popularity.sum(), n, repeat_rate, rng)
+
+
+def sample_repetitive(
+    prototypes: np.ndarray, popularity: np.ndarray, n: int, repeat_rate: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``n`` rows: copies of ``prototypes`` by ``popularity``, or once-only noisy variants."""
+    chosen = prototypes[rng.choice(len(prototypes), size=n, p=popularity)]
+    fresh = rng.random(n) >= repeat_rate
+    chosen[fresh] = chosen[fresh] + rng.normal(scale=0.3, size=(int(fresh.sum()), chosen.shape[1]))
+    return chosen.astype(np.float32)

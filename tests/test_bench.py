@@ -25,7 +25,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = CliRunner().invoke(bench_command, [
         "--data-dir", str(tmp_path), "--seeds", "2", "--labelled-anomalies", "4",
-        "--alpha", "0.05", "--delta", "0.1", "--out", str(out),
+        "--alpha", "0.05", "--delta", "0.1", "--exact", "--out", str(out),
     ])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -46,6 +46,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for name in ("report.md", "auroc.png", "calibration.png"):
         assert (out / name).stat().st_size > 0
     assert "| blobs |" in result.output
+    exact = blobs["nearwatch_exact"]
+    assert 90 <= exact["auroc"]["mean"] <= 100 and exact["calibration"]["certified_seeds"] == 2
+    assert blobs["calibration_index"] == "flat" and blobs["duplicate_factor"] >= 1.0
+    assert "Default index vs exact (flat) index" in result.output
 
 
 def test_fpr_lower_bound() -> None:

@@ -5,6 +5,7 @@ Each command reads ``Settings.from_env()`` once (the edge) and passes it down.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -170,6 +171,41 @@ def models_list() -> None:
     for entry in listed:
         click.echo(f"{'*' if entry.current else ' '} {entry.version}  "
                    f"model {entry.model_version or '?'}  created {entry.created_at or '?'}")
+
+
+@models_group.command("show")
+@click.argument("version", required=False)
+def models_show(version: str | None) -> None:
+    """Facts of VERSION (default: the current one), verified like a worker loads it."""
+    from detector.registry import ModelRegistry
+
+    registry = ModelRegistry(_settings().model_dir)
+    version = version or registry.current_version()
+    if version is None:
+        raise click.ClickException(f"no current model in {registry.root}")
+    try:
+        detector = registry.load(version)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(f"cannot load {version}: {exc}") from exc
+    click.echo(json.dumps(model_facts(version, detector), indent=2))
+
+
+def model_facts(version: str, detector: Any) -> dict[str, Any]:
+    """What an operator needs to judge a model: its guarantee and what it was built from."""
+    return {
+        "version": version,
+        "model_version": detector.model_version_,
+        "training_mode": detector.training_mode_,
+        "alpha": detector.alpha, "delta": detector.delta, "k": detector.k,
+        "threshold": detector.threshold_, "fpr_bound": detector.fpr_bound_,
+        "n_calibration": detector.n_calibration_,
+        "calibration_index": detector.calibration_index_,
+        "index_parts": detector.reference_index_.kinds_,
+        "n_reference_records": detector.n_reference_,
+        "n_distinct_references": detector.n_unique_reference_,
+        "duplicate_factor": round(float(detector.duplicate_factor_), 4),
+        "schema_version": detector.schema_version_,
+    }
 
 
 @click.command("demo")

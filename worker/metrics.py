@@ -135,6 +135,17 @@ class ServiceMetrics:
         self.reference_size = Gauge(
             "nearwatch_reference_size", "Normal reference records in the serving model",
             multiprocess_mode="livemostrecent", registry=r)
+        self.reference_distinct = Gauge(
+            "nearwatch_reference_distinct", "Distinct reference records (each indexed once)",
+            multiprocess_mode="livemostrecent", registry=r)
+        self.duplicate_factor = Gauge(
+            "nearwatch_reference_duplicate_factor",
+            "Reference records per distinct indexed reference in the serving model",
+            multiprocess_mode="livemostrecent", registry=r)
+        self.calibration_index = Gauge(
+            "nearwatch_calibration_index_info",
+            "1 for the index kind (flat | hnsw) whose search produced the calibration scores",
+            ["kind"], multiprocess_mode="livemax", registry=r)
         self.model_info = Gauge(
             "nearwatch_model_info", "1 for the model version(s) being served by live processes",
             ["version", "model_hash"], multiprocess_mode="livemax", registry=r)
@@ -146,6 +157,10 @@ class ServiceMetrics:
         self.fpr_bound.set(_number(detector.fpr_bound_))
         self.target_fpr.set(_number(detector.alpha))
         self.reference_size.set(float(detector.n_reference_))
+        self.reference_distinct.set(float(detector.n_unique_reference_))
+        self.duplicate_factor.set(float(detector.duplicate_factor_))
+        for kind in ("flat", "hnsw"):
+            self.calibration_index.labels(kind).set(float(kind == detector.calibration_index_))
         if self._info_labels is not None:
             self.model_info.labels(*self._info_labels).set(0)
         self._info_labels = (version, str(detector.model_version_))
