@@ -16,6 +16,18 @@ stochastically larger, so the bound stays valid (conservative). ``fpr_bound_`` i
 (1 - delta) upper confidence bound 1 - BetaInv(delta; k, n + 1 - k) <= alpha. k <= n exists only
 when P(all n below the 1 - alpha quantile) = (1 - alpha)^n <= delta; see
 ``required_calibration_size``.
+
+Why this holds for *any* index, approximate ones included: exchangeability needs the
+calibration scores and a new record's score to come from the same function of the record. The
+``Detector`` therefore computes calibration scores with the index over the references R that
+then serves, unchanged (same faiss object, same efSearch), so s(x) is one fixed function for
+calibration and live records whether the index is exact or HNSW. Calibration records C join the
+served references only as extra copies of existing references or as a separate index part
+(``detector.references``); search merges parts, so the served candidates for x are a superset of
+the calibrated search's and the served score s'(x) <= s(x) for every x. Hence
+P(s'(X) > t) <= P(s(X) > t): the FPR certificate and the p-values stay valid (conservative).
+What is *not* valid, and was the bug on duplicate-heavy data: rebuilding an HNSW graph over
+R ∪ C, whose approximate distances can exceed those of the graph that was calibrated.
 """
 
 from __future__ import annotations
