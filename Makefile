@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/nearwatch demo
 
 test: setup services
-	$(BIN)/ruff check detector worker scheduler bench tests
+	$(BIN)/ruff check nearwatch detector worker scheduler bench tests
 	$(BIN)/pytest
 
 # Quality benchmark (needs ../shared/data/adbench); commands as in bench/results/README.md.

@@ -35,9 +35,9 @@ EF_VALUES = (16, 24, 32, 40, 48, 64, 96)
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path))
 def main(n_refs: int, n_queries: int, out_dir: Path | None) -> None:
     """Sweep efSearch on a trained detector's embeddings (see the module docstring)."""
-    from detector import Detector
-    from detector.index import configure_threads
-    from detector.synthetic import LABEL_FIELD
+    from nearwatch.detector import Detector
+    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.synthetic import LABEL_FIELD
 
     configure_threads(1)
     train, pool = _workload(n_refs, n_queries)

@@ -15,12 +15,11 @@ from typing import Any
 
 import faiss
 import numpy as np
+from nearwatch.detector import Detector
+from nearwatch.detector.calibration import required_calibration_size
+from nearwatch.detector.errors import CalibrationError
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
-
-from detector import Detector
-from detector.calibration import required_calibration_size
-from detector.errors import CalibrationError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from nearwatch.detector.index import configure_threads
 from tqdm.auto import tqdm
-
-from detector.index import configure_threads
 
 BAR_UNLABELLED = 94.5
 

@@ -66,7 +66,7 @@ run with the training records, 2% anomalies)."""
 def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_flight: int,
          concurrency: int, latency_samples: int, repeat: int, out_dir: Path | None) -> None:
     """Measure the scoring service end to end (see the module docstring)."""
-    from detector.index import configure_threads
+    from nearwatch.detector.index import configure_threads
 
     configure_threads(1)
     rows = []
@@ -93,9 +93,9 @@ def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_fli
 
 def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
                concurrency: int, latency_samples: int, repeat: int) -> dict[str, Any]:
-    from detector import Detector
-    from detector.registry import ModelRegistry
-    from detector.synthetic import LABEL_FIELD
+    from nearwatch.detector import Detector
+    from nearwatch.detector.store.registry import ModelRegistry
+    from nearwatch.detector.synthetic import LABEL_FIELD
 
     work = Path(tempfile.mkdtemp(prefix="nearwatch-bench-"))
     try:
@@ -169,7 +169,7 @@ def _workload(n_refs: int, n_records: int) -> tuple[list[dict[str, Any]], list[d
     records of another seed are out of distribution (nearly all flagged), which is not the
     workload a monitor sees and makes HNSW look faster than it is on normal queries.
     """
-    from detector.synthetic import LABEL_FIELD, generate_records
+    from nearwatch.detector.synthetic import LABEL_FIELD, generate_records
 
     pool = generate_records(int(n_refs * 1.05) + n_records, anomaly_rate=0.02, seed=1,
                             n_extra_fields=N_EXTRA_FIELDS)
@@ -225,8 +225,8 @@ class _NullSink:
 
 
 def _end_to_end(app: Any, data: Path, batch_size: int, max_in_flight: int) -> dict[str, Any]:
-    from worker.client import ClientOptions, ScoringClient
-    from worker.stream import read_input, stream_records
+    from nearwatch.worker.client import ClientOptions, ScoringClient
+    from nearwatch.worker.stream import read_input, stream_records
 
     client = ScoringClient(app, ClientOptions(batch_size=batch_size,
                                               max_in_flight=max_in_flight))
@@ -239,7 +239,7 @@ def _end_to_end(app: Any, data: Path, batch_size: int, max_in_flight: int) -> di
 
 
 def _single_record_latency(app: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
-    from worker.client import ClientOptions, ScoringClient
+    from nearwatch.worker.client import ClientOptions, ScoringClient
 
     client = ScoringClient(app, ClientOptions(batch_size=1, max_in_flight=1))
     for results in client.score_batches([[r] for r in records[:20]]):  # warm up

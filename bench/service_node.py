@@ -45,9 +45,8 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
 
     def __enter__(self) -> Any:
         import redis
-
-        from worker.app import create_app
-        from worker.settings import Settings
+        from nearwatch.worker.app import create_app
+        from nearwatch.worker.settings import Settings
 
         redis.Redis.from_url(REDIS_URL).flushdb()
         with socket.socket() as sock:
@@ -64,7 +63,7 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         app = create_app(Settings.from_env(env))
-        from worker.client import ClientOptions, ScoringClient
+        from nearwatch.worker.client import ClientOptions, ScoringClient
 
         probe = ScoringClient(app, ClientOptions(batch_size=1, batch_timeout=120))
         list(probe.score([{"id": "probe"}]))  # answered (with an error) once a worker is up

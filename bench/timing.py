@@ -11,9 +11,8 @@ import time
 from typing import Any
 
 import numpy as np
-
-from detector import Detector
-from detector.training import TrainingConfig, train_embedder
+from nearwatch.detector import Detector
+from nearwatch.detector.embedding.training import TrainingConfig, train_embedder
 
 
 def synthetic_normals(n_rows: int, n_fields: int, seed: int = 0) -> np.ndarray:

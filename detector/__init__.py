@@ -1,14 +1,14 @@
 """nearwatch detector library: records → features → learned embedding → kNN → certified flags.
 
->>> from detector import Detector
+>>> from nearwatch.detector import Detector
 >>> Detector().alpha
 0.01
 """
 
 from __future__ import annotations
 
-from detector.detector import Detector
-from detector.errors import (
+from .detector import Detector
+from .errors import (
     BundleError,
     CalibrationError,
     NearwatchError,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from detector.errors import BundleError, CalibrationError, NotFittedError
+from .errors import BundleError, CalibrationError, NotFittedError
 
 STATE_FORMAT = 1
 

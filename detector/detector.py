@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from detector.calibration import ConformalCalibrator, required_calibration_size
-from detector.errors import CalibrationError, NotFittedError
-from detector.io import take_rows
-from detector.persistence import load_detector, save_detector
-from detector.references import ReferenceSet, group_duplicates
-from detector.schema import FeatureEncoder
-from detector.scoring import explain_rows, score_record_batch
-from detector.supervision import FitSupervision, build_embedder_for_fit
+from .calibration import ConformalCalibrator, required_calibration_size
+from .embedding.supervision import FitSupervision, build_embedder_for_fit
+from .errors import CalibrationError, NotFittedError
+from .features.schema import FeatureEncoder
+from .io import take_rows
+from .references import ReferenceSet, group_duplicates
+from .scoring import explain_rows, score_record_batch
+from .store.persistence import load_detector, save_detector
 
 ENCODERS = ("auto", "identity", "metric")
 
@@ -344,7 +344,7 @@ def _model_version(
     import hashlib
     import json
 
-    from detector.bundle import fingerprint
+    from .store.bundle import fingerprint
 
     digest = hashlib.sha256(fingerprint(features).encode())
     digest.update(np.ascontiguousarray(counts, dtype=np.int64).tobytes())

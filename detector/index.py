@@ -36,7 +36,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from detector.errors import BundleError, NotFittedError
+from .errors import BundleError, NotFittedError
 
 METRICS = ("euclidean", "cosine")
 KINDS = ("auto", "flat", "hnsw")

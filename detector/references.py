@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import BundleError, NotFittedError
-from detector.index import ReferenceIndex
+from .errors import BundleError, NotFittedError
+from .index import ReferenceIndex
 
 STATE_FORMAT = 1
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detector.errors import SchemaMismatchError
+from .errors import SchemaMismatchError
 
 if TYPE_CHECKING:
-    from detector.detector import Detector
+    from .detector import Detector
 
 
 def neighbour_search(

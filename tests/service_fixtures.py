@@ -145,8 +145,8 @@ def _pings(client: Any) -> bool:
 
 
 def train_bundle(path: Path, seed: int, n: int = 1500) -> Path:
-    from detector import Detector
-    from detector.synthetic import LABEL_FIELD, generate_records
+    from nearwatch.detector import Detector
+    from nearwatch.detector.synthetic import LABEL_FIELD, generate_records
 
     records = generate_records(n, anomaly_rate=0.0, seed=seed)
     Detector(label_fields=(LABEL_FIELD,), encoder="identity", seed=seed).fit(records).save(path)
@@ -161,7 +161,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def stream_records_for_test(n: int, seed: int = 5, prefix: str = "t") -> list[dict[str, Any]]:
-    from detector.synthetic import generate_records
+    from nearwatch.detector.synthetic import generate_records
 
     records = generate_records(n, anomaly_rate=0.05, seed=seed)
     for record in records:
@@ -171,7 +171,7 @@ def stream_records_for_test(n: int, seed: int = 5, prefix: str = "t") -> list[di
 
 def start_worker_node(tmp: Path, model_dir: Path, name: str, concurrency: int = 2,
                       ready_timeout: float = 90.0, **env: str) -> WorkerNode:
-    from worker.settings import Settings
+    from nearwatch.worker.settings import Settings
 
     port = free_port()
     metrics_dir = tmp / f"metrics-{name}"
@@ -215,7 +215,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def node_registry(tmp_path_factory: pytest.TempPathFactory, bundles: tuple[Path, Path]) -> Any:
-    from detector.registry import ModelRegistry
+    from nearwatch.detector.store.registry import ModelRegistry
 
     registry = ModelRegistry(tmp_path_factory.mktemp("node") / "models")
     registry.add(bundles[0], promote=True)
@@ -233,8 +233,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, redis_client: Any,
 
 
 def scoring_client(node: WorkerNode, **options: Any) -> Any:
-    from worker.app import create_app
-    from worker.client import ClientOptions, ScoringClient
+    from nearwatch.worker.app import create_app
+    from nearwatch.worker.client import ClientOptions, ScoringClient
 
     defaults: dict[str, Any] = {"batch_size": 50, "max_in_flight": 4, "batch_timeout": 30.0}
     defaults.update(options)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from detector import BundleError, Detector, SchemaMismatchError
-from detector.synthetic import generate_records
+from nearwatch.detector import BundleError, Detector, SchemaMismatchError
+from nearwatch.detector.synthetic import generate_records
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def test_tampered_manifest_is_refused(saved: tuple, tmp_path: Path) -> None:
 
 
 def test_schema_version_mismatch_is_refused(saved: tuple, tmp_path: Path) -> None:
-    from detector.bundle import read_bundle, write_bundle
+    from nearwatch.detector.store.bundle import read_bundle, write_bundle
 
     _, path, _ = saved
     manifest, files = read_bundle(path)

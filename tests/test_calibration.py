@@ -11,15 +11,14 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
-
-from detector.calibration import (
+from nearwatch.detector.calibration import (
     ConformalCalibrator,
     certified_order_statistic,
     plain_quantile_threshold,
     required_calibration_size,
 )
-from detector.errors import BundleError, CalibrationError, NotFittedError
+from nearwatch.detector.errors import BundleError, CalibrationError, NotFittedError
+from scipy import stats
 
 N_DRAWS, N_CAL = 2000, 500
 

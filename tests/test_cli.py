@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from nearwatch.worker.cli import main
 
 from tests.test_detector import _auroc
-from worker.cli import main
 
 
 def _invoke(*args: str) -> str:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from detector import CalibrationError, Detector, NotFittedError, SchemaMismatchError
-from detector.synthetic import generate_records
+from nearwatch.detector import CalibrationError, Detector, NotFittedError, SchemaMismatchError
+from nearwatch.detector.synthetic import generate_records
 
 
 def _auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float:

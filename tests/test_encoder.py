@@ -8,9 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from detector import encoder as encoder_module
-from detector.encoder import IdentityEmbedder, MetricEmbedder, MLPEncoder, build_embedder
+from nearwatch.detector.embedding import encoder as encoder_module
+from nearwatch.detector.embedding.encoder import (
+    IdentityEmbedder,
+    MetricEmbedder,
+    MLPEncoder,
+    build_embedder,
+)
 
 
 def _embedder(normalize: bool = True) -> MetricEmbedder:

@@ -7,9 +7,8 @@ import json
 import faiss
 import numpy as np
 import pytest
-
-from detector.errors import BundleError, NotFittedError
-from detector.index import BLAS_THRESHOLD, ReferenceIndex, configure_threads
+from nearwatch.detector.errors import BundleError, NotFittedError
+from nearwatch.detector.index import BLAS_THRESHOLD, ReferenceIndex, configure_threads
 
 K = 5
 

@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
-
-from detector.distances import CosineSimilarity, EuclideanDistance, chord_distance
-from detector.losses import (
+from nearwatch.detector.embedding.distances import (
+    CosineSimilarity,
+    EuclideanDistance,
+    chord_distance,
+)
+from nearwatch.detector.embedding.losses import (
     ContrastiveLoss,
     HardNegativeMarginLoss,
     MultiSimilarityLoss,
@@ -16,7 +19,7 @@ from detector.losses import (
     SupConLoss,
     TripletMarginLoss,
 )
-from detector.miners import BatchHardMiner, SemiHardMiner
+from nearwatch.detector.embedding.miners import BatchHardMiner, SemiHardMiner
 
 LINE = torch.tensor([[0.0], [1.0], [3.0], [3.5]])  # 1-D points: distances are differences
 LINE_LABELS = torch.tensor([0, 0, 1, 1])

@@ -11,10 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from detector import Detector
-from detector.index import ReferenceIndex
-from detector.training import TrainingConfig
+from nearwatch.detector import Detector
+from nearwatch.detector.embedding.training import TrainingConfig
+from nearwatch.detector.index import ReferenceIndex
 
 N_FIELDS = 4
 rows = arrays(np.float32, (N_FIELDS,), elements=st.floats(-20, 20, width=32))

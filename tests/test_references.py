@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nearwatch.detector import Detector
+from nearwatch.detector.references import ReferenceSet, group_duplicates
+from nearwatch.detector.synthetic import repetitive_matrix
 from scipy import stats
-
-from detector import Detector
-from detector.references import ReferenceSet, group_duplicates
-from detector.synthetic import repetitive_matrix
 
 
 def _brute_force_mean(references: np.ndarray, counts: np.ndarray, queries: np.ndarray, k: int

@@ -7,9 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from detector.errors import BundleError
-from detector.registry import POINTER, ModelRegistry
+from nearwatch.detector.errors import BundleError
+from nearwatch.detector.store.registry import POINTER, ModelRegistry
 
 
 def _tamper(bundle: Path) -> None:

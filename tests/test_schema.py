@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 import pytest
-
-from detector.errors import NotFittedError, RecordError, SchemaMismatchError
-from detector.fields import stable_bucket
-from detector.schema import FeatureEncoder
+from nearwatch.detector.errors import NotFittedError, RecordError, SchemaMismatchError
+from nearwatch.detector.features.fields import stable_bucket
+from nearwatch.detector.features.schema import FeatureEncoder
 
 
 def _kinds(encoder: FeatureEncoder) -> dict[str, str]:

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nearwatch.detector.store.registry import ModelRegistry
+from nearwatch.worker.client import ClientOptions, ScoringClient
+from nearwatch.worker.runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
+from nearwatch.worker.settings import Settings, SettingsError
 
-from detector.registry import ModelRegistry
 from tests.service_fixtures import stream_records_for_test
-from worker.client import ClientOptions, ScoringClient
-from worker.runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
-from worker.settings import Settings, SettingsError
 
 
 def test_settings_from_env() -> None:
@@ -128,7 +128,7 @@ def test_redis_dead_letters_are_written_once(redis_client: Any) -> None:
 
 @pytest.fixture()
 def memory_app(registry: ModelRegistry) -> Any:
-    from worker.app import create_app
+    from nearwatch.worker.app import create_app
 
     settings = replace(Settings.from_env({"NEARWATCH_BROKER_URL": "memory://"}),
                        model_dir=registry.root)
@@ -136,7 +136,7 @@ def memory_app(registry: ModelRegistry) -> Any:
 
 
 def test_client_through_embedded_worker_keeps_order(memory_app: Any) -> None:
-    from worker.demo import embedded_worker
+    from nearwatch.worker.demo import embedded_worker
 
     records: list[Any] = stream_records_for_test(230)
     records[17] = dict(records[17], cpu_pct="hot")
@@ -159,7 +159,7 @@ def test_client_answers_every_record_when_no_worker_answers(memory_app: Any) -> 
 
 def test_stream_path_assigns_ids_and_answers_bad_lines(registry: ModelRegistry,
                                                         tmp_path: Path) -> None:
-    from worker.stream import read_input, stream_records
+    from nearwatch.worker.stream import read_input, stream_records
 
     path = tmp_path / "in.jsonl"
     good = stream_records_for_test(2)
@@ -192,7 +192,7 @@ def test_stream_path_assigns_ids_and_answers_bad_lines(registry: ModelRegistry,
 
 
 def test_ingest_leaves_unanswered_entries_pending_then_reclaims(redis_client: Any) -> None:
-    from worker.ingest import IngestOptions, StreamIngest
+    from nearwatch.worker.ingest import IngestOptions, StreamIngest
 
     for key in ("nearwatch:records", "nearwatch:scores"):
         redis_client.delete(key)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from detector.training import TrainingConfig, train_embedder
+from nearwatch.detector.embedding.training import TrainingConfig, train_embedder
 
 FAST = TrainingConfig(max_steps=40, hidden=(32,), embedding_dim=8, batch_size=64, eval_every=10)
 
@@ -114,8 +113,7 @@ def test_input_errors_name_the_problem() -> None:
 
 def test_corruption_keeps_fields_whole_and_always_corrupts_invariant_fields() -> None:
     import torch
-
-    from detector.augment import MarginalCorruption
+    from nearwatch.detector.embedding.augment import MarginalCorruption
 
     # columns 0-2: one one-hot field; column 3: a hashed id field, corrupted in every view
     pool = torch.tensor([[1, 0, 0, 5], [0, 1, 0, 6], [0, 0, 1, 7]], dtype=torch.float32)

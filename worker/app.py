@@ -17,8 +17,8 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
-from worker.settings import Settings
-from worker.tasks import SCORING_QUEUE
+from .settings import Settings
+from .tasks import SCORING_QUEUE
 
 log = logging.getLogger("nearwatch.worker")
 _runtime_lock = threading.Lock()
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> Celery:
         result_expires=settings.result_expires,
         task_send_sent_event=False,
         worker_send_task_events=False,
-        imports=("worker.tasks",),
+        imports=("nearwatch.worker.tasks",),
     )
     app.conf.nearwatch_settings = settings
     return app
@@ -79,9 +79,10 @@ def settings_of(app: Any) -> Settings:
 
 def build_runtime(app: Any) -> Any:
     """Load the current model and wire the scorer of this process (once per process)."""
-    from detector.index import configure_threads
-    from detector.registry import ModelRegistry
-    from worker.runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
+    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.store.registry import ModelRegistry
+
+    from .runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
 
     with _runtime_lock:
         scorer = getattr(app, "nearwatch_scorer", None)
@@ -106,7 +107,7 @@ def build_runtime(app: Any) -> Any:
 def process_metrics() -> Any:
     """This process's ``ServiceMetrics``, or None when multiprocess metrics are not enabled."""
     global _process_metrics
-    from worker.metrics import ServiceMetrics, active_multiprocess_dir
+    from .metrics import ServiceMetrics, active_multiprocess_dir
 
     if _process_metrics is None and active_multiprocess_dir() is not None:
         _process_metrics = ServiceMetrics()
@@ -126,7 +127,7 @@ def _init_pool_process(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _pool_process_exit(**_: Any) -> None:
-    from worker.metrics import active_multiprocess_dir
+    from .metrics import active_multiprocess_dir
 
     directory = active_multiprocess_dir()
     if directory is not None:
@@ -137,9 +138,10 @@ def _pool_process_exit(**_: Any) -> None:
 
 def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None = None) -> None:
     """One worker node: metrics endpoint in this (parent) process, prefork pool for scoring."""
-    from detector.index import configure_threads
-    from detector.registry import ModelRegistry
-    from worker.metrics import prepare_multiprocess_dir, serve_metrics
+    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.store.registry import ModelRegistry
+
+    from .metrics import prepare_multiprocess_dir, serve_metrics
 
     registry = ModelRegistry(settings.model_dir)
     if registry.current_version() is None:

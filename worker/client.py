@@ -32,8 +32,8 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from worker.settings import Settings
-from worker.tasks import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
+from .settings import Settings
+from .tasks import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
 
 UNANSWERED = "unanswered after"  # start of the error of a record no worker answered
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 import numpy as np
-
-from detector.io import UnreadableRecord, read_records, take_rows
+from nearwatch.detector.io import UnreadableRecord, read_records, take_rows
 
 
 @click.command("generate")
@@ -23,7 +22,7 @@ def generate_command(
     out_path: Path, n_records: int, anomaly_rate: float, seed: int, extra_fields: int
 ) -> None:
     """Write synthetic service-telemetry records (JSON lines, `is_anomaly` ground truth)."""
-    from detector.synthetic import generate_records
+    from nearwatch.detector.synthetic import generate_records
 
     records = generate_records(n_records, anomaly_rate, seed, n_extra_fields=extra_fields)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +61,8 @@ def train_command(
     seed: int, schema_path: Path | None,
 ) -> None:
     """Train a detector on normal records and save it as a verified bundle."""
-    from detector import Detector
-    from detector.index import configure_threads
+    from nearwatch.detector import Detector
+    from nearwatch.detector.index import configure_threads
 
     configure_threads(1)
     data = read_records(data_path, label_field=label_field)
@@ -107,10 +106,9 @@ def train_command(
               type=click.IntRange(min=1))
 def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: int) -> None:
     """Score records: one JSON result per input record, in input order."""
+    from nearwatch.detector import Detector
+    from nearwatch.detector.index import configure_threads
     from tqdm import tqdm
-
-    from detector import Detector
-    from detector.index import configure_threads
 
     configure_threads(1)
     try:

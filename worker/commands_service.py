@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from worker.settings import Settings, SettingsError
+from .settings import Settings, SettingsError
 
 
 def _settings() -> Settings:
@@ -44,7 +44,7 @@ def worker_command(concurrency: int, loglevel: str | None) -> None:
 
     SIGTERM: warm shutdown (batches in progress finish and are acknowledged).
     """
-    from worker.app import run_worker_node
+    from .app import run_worker_node
 
     try:
         run_worker_node(_settings(), concurrency, loglevel)
@@ -72,9 +72,9 @@ def stream_command(source: str, batch_size: int | None, out_path: Path | None,
     """
     from tqdm import tqdm
 
-    from worker.app import create_app
-    from worker.client import ClientOptions, ScoringClient
-    from worker.stream import read_input, stream_records
+    from .app import create_app
+    from .client import ClientOptions, ScoringClient
+    from .stream import read_input, stream_records
 
     settings = _settings()
     options = ClientOptions.from_settings(settings, batch_size=batch_size,
@@ -110,9 +110,9 @@ def ingest_command(batch_size: int, consumer: str, claim_idle_ms: int,
     """Score the Redis stream nearwatch:records into nearwatch:scores (consumer group)."""
     import redis
 
-    from worker.app import create_app
-    from worker.client import ClientOptions, ScoringClient
-    from worker.ingest import IngestOptions, StreamIngest
+    from .app import create_app
+    from .client import ClientOptions, ScoringClient
+    from .ingest import IngestOptions, StreamIngest
 
     settings = _settings()
     if not settings.redis_url:
@@ -149,7 +149,7 @@ def models_group() -> None:
 @click.option("--promote", is_flag=True, help="Make it the current model.")
 def models_add(bundle_dir: Path, promote: bool) -> None:
     """Verify BUNDLE_DIR and copy it into the registry under a new version."""
-    from detector.registry import ModelRegistry
+    from nearwatch.detector.store.registry import ModelRegistry
 
     registry = ModelRegistry(_settings().model_dir)
     try:
@@ -162,7 +162,7 @@ def models_add(bundle_dir: Path, promote: bool) -> None:
 @models_group.command("list")
 def models_list() -> None:
     """Registered versions; * marks the current one."""
-    from detector.registry import ModelRegistry
+    from nearwatch.detector.store.registry import ModelRegistry
 
     registry = ModelRegistry(_settings().model_dir)
     listed = registry.list()
@@ -177,7 +177,7 @@ def models_list() -> None:
 @click.argument("version", required=False)
 def models_show(version: str | None) -> None:
     """Facts of VERSION (default: the current one), verified like a worker loads it."""
-    from detector.registry import ModelRegistry
+    from nearwatch.detector.store.registry import ModelRegistry
 
     registry = ModelRegistry(_settings().model_dir)
     version = version or registry.current_version()
@@ -213,7 +213,7 @@ def model_facts(version: str, detector: Any) -> dict[str, Any]:
               type=click.IntRange(min=20), help="Records to stream.")
 def demo_command(n_stream: int) -> None:
     """Synthetic records → train → stream through Celery → flagged records → /metrics."""
-    from worker.demo import run_demo
+    from .demo import run_demo
 
     status = run_demo(_settings(), click.echo, n_stream=n_stream)
     if status:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from worker.settings import Settings
+from .settings import Settings
 
 Echo = Callable[[str], None]
 
@@ -27,11 +27,12 @@ Echo = Callable[[str], None]
 def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int = 2000,
              seed: int = 0) -> int:
     """Returns the process exit status (non-zero if a record went unanswered)."""
-    from detector import Detector
-    from detector.index import configure_threads
-    from detector.registry import ModelRegistry
-    from detector.synthetic import LABEL_FIELD, generate_records
-    from worker.client import ClientOptions, ScoringClient
+    from nearwatch.detector import Detector
+    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.store.registry import ModelRegistry
+    from nearwatch.detector.synthetic import LABEL_FIELD, generate_records
+
+    from .client import ClientOptions, ScoringClient
 
     configure_threads(settings.threads_per_process)
     started = time.perf_counter()
@@ -76,8 +77,8 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int 
 
 @contextlib.contextmanager
 def _embedded_worker(settings: Settings, model_dir: Path) -> Iterator[tuple[Any, str]]:
-    from worker.app import create_app
-    from worker.metrics import prepare_multiprocess_dir, serve_metrics
+    from .app import create_app
+    from .metrics import prepare_multiprocess_dir, serve_metrics
 
     local = replace(settings, broker_url="memory://", result_backend="cache+memory://",
                     redis_url=None, model_dir=model_dir, metrics_dir=None)
@@ -117,7 +118,7 @@ def embedded_worker(app: Any, wait_on_exit: bool = True) -> Iterator[Any]:
 
 
 def _real_workers(settings: Settings) -> tuple[Any, str]:
-    from worker.app import create_app
+    from .app import create_app
 
     return create_app(settings), f"http://127.0.0.1:{settings.metrics_port}/metrics"
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from worker.client import UNANSWERED
+from .client import UNANSWERED
 
 log = logging.getLogger("nearwatch.ingest")
 

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
-
-from detector.errors import BundleError
-from detector.registry import ModelRegistry
+from nearwatch.detector.errors import BundleError
+from nearwatch.detector.store.registry import ModelRegistry
 
 log = logging.getLogger("nearwatch.worker")
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from detector.io import iter_csv
-from worker.client import ScoringClient, chunks
+from nearwatch.detector.io import iter_csv
+
+from .client import ScoringClient, chunks
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from worker.runtime import BatchScorer
+from .runtime import BatchScorer
 
 SCORE_BATCH = "nearwatch.score_batch"
 SCORE_JSON_BATCH = "nearwatch.score_json_batch"
@@ -48,7 +48,7 @@ def score_json_batch(self: Task, lines: list[str], first_position: int | None = 
 
 def scorer_for(app: Any) -> BatchScorer:
     """The process's scorer: built in ``worker_process_init`` (prefork) or on first use."""
-    from worker.app import build_runtime
+    from .app import build_runtime
 
     scorer = getattr(app, "nearwatch_scorer", None)
     if scorer is None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.errors import BundleError
+from ..errors import BundleError
 
 FORMAT_VERSION = 2  # 2: distinct references with counts, index in parts
 MANIFEST = "manifest.json"

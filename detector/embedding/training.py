@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from detector.encoder import MetricEmbedder, MLPEncoder
-from detector.objectives import Objective, Supervision
+from .encoder import MetricEmbedder, MLPEncoder
+from .objectives import Objective, Supervision
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detector.bundle import (
+from ..calibration import ConformalCalibrator
+from ..errors import BundleError, SchemaMismatchError
+from ..features.schema import FeatureEncoder
+from ..references import ReferenceSet
+from .bundle import (
     array_from_bytes,
     array_to_bytes,
     fingerprint,
@@ -15,13 +19,9 @@ from detector.bundle import (
     tensors_to_bytes,
     write_bundle,
 )
-from detector.calibration import ConformalCalibrator
-from detector.errors import BundleError, SchemaMismatchError
-from detector.references import ReferenceSet
-from detector.schema import FeatureEncoder
 
 if TYPE_CHECKING:
-    from detector.detector import Detector
+    from ..detector import Detector
 
 ENCODER_FILE = "encoder.pt"
 INDEX_FILE = "index.faiss"  # part 0 (the calibrated index); part i > 0: index_{i}.faiss
@@ -79,7 +79,7 @@ def load_detector(cls: type[Detector], path: Path) -> Detector:
 
 
 def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, bytes]) -> Detector:
-    from detector.encoder import build_embedder
+    from ..embedding.encoder import build_embedder
 
     detector = cls(**_constructor_params(manifest["config"]))
     encoder = FeatureEncoder.from_state(manifest["schema"])
@@ -118,7 +118,7 @@ def _constructor_params(config: dict[str, Any]) -> dict[str, Any]:
     params = dict(config)
     training = params.get("training")
     if isinstance(training, dict):
-        from detector.training import TrainingConfig
+        from ..embedding.training import TrainingConfig
 
         params["training"] = TrainingConfig(**training)
     return params

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detector.errors import BundleError
+from ..errors import BundleError
 
 if TYPE_CHECKING:
-    from detector.detector import Detector
+    from ..detector import Detector
 
 POINTER = "CURRENT"
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -76,7 +76,7 @@ class ModelRegistry:
 
     def load(self, version: str) -> Detector:
         """Load (and verify) one version; raises ``BundleError`` if it was tampered with."""
-        from detector.detector import Detector
+        from ..detector import Detector
 
         return Detector.load(self.path(version))
 
@@ -112,7 +112,7 @@ class ModelRegistry:
     # ------------------------------------------------------------------ writing
     def add(self, bundle_dir: str | Path, promote: bool = False) -> str:
         """Verify ``bundle_dir``, copy it in under the next version, optionally promote it."""
-        from detector.detector import Detector
+        from ..detector import Detector
 
         source = Path(bundle_dir)
         if not source.is_dir():

@@ -58,8 +58,8 @@ from itertools import repeat
 
 import numpy as np
 
-from detector.errors import NotFittedError, RecordError, SchemaMismatchError
-from detector.fields import (
+from ..errors import NotFittedError, RecordError, SchemaMismatchError
+from .fields import (
     BadRows,
     Plan,
     column_names,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from detector.augment import MarginalCorruption, mix_anomalies
-from detector.losses import (
+from .augment import MarginalCorruption, mix_anomalies
+from .losses import (
     LOSSES,
     ContrastiveLoss,
     HardNegativeMarginLoss,
@@ -30,7 +30,7 @@ from detector.losses import (
     SupConLoss,
     TripletMarginLoss,
 )
-from detector.miners import BatchHardMiner, SemiHardMiner
+from .miners import BatchHardMiner, SemiHardMiner
 
 MODES = ("auto", "supervised", "weakly_supervised", "self_supervised")
 LABELLED_LOSSES = (*LOSSES, "triplet_semihard")

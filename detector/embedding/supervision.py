@@ -103,11 +103,11 @@ def build_embedder_for_fit(
     progress: bool,
 ) -> Any:
     """The embedder named by ``Detector(encoder=...)``, trained when it learns."""
-    from detector.encoder import IdentityEmbedder
+    from .encoder import IdentityEmbedder
 
     if encoder == "identity":
         return IdentityEmbedder()
-    from detector.training import TrainingConfig, train_embedder
+    from .training import TrainingConfig, train_embedder
 
     config = training if training is not None else TrainingConfig(seed=seed)
     return train_embedder(

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detector.distances import CosineSimilarity, EuclideanDistance
-from detector.miners import BatchHardMiner, SemiHardMiner
+from .distances import CosineSimilarity, EuclideanDistance
+from .miners import BatchHardMiner, SemiHardMiner
 
 
 def _pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
