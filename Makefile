@@ -27,6 +27,11 @@ demo: setup
 
 test: setup services
 	$(BIN)/ruff check nearwatch detector worker scheduler bench tests
+	@# mypy checks the packages by import name; it cannot follow the folder mapping of the
+	@# editable install, so the folders are linked under build/typecheck/nearwatch/ first.
+	@mkdir -p build/typecheck/nearwatch && ln -sf ../../../nearwatch/__init__.py build/typecheck/nearwatch/ \
+		&& for d in detector worker scheduler; do ln -sfn ../../../$$d build/typecheck/nearwatch/$$d; done
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 # Quality benchmark (needs ../shared/data/adbench); commands as in bench/results/README.md.

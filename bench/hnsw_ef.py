@@ -42,13 +42,13 @@ def main(n_refs: int, n_queries: int, out_dir: Path | None) -> None:
     configure_threads(1)
     train, pool = _workload(n_refs, n_queries)
     labels = np.array([bool(r.pop(LABEL_FIELD)) for r in pool])
-    detector = Detector(label_fields=(LABEL_FIELD,), seed=0).fit(train)
+    detector = Detector(label_fields=(LABEL_FIELD,), random_state=0).fit(train)
     index = detector.reference_index_
     if index.kind_ != "hnsw":
         raise click.UsageError(f"{n_refs} references use a {index.kind_} index, not HNSW")
     embeddings = detector.embedder_.embed(detector.feature_encoder_.transform(pool))
     centred = np.ascontiguousarray(embeddings - index.center_, dtype=np.float32)
-    k = detector.k
+    k = detector.n_neighbors
     flat = faiss.IndexFlatL2(index.dim_)
     flat.add(np.ascontiguousarray(index._refs))
     exact_sq, truth = flat.search(centred, k)

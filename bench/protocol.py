@@ -65,19 +65,21 @@ def evaluate_detector(
 ) -> dict[str, Any]:
     """Fit the real ``Detector`` on the training normals; quality, calibration and timing.
 
-    A training set too small to certify ``alpha`` at ``delta`` raises ``CalibrationError``;
-    then the run is reported as not certifiable (with the size needed) and scored by a
-    detector fitted with ``alpha=None`` (same scores, no threshold).
+    A training set too small to certify ``alpha`` at ``delta`` raises ``CalibrationError``
+    (``strict=True``: the benchmark reports certified thresholds only); then the run is
+    reported as not certifiable (with the size needed) and scored by a detector fitted with
+    ``alpha=None`` (same scores, no threshold).
     """
     anomalies = s.labelled_anomalies if len(s.labelled_anomalies) else None
     started = time.perf_counter()
     certified = True
     try:
-        detector = Detector(alpha=alpha, delta=delta, seed=seed, **detector_params)
+        detector = Detector(alpha=alpha, delta=delta, random_state=seed, strict=True,
+                            **detector_params)
         detector.fit(s.train, anomalies=anomalies)
     except CalibrationError:
         certified = False
-        detector = Detector(alpha=None, delta=delta, seed=seed, **detector_params)
+        detector = Detector(alpha=None, delta=delta, random_state=seed, **detector_params)
         detector.fit(s.train, anomalies=anomalies)
     train_s = time.perf_counter() - started
     started = time.perf_counter()

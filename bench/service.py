@@ -103,7 +103,7 @@ def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
         for record in records:
             record.pop(LABEL_FIELD)
         started = time.perf_counter()
-        detector = Detector(label_fields=(LABEL_FIELD,), seed=0).fit(train)
+        detector = Detector(label_fields=(LABEL_FIELD,), random_state=0).fit(train)
         fit_s = time.perf_counter() - started
         del train
         detector.save(work / "bundle")

@@ -37,7 +37,7 @@ def measure_training_time(n_rows: int = 100_000, n_fields: int = 40) -> dict[str
     embedder.embed(x)
     embed_s = time.perf_counter() - started
     started = time.perf_counter()
-    detector = Detector(seed=0).fit(x)
+    detector = Detector(random_state=0).fit(x)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     detector.score(x[:20_000])

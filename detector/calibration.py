@@ -15,7 +15,9 @@ P(FPR > alpha) <= delta over the calibration draw. With ties (discrete F) F(s_(k
 stochastically larger, so the bound stays valid (conservative). ``fpr_bound_`` is the
 (1 - delta) upper confidence bound 1 - BetaInv(delta; k, n + 1 - k) <= alpha. k <= n exists only
 when P(all n below the 1 - alpha quantile) = (1 - alpha)^n <= delta; see
-``required_calibration_size``.
+``required_calibration_size``. With fewer scores, ``strict=False`` still gives the tightest
+threshold they allow, the largest score s_(n), with the honest bound
+1 - BetaInv(delta; n, 1) = 1 - delta^(1/n) > alpha and ``certified_ = False``.
 
 Why this holds for *any* index, approximate ones included: exchangeability needs the
 calibration scores and a new record's score to come from the same function of the record. The
@@ -110,14 +112,28 @@ class ConformalCalibrator:
     [False, True]
     >>> calibrator.p_value([50.0]).round(4).tolist()  # no calibration score is that large
     [0.002]
+
+    Too few scores for ``alpha``: ``strict=True`` (the default) raises ``CalibrationError``;
+    ``strict=False`` uses the largest score and reports the bound it does achieve.
+
+    >>> loose = ConformalCalibrator(alpha=0.01, delta=0.05, strict=False).fit(np.arange(100.0))
+    >>> loose.certified_, loose.order_statistic_, round(loose.fpr_bound_, 4)
+    (False, 100, 0.0295)
     """
 
-    def __init__(self, alpha: float | None = 0.01, delta: float = 0.05) -> None:
+    def __init__(
+        self, alpha: float | None = 0.01, delta: float = 0.05, strict: bool = True
+    ) -> None:
         self.alpha = alpha  # None: p-values only, no threshold
         self.delta = delta
+        self.strict = strict  # False: too few scores give an uncertified threshold, no error
 
     def fit(self, calibration_scores: np.ndarray) -> ConformalCalibrator:
-        """Sort the scores and pick the certified order statistic; raises CalibrationError."""
+        """Sort the scores and pick the certified order statistic.
+
+        Raises CalibrationError when no order statistic certifies ``alpha`` and ``strict`` is
+        set; otherwise the largest score is the threshold and ``certified_`` is False.
+        """
         delta = _check_level("delta", self.delta)
         scores = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
         if not np.isfinite(scores).all():
@@ -128,18 +144,23 @@ class ConformalCalibrator:
                 raise CalibrationError("need at least 1 calibration record for p-values")
             self.calibration_scores_, self.n_calibration_ = scores, n
             self.order_statistic_ = self.threshold_ = self.fpr_bound_ = None
+            self.certified_ = False
             return self
         alpha = _check_level("alpha", self.alpha)
         k = certified_order_statistic(n, alpha, delta)
+        certified = k is not None
         if k is None:
             needed = required_calibration_size(alpha, delta)
-            raise CalibrationError(
-                f"need at least {needed} calibration records to certify a false-positive rate "
-                f"<= {alpha:g} with confidence {1 - delta:g}, got {n}; add normal records, or "
-                f"raise alpha or delta"
-            )
+            if self.strict or n == 0:
+                raise CalibrationError(
+                    f"need at least {needed} calibration records to certify a false-positive "
+                    f"rate <= {alpha:g} with confidence {1 - delta:g}, got {n}; add normal "
+                    f"records, or raise alpha or delta"
+                )
+            k = n  # the tightest threshold n scores allow: bound 1 - delta^(1/n) > alpha
         self.calibration_scores_ = scores
         self.n_calibration_ = n
+        self.certified_ = certified
         self.order_statistic_ = k
         self.threshold_ = float(scores[k - 1])
         self.fpr_bound_ = float(1.0 - stats.beta.ppf(delta, k, n + 1 - k))
@@ -183,6 +204,8 @@ class ConformalCalibrator:
             "order_statistic": self.order_statistic_,
             "threshold": self.threshold_,
             "fpr_bound": self.fpr_bound_,
+            "strict": bool(self.strict),
+            "certified": self.certified_,
         }
 
     @classmethod
@@ -193,14 +216,17 @@ class ConformalCalibrator:
         if state.get("format") != STATE_FORMAT:
             raise BundleError(f"unknown calibration state format {state.get('format')!r}")
         try:
-            calibrator = cls(alpha=state["alpha"], delta=state["delta"]).fit(calibration_scores)
-            saved = (int(state["n_calibration"]), state["order_statistic"], state["threshold"])
+            calibrator = cls(alpha=state["alpha"], delta=state["delta"],
+                             strict=bool(state.get("strict", True))).fit(calibration_scores)
+            saved = (int(state["n_calibration"]), state["order_statistic"], state["threshold"],
+                     state.get("certified", calibrator.certified_))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"invalid calibration state: {exc}") from exc
-        found = (calibrator.n_calibration_, calibrator.order_statistic_, calibrator.threshold_)
+        found = (calibrator.n_calibration_, calibrator.order_statistic_, calibrator.threshold_,
+                 calibrator.certified_)
         if found != saved:
             raise BundleError(
-                f"calibration scores do not match the saved state: (n, k, threshold) is "
-                f"{found}, state says {saved}"
+                f"calibration scores do not match the saved state: (n, k, threshold, certified) "
+                f"is {found}, state says {saved}"
             )
         return calibrator

@@ -1,9 +1,9 @@
 """``Detector``: records → features → embedding → kNN distance to normal references → flags.
 
 Score: the **mean** Euclidean (or chord, for ``metric="cosine"``) distance from a record's
-embedding to its ``k`` nearest normal references. The mean of k distances is steadier than the
-k-th distance alone when references are duplicated (many zero distances) and still grows
-with every neighbour's distance, so a record far from all normals scores high.
+embedding to its k = ``n_neighbors`` nearest normal references. The mean of k distances is
+steadier than the k-th distance alone when references are duplicated (many zero distances) and
+still grows with every neighbour's distance, so a record far from all normals scores high.
 
 Calibration: the normal training records are split into references R and calibration records
 C. The feature scaling and the embedder are fitted on R only. Distinct records are indexed once
@@ -26,31 +26,43 @@ bug on duplicate-heavy real data.)
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .calibration import ConformalCalibrator, required_calibration_size
+from .calibration import ConformalCalibrator
 from .embedding.supervision import FitSupervision, build_embedder_for_fit
-from .errors import CalibrationError, NotFittedError
+from .errors import CalibrationWarning, NotFittedError
+from .estimator import EstimatorAPI, warn_renamed
 from .features.schema import FeatureEncoder
+from .fitting import (
+    calibrate_references,
+    calibration_split,
+    check_params,
+    field_groups,
+    model_version,
+    numeric_columns,
+    reference_ids,
+    route_anomaly_flags,
+    uncertified_message,
+)
 from .io import take_rows
-from .references import ReferenceSet, group_duplicates
 from .scoring import explain_rows, score_record_batch
-from .store.persistence import load_detector, save_detector
+from .store.persistence import detector_state, load_detector, restore_detector, save_detector
 
-ENCODERS = ("auto", "identity", "metric")
+Records = np.ndarray | Iterable[dict[str, Any]]
 
 
-class Detector:
-    """Anomaly detector; every knob is a constructor argument (sklearn style).
+class Detector(EstimatorAPI):
+    """Anomaly detector; every knob is a constructor argument (sklearn conventions).
 
     Parameters
     ----------
-    k: neighbours averaged in the score.
+    n_neighbors: neighbours averaged in the score (formerly ``k``).
     metric: ``"euclidean"`` or ``"cosine"`` (chord distance on normalised embeddings).
     alpha: target false-positive rate of ``predict``; ``None`` skips the threshold
         (scores and p-values still work).
@@ -60,15 +72,27 @@ class Detector:
     encoder: ``"identity"`` (scaled features), ``"metric"`` (metric-learned MLP) or
         ``"auto"`` (the benchmarked default).
     id_field, label_fields, max_onehot, hash_buckets, schema: record → feature options
-        (see ``detector.schema.FeatureEncoder``).
+        (see ``detector.features.schema.FeatureEncoder``).
     index: ``"auto"`` (exact while small, HNSW above ``flat_max``), ``"flat"`` or ``"hnsw"``.
-    training: a ``detector.training.TrainingConfig`` for the metric-learned encoder.
-    seed: controls the calibration split and training.
+    training: a ``detector.embedding.training.TrainingConfig`` for the metric-learned encoder.
+    random_state: controls the calibration split and training (formerly ``seed``).
+    progress: show a training progress bar.
+    strict: with too few normal records to certify ``alpha``/``delta``, raise
+        ``CalibrationError`` instead of fitting an uncertified threshold (``certified_ = False``
+        and a ``CalibrationWarning``).
+    k, seed: deprecated spellings of ``n_neighbors`` / ``random_state`` (``DeprecationWarning``).
+
+    Fitted attributes end in ``_``. ``n_features_in_`` counts the input fields the schema uses:
+    the columns of an array ``X``, or the feature fields of records (id, label and all-null
+    fields excluded). ``n_features_`` counts the encoded feature columns.
+
+    >>> Detector(n_neighbors=3).get_params()["n_neighbors"]
+    3
     """
 
     def __init__(
         self,
-        k: int = 5,
+        n_neighbors: int = 5,
         metric: str = "euclidean",
         alpha: float | None = 0.01,
         delta: float = 0.05,
@@ -82,180 +106,160 @@ class Detector:
         index: str = "auto",
         flat_max: int = 20_000,
         training: Any = None,
-        seed: int = 0,
+        random_state: int = 0,
         progress: bool = False,
+        strict: bool = False,
+        *,
+        k: int | None = None,
+        seed: int | None = None,
     ) -> None:
-        self.k = k
+        if k is not None:
+            warn_renamed("k")
+            n_neighbors = k
+        if seed is not None:
+            warn_renamed("seed")
+            random_state = seed
+        self.n_neighbors = n_neighbors
         self.metric = metric
         self.alpha = alpha
         self.delta = delta
         self.calibration_fraction = calibration_fraction
         self.encoder = encoder
         self.id_field = id_field
-        self.label_fields = tuple(label_fields)
+        self.label_fields = label_fields
         self.max_onehot = max_onehot
         self.hash_buckets = hash_buckets
         self.schema = schema
         self.index = index
         self.flat_max = flat_max
         self.training = training
-        self.seed = seed
+        self.random_state = random_state
         self.progress = progress
+        self.strict = strict
 
     # ------------------------------------------------------------------ fitting
     def fit(
         self,
-        X: np.ndarray | Iterable[dict[str, Any]],
+        X: Records,
+        y: Any = None,
+        *,
         labels: Sequence[Any] | None = None,
         pairs: Sequence[Sequence[Any]] | None = None,
         triplets: Sequence[Sequence[int]] | None = None,
-        anomalies: np.ndarray | Iterable[dict[str, Any]] | None = None,
+        anomalies: Records | None = None,
     ) -> Detector:
-        """Learn normal behaviour from normal records ``X``; returns ``self``.
+        """Learn normal behaviour from the normal records of ``X``; returns ``self``.
 
-        labels: class of each record (supervised metric learning); pairs: ``(i, j, similar)``
-        index triples; triplets: ``(anchor, positive, negative)`` indices; anomalies: a few
-        known anomalous records, used as hard negatives. Indices refer to positions in ``X``.
+        y: optional 0/1 anomaly flags, one per record of ``X`` (bools, or numbers exactly 0 or
+        1): flagged rows are not normal references but known anomalies, added to
+        ``anomalies``. labels: class of each record (supervised metric learning; entries of
+        flagged rows are ignored); pairs: ``(i, j, similar)`` index triples; triplets:
+        ``(anchor, positive, negative)`` indices: all index positions in ``X``, and a pair or
+        triplet naming a flagged row is a ``ValueError``. anomalies: a few known anomalous
+        records, used as hard negatives by a learned encoder.
         """
-        self._check_params()
+        check_params(self.get_params())
         data = X if isinstance(X, np.ndarray) else list(X)
-        n = len(data)
-        reference_rows, calibration_rows = self._split(n)
-        reference_data = take_rows(data, reference_rows)
-        calibration_data = take_rows(data, calibration_rows)
-
-        self.feature_encoder_ = FeatureEncoder(
-            id_field=self.id_field,
-            max_onehot=self.max_onehot,
-            hash_buckets=self.hash_buckets,
+        anomaly_data = anomalies if anomalies is None or isinstance(anomalies, np.ndarray) \
+            else list(anomalies)
+        inputs = route_anomaly_flags(data, y, labels, pairs, triplets, anomaly_data)
+        n = len(inputs.normals)
+        reference_rows, calibration_rows, needed = calibration_split(
+            n, self.n_neighbors, self.alpha, self.delta, self.calibration_fraction,
+            self.random_state, self.strict,
+        )
+        reference_data = take_rows(inputs.normals, reference_rows)
+        calibration_data = take_rows(inputs.normals, calibration_rows)
+        label_fields = self.label_fields
+        feature_encoder = FeatureEncoder(
+            id_field=self.id_field, max_onehot=self.max_onehot, hash_buckets=self.hash_buckets,
             declared_schema=self.schema,
-            label_fields=self.label_fields,
+            label_fields=(label_fields,) if isinstance(label_fields, str) else tuple(label_fields),
         ).fit(reference_data)
-        reference_features = self.feature_encoder_.transform(reference_data)
-        calibration_features = self.feature_encoder_.transform(calibration_data)
+        reference_features = feature_encoder.transform(reference_data)
+        calibration_features = feature_encoder.transform(calibration_data)
         anomaly_features = None
-        if anomalies is not None:
-            anomaly_data = anomalies if isinstance(anomalies, np.ndarray) else list(anomalies)
-            if len(anomaly_data):
-                anomaly_features = self.feature_encoder_.transform(anomaly_data)
+        if inputs.anomalies is not None and len(inputs.anomalies):
+            anomaly_features = feature_encoder.transform(inputs.anomalies)
 
-        supervision = FitSupervision.restrict(labels, pairs, triplets, reference_rows, n)
-        column_groups, hashed_fields = _field_groups(self.feature_encoder_)
-        self.embedder_ = build_embedder_for_fit(
+        supervision = FitSupervision.restrict(
+            inputs.labels, inputs.pairs, inputs.triplets, reference_rows, n
+        )
+        column_groups, hashed_fields = field_groups(feature_encoder)
+        embedder = build_embedder_for_fit(
             self.encoder, reference_features, supervision, anomaly_features,
-            numeric_columns=_numeric_columns(self.feature_encoder_),
+            numeric_columns=numeric_columns(feature_encoder),
             column_groups=column_groups, invariant_fields=hashed_fields,
-            training=self.training, seed=self.seed, progress=self.progress,
+            training=self.training, seed=self.random_state, progress=self.progress,
         )
+        fitted = calibrate_references(
+            embedder, reference_features, calibration_features, metric=self.metric,
+            index=self.index, flat_max=self.flat_max, random_state=self.random_state,
+            n_neighbors=self.n_neighbors,
+            calibrator=ConformalCalibrator(self.alpha, self.delta, strict=self.strict),
+        )
+        references, calibrator = fitted.references, fitted.calibrator
+        ids = reference_ids(
+            feature_encoder, reference_data, calibration_data,
+            inputs.rows[np.concatenate([reference_rows, calibration_rows])],
+        )
+        self.feature_encoder_: FeatureEncoder = feature_encoder
+        self.embedder_ = embedder
         self.training_mode_ = supervision.mode
-
-        # Each distinct record is embedded and indexed once, with its multiplicity. Part 0 of
-        # the reference set (R) is the very index that calibration searches and that serves;
-        # calibration records C are added afterwards as extra copies or a new part, which can
-        # only lower a score (see detector.references and the module docstring).
-        groups = group_duplicates(reference_features, calibration_features)
-        stacked_features = np.vstack([reference_features, calibration_features])
-        distinct_features = stacked_features[groups.representatives]
-        distinct_embeddings = self.embedder_.embed(distinct_features)
-        n_part0 = len(groups.in_references)
-        references = ReferenceSet(
-            metric=self.metric, kind=self.index, flat_max=self.flat_max, seed=self.seed
-        ).fit(distinct_embeddings[:n_part0], groups.reference_counts[:n_part0])
-        calibration_groups = np.unique(groups.calibration_group)
-        group_scores = np.zeros(len(distinct_features), dtype=np.float64)
-        group_scores[calibration_groups] = references.mean_distance(
-            distinct_embeddings[calibration_groups], self.k
-        )
-        self.calibrator_ = ConformalCalibrator(alpha=self.alpha, delta=self.delta).fit(
-            group_scores[groups.calibration_group]
-        )
+        self.n_known_anomalies_ = 0 if anomaly_features is None else len(anomaly_features)
+        self.calibrator_: ConformalCalibrator = calibrator
         self.calibration_index_ = references.kinds_[0]
-
-        # Score against every normal record (R ∪ C) without touching part 0's index.
-        references.add_copies(groups.calibration_counts[:n_part0])
-        if len(distinct_features) > n_part0:
-            references.add_part(
-                distinct_embeddings[n_part0:], groups.calibration_counts[n_part0:]
-            )
         self.reference_index_ = references
-        self.reference_features_ = distinct_features
-        all_ids = _reference_ids(
-            self.feature_encoder_, reference_data, calibration_data,
-            np.concatenate([reference_rows, calibration_rows]),
-        )
-        self.reference_ids_ = [all_ids[row] for row in groups.representatives.tolist()]
+        self.reference_features_ = fitted.features
+        self.reference_ids_ = [ids[row] for row in fitted.representatives.tolist()]
         self.n_reference_ = references.n_records_
         self.n_unique_reference_ = references.n_unique_
         self.duplicate_factor_ = self.n_reference_ / self.n_unique_reference_
         self.n_calibration_ = len(calibration_features)
-        self.n_features_ = self.feature_encoder_.n_features_
-        self.schema_version_ = self.feature_encoder_.version_
-        self.threshold_ = float(self.calibrator_.threshold_) if self.alpha is not None else None
-        self.fpr_bound_ = float(self.calibrator_.fpr_bound_) if self.alpha is not None else None
-        self.model_version_ = _model_version(
-            distinct_features, references.counts_, self.get_params(), self.embedder_
+        self.n_features_ = feature_encoder.n_features_
+        self.n_features_in_ = len(feature_encoder.fields_)
+        self.schema_version_ = feature_encoder.version_
+        self.threshold_ = calibrator.threshold_
+        self.fpr_bound_ = calibrator.fpr_bound_
+        self.certified_ = bool(calibrator.certified_)
+        self.model_version_ = model_version(
+            fitted.features, references.counts_, self._config(), embedder
         )
+        if self.alpha is not None and not self.certified_ and self.fpr_bound_ is not None:
+            warnings.warn(uncertified_message(
+                n, needed, self.alpha, self.delta, self.n_calibration_, self.fpr_bound_,
+            ), CalibrationWarning, stacklevel=2)
         return self
-
-    def _check_params(self) -> None:
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be a positive integer, got {self.k!r}")
-        if self.metric not in ("euclidean", "cosine"):
-            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if not 0.0 < self.calibration_fraction < 1.0:
-            raise ValueError("calibration_fraction must be in (0, 1)")
-        if self.alpha is not None and not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1) or None, got {self.alpha!r}")
-        if not 0.0 < self.delta < 1.0:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
-
-    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        wanted = math.ceil(self.calibration_fraction * n)
-        needed = 1 if self.alpha is None else required_calibration_size(self.alpha, self.delta)
-        n_calibration = min(max(wanted, needed), n // 2)
-        if n_calibration < needed:
-            raise CalibrationError(
-                f"alpha={self.alpha} with delta={self.delta} needs at least {needed} "
-                f"calibration records, i.e. at least {2 * needed} normal training records "
-                f"(calibration uses at most half of them); got {n}. Provide more normal "
-                "records, raise alpha or delta, or pass alpha=None for scores and p-values only."
-            )
-        if n - n_calibration < self.k:
-            raise ValueError(f"need more than {self.k + n_calibration} records for k={self.k}")
-        order = np.random.default_rng(self.seed).permutation(n)
-        return np.sort(order[n_calibration:]), np.sort(order[:n_calibration])
 
     # ------------------------------------------------------------------ scoring
     def _check_fitted(self) -> None:
         if not hasattr(self, "reference_index_"):
             raise NotFittedError("this Detector is not fitted yet: call fit() or Detector.load()")
 
-    def _embed(self, X: np.ndarray | Iterable[dict[str, Any]]) -> np.ndarray:
+    def _embed(self, X: Records) -> np.ndarray:
         self._check_fitted()
         data = X if isinstance(X, np.ndarray) else list(X)
         return self.embedder_.embed(self.feature_encoder_.transform(data))
 
-    def score(self, X: np.ndarray | Iterable[dict[str, Any]]) -> np.ndarray:
-        """Mean distance to the ``k`` nearest normal references; higher = more anomalous."""
+    def score(self, X: Records) -> np.ndarray:
+        """Mean distance to the ``n_neighbors`` nearest normal references; higher = anomalous."""
         embeddings = self._embed(X)
-        return self.reference_index_.mean_distance(embeddings, self.k)
+        return self.reference_index_.mean_distance(embeddings, self.n_neighbors)
 
-    def p_value(self, X: np.ndarray | Iterable[dict[str, Any]]) -> np.ndarray:
+    def p_value(self, X: Records) -> np.ndarray:
         """Conformal p-values in (0, 1]: small means unlike the calibration normals."""
         scores = self.score(X)
         return self.calibrator_.p_value(scores)
 
-    def predict(self, X: np.ndarray | Iterable[dict[str, Any]]) -> np.ndarray:
-        """``True`` where the score exceeds the certified threshold."""
+    def predict(self, X: Records) -> np.ndarray:
+        """``True`` where the score exceeds the threshold (see ``certified_``, ``fpr_bound_``)."""
         self._check_fitted()
         if self.threshold_ is None:
             raise NotFittedError("this Detector was fitted with alpha=None: it has no threshold")
         return self.score(X) > self.threshold_
 
     def explain(
-        self, X: np.ndarray | Iterable[dict[str, Any]], n_neighbours: int = 3, n_fields: int = 3
+        self, X: Records, n_neighbours: int = 3, n_fields: int = 3
     ) -> list[dict[str, Any]]:
         """Per record: nearest normal references and the fields deviating most from them."""
         self._check_fitted()
@@ -274,23 +278,34 @@ class Detector:
         return score_record_batch(self, records, n_neighbours, schema_version)
 
     # ------------------------------------------------------------------ persistence
-    def get_params(self) -> dict[str, Any]:
-        training = self.training
-        if training is not None and hasattr(training, "__dataclass_fields__"):
-            from dataclasses import asdict
+    def _config(self) -> dict[str, Any]:
+        """JSON form of the parameters that decide the model (bundle manifest, model version)."""
+        config = self.get_params()
+        del config["progress"]
+        if is_dataclass(config["training"]) and not isinstance(config["training"], type):
+            config["training"] = asdict(config["training"])
+        label_fields = config["label_fields"]
+        config["label_fields"] = [label_fields] if isinstance(label_fields, str) else list(
+            label_fields
+        )
+        return config
 
-            training = asdict(training)
-        return {
-            "k": self.k, "metric": self.metric, "alpha": self.alpha, "delta": self.delta,
-            "calibration_fraction": self.calibration_fraction, "encoder": self.encoder,
-            "id_field": self.id_field, "label_fields": list(self.label_fields),
-            "max_onehot": self.max_onehot, "hash_buckets": self.hash_buckets,
-            "schema": self.schema, "index": self.index, "flat_max": self.flat_max,
-            "training": training, "seed": self.seed,
-        }
+    def to_state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """All fitted state: a JSON-able manifest part and named files (see ``store.bundle``).
+
+        Every public fitted attribute (name ending in ``_``) is included; one that is neither
+        a known component nor JSON-able makes this raise ``TypeError`` rather than be lost.
+        """
+        self._check_fitted()
+        return detector_state(self)
+
+    @classmethod
+    def from_state(cls, manifest: dict[str, Any], files: dict[str, bytes]) -> Detector:
+        """Rebuild a fitted Detector from ``to_state()``; ``BundleError`` if inconsistent."""
+        return restore_detector(cls, manifest, files)
 
     def save(self, path: str | Path) -> None:
-        """Write a verified bundle directory (see ``detector.bundle``)."""
+        """Write a verified bundle directory (see ``detector.store.bundle``)."""
         self._check_fitted()
         save_detector(self, Path(path))
 
@@ -301,55 +316,5 @@ class Detector:
 
     def __repr__(self) -> str:
         fitted = f", n_reference_={self.n_reference_}" if hasattr(self, "n_reference_") else ""
-        return f"Detector(k={self.k}, metric={self.metric!r}, alpha={self.alpha}{fitted})"
-
-
-def _numeric_columns(encoder: FeatureEncoder) -> np.ndarray:
-    """Mask of the feature columns that carry numeric values (not 0/1 indicator columns)."""
-    mask = np.zeros(encoder.n_features_, dtype=bool)
-    for field in encoder.field_columns_:
-        column = encoder.numeric_value_column(field)
-        if column is not None:
-            mask[column] = True
-    return mask
-
-
-def _field_groups(encoder: FeatureEncoder) -> tuple[np.ndarray, np.ndarray]:
-    """Field index of each feature column, and which fields are hashed (high-cardinality ids).
-
-    Self-supervision corrupts a field's columns together and always corrupts hashed fields:
-    per-column corruption makes impossible one-hot mixes, and an id hashed into buckets is
-    noise the embedding should not learn (synthetic records: +0.02 AUROC over per-column).
-    """
-    groups = np.zeros(encoder.n_features_, dtype=np.int64)
-    hashed = np.zeros(len(encoder.fields_), dtype=bool)
-    for index, spec in enumerate(encoder.fields_):
-        groups[encoder.field_columns_[spec["name"]]] = index
-        hashed[index] = spec.get("encoding") == "hash"
-    return groups, hashed
-
-
-def _reference_ids(
-    encoder: FeatureEncoder, reference_data: Any, calibration_data: Any, rows: np.ndarray
-) -> list[Any]:
-    """Record ids where the records have them, else the training row number."""
-    ids = list(encoder.record_ids(reference_data)) + list(encoder.record_ids(calibration_data))
-    return [int(row) if rid is None else rid for rid, row in zip(ids, rows, strict=True)]
-
-
-def _model_version(
-    features: np.ndarray, counts: np.ndarray, params: dict[str, Any], embedder: Any
-) -> str:
-    """Content hash of what decides scores: references, configuration and encoder weights."""
-    import hashlib
-    import json
-
-    from .store.bundle import fingerprint
-
-    digest = hashlib.sha256(fingerprint(features).encode())
-    digest.update(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
-    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(embedder.tensors().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:12]
+        return (f"Detector(n_neighbors={self.n_neighbors}, metric={self.metric!r}, "
+                f"alpha={self.alpha}{fitted})")

@@ -53,3 +53,11 @@ class BundleError(NearwatchError, ValueError):
 
 class SchemaMismatchError(NearwatchError, ValueError):
     """Records or a bundle were produced under a different schema version."""
+
+
+class CalibrationWarning(UserWarning):
+    """Too few calibration records to certify ``alpha``: the fit uses an uncertified threshold.
+
+    ``Detector.fit`` then reports the bound it does achieve in ``fpr_bound_`` and sets
+    ``certified_ = False``; ``Detector(strict=True)`` raises ``CalibrationError`` instead.
+    """

@@ -37,35 +37,14 @@ import faiss
 import numpy as np
 
 from .errors import BundleError, NotFittedError
+from .threads import BLAS_THRESHOLD, configure_threads
+
+__all__ = ["BLAS_THRESHOLD", "ReferenceIndex", "configure_threads"]  # threads: moved
 
 METRICS = ("euclidean", "cosine")
 KINDS = ("auto", "flat", "hnsw")
 STATE_FORMAT = 1
-# faiss-cpu 1.15.1 as shipped here defaults this to 128000 and compares it with nq * d (measured:
-# the switch moves with d, not only nq). 128 keeps single queries on the per-pair loop and sends
-# batches to BLAS: worst case 1.3x the per-shape optimum over d in {8..64}, nq in {1..1024},
-# versus 3.1x for 128000 (big batches) and 4.2x for 20 (single queries).
-BLAS_THRESHOLD = 128
 _QUERY_CHUNK = 8192  # bounds the (chunk, k, d) gather used for exact distances
-
-
-def configure_threads(n_threads: int = 1) -> None:
-    """Set faiss' and torch's OpenMP pools and faiss' BLAS switch point for this process.
-
-    One thread each per worker process measured best (the pools otherwise oversubscribe the
-    cores shared by several workers). faiss' bundled OpenBLAS uses OpenMP, so it follows
-    ``omp_set_num_threads``. Deploy note: old bundled OpenBLAS may not recognise new CPUs and
-    fall back to SSE3 kernels; export ``OPENBLAS_CORETYPE=SkylakeX`` (avx512f in
-    /proc/cpuinfo) or ``Haswell`` (avx2) in the worker's environment; this library sets no
-    environment variables.
-    """
-    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-        raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
-    faiss.omp_set_num_threads(n_threads)
-    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
-    import torch  # lazy: importing torch costs seconds and most index users never need it
-
-    torch.set_num_threads(n_threads)
 
 
 class ReferenceIndex:

@@ -22,14 +22,14 @@ def neighbour_search(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores plus the distances and rows of the nearest distinct references.
 
-    Searching more distinct neighbours than ``k`` (for explanations) returns a superset of the
-    candidates, so a score can only be lower than or equal to the calibrated search's.
+    Searching more distinct neighbours than ``n_neighbors`` (for explanations) returns a
+    superset of the candidates, so a score can only be lower than or equal to the calibrated
+    search's.
     """
     references = detector.reference_index_
-    distances, rows = references.search(
-        detector.embedder_.embed(features), max(detector.k, n_neighbours)
-    )
-    scores = references.mean_from_neighbours(distances, rows, detector.k)
+    k = detector.n_neighbors
+    distances, rows = references.search(detector.embedder_.embed(features), max(k, n_neighbours))
+    scores = references.mean_from_neighbours(distances, rows, k)
     return scores, distances, rows
 
 
@@ -39,6 +39,12 @@ def score_record_batch(
     n_neighbours: int,
     schema_version: str | None,
 ) -> list[dict[str, Any]]:
+    """One result per record: score, p-value, flag, the threshold's guarantee, neighbours.
+
+    ``certified`` and ``fpr_bound`` repeat the model's facts on every scored record, so a
+    consumer of ``nearwatch score``/``stream`` output sees whether ``is_anomaly`` comes from a
+    certified threshold (``fpr_bound`` <= alpha) or from too few calibration records.
+    """
     if schema_version is not None and schema_version != detector.schema_version_:
         raise SchemaMismatchError(
             f"records were prepared for schema version {schema_version}, but this model "
@@ -63,6 +69,7 @@ def score_record_batch(
     scores, distances, rows = neighbour_search(detector, features[good_rows], n_neighbours)
     p_values = detector.calibrator_.p_value(scores)
     threshold = detector.threshold_
+    certified, fpr_bound = bool(detector.certified_), detector.fpr_bound_
     reference_ids = detector.reference_ids_
     # Bulk numpy -> Python conversion (tolist) instead of a float() per value: same values
     # (float64 -> float and float32 -> float are exact), ~1 µs less per record.
@@ -79,6 +86,8 @@ def score_record_batch(
         result["p_value"] = p_value
         result["is_anomaly"] = flag
         result["threshold"] = threshold
+        result["certified"] = certified  # False: threshold_ is not certified at alpha
+        result["fpr_bound"] = fpr_bound  # the (1 - delta) upper bound on the threshold's FPR
         result["neighbours"] = [{"id": rid, "distance": d, "copies": c}
                                 for rid, d, c in zip(ids, dists, copies, strict=True)]
     return results
@@ -97,7 +106,7 @@ def explain_rows(
     p_values = detector.calibrator_.p_value(scores)
     encoder = detector.feature_encoder_
     explanations = []
-    taken = detector.reference_index_.records_taken(rows, detector.k)
+    taken = detector.reference_index_.records_taken(rows, detector.n_neighbors)
     for i in range(len(features)):
         # the k nearest *records*: a distinct reference counts as many times as it is taken
         nearest_records = np.repeat(rows[i], taken[i])

@@ -19,6 +19,7 @@ Injected anomalies are of two kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -116,9 +117,11 @@ def _inject_anomaly(
     kind = int(rng.integers(4))
     profile = SERVICES[service_index]
     if kind == 0:  # point: latency far beyond any service at this load
-        record["latency_ms"] = round(float(record["latency_ms"]) * float(rng.uniform(20, 60)), 3)
+        latency = cast(float, record["latency_ms"])  # set by _normal_record
+        record["latency_ms"] = round(latency * float(rng.uniform(20, 60)), 3)
     elif kind == 1:  # point: byte burst (exfiltration-like)
-        record["bytes_out"] = int(float(record["bytes_out"]) * float(rng.uniform(50, 200)))
+        bytes_out = cast(int, record["bytes_out"])  # set by _normal_record
+        record["bytes_out"] = int(bytes_out * float(rng.uniform(50, 200)))
     elif kind == 2:  # contextual: another service's latency/size profile under this name
         other = SERVICES[(service_index + 1 + int(rng.integers(len(SERVICES) - 1))) % len(SERVICES)]
         record["latency_ms"] = round(other.latency_ms * float(rng.lognormal(0.0, 0.25)), 3)

@@ -149,7 +149,8 @@ def train_bundle(path: Path, seed: int, n: int = 1500) -> Path:
     from nearwatch.detector.synthetic import LABEL_FIELD, generate_records
 
     records = generate_records(n, anomaly_rate=0.0, seed=seed)
-    Detector(label_fields=(LABEL_FIELD,), encoder="identity", seed=seed).fit(records).save(path)
+    detector = Detector(label_fields=(LABEL_FIELD,), encoder="identity", random_state=seed)
+    detector.fit(records).save(path)
     return path
 
 

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
+from scipy import stats
 
 from bench.quality import bench_command
 from bench.report import fpr_lower_bound
@@ -35,7 +37,15 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert 90 <= blobs[method]["auroc"]["mean"] <= 100
         assert set(blobs[method]["auprc"]) == {"mean", "std"}
     calibration = blobs["calibration"]
-    assert calibration["certified_seeds"] == 2 and 0 <= calibration["realised_fpr"] <= 1
+    assert calibration["certified_seeds"] == 2
+    # pooled over both seeds: 200 test normals each, realised FPR = FP / n, and its lower bound
+    runs = [run["nearwatch"] for run in report["runs"]["blobs"]]
+    assert calibration["n_test_normal"] == sum(r["n_test_normal"] for r in runs) == 400
+    assert calibration["false_positives"] == sum(r["false_positives"] for r in runs)
+    assert calibration["realised_fpr"] == calibration["false_positives"] / 400
+    assert calibration["fpr_lower_bound_95"] == fpr_lower_bound(calibration["false_positives"], 400)
+    assert calibration["holds"] is (calibration["fpr_lower_bound_95"] <= 0.05)
+    assert calibration["realised_fpr"] <= 0.05  # well-separated blobs: no excess FPR
     assert calibration["fpr_bound"] <= 0.05
     assert blobs["n_labelled"] == 4 and blobs["train_s"]["mean"] > 0
     small = report["datasets"]["small"]
@@ -55,3 +65,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
 def test_fpr_lower_bound() -> None:
     assert fpr_lower_bound(0, 50) == 0.0
     assert 0.0 < fpr_lower_bound(3, 100) < 0.03 < fpr_lower_bound(10, 100)
+    # Clopper-Pearson: the rate p at which seeing >= x false positives has probability 5 %
+    for x, n in ((1, 50), (3, 100), (10, 100), (40, 400)):
+        p = fpr_lower_bound(x, n)
+        assert stats.binom.sf(x - 1, n, p) == pytest.approx(0.05, rel=1e-6)
+        assert p < x / n
+    assert fpr_lower_bound(5, 100, confidence=0.99) < fpr_lower_bound(5, 100)

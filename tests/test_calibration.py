@@ -99,7 +99,8 @@ def test_required_calibration_size_matches_the_formula() -> None:
             assert (1 - alpha) ** n <= delta < (1 - alpha) ** (n - 1) or n == 1
             ConformalCalibrator(alpha=alpha, delta=delta).fit(np.arange(float(n)))
             if n > 1:
-                with pytest.raises(CalibrationError):
+                with pytest.raises(CalibrationError,
+                                   match=f"need at least {n} calibration records.*got {n - 1};"):
                     ConformalCalibrator(alpha=alpha, delta=delta).fit(np.arange(n - 1.0))
 
 
@@ -107,7 +108,7 @@ def test_too_few_calibration_records_says_how_many_are_needed() -> None:
     with pytest.raises(CalibrationError, match="need at least 299 calibration records") as info:
         ConformalCalibrator(alpha=0.01, delta=0.05).fit(np.ones(298))
     assert "got 298" in str(info.value)
-    with pytest.raises(CalibrationError, match="got 0"):
+    with pytest.raises(CalibrationError, match="need at least 299 calibration records.*got 0;"):
         ConformalCalibrator().fit(np.array([]))
     # exactly enough: the only certified threshold is the largest score
     calibrator = ConformalCalibrator(alpha=0.01, delta=0.05).fit(np.arange(299.0))
@@ -132,21 +133,26 @@ def test_ties_and_zero_scores() -> None:
 
 def test_validation_and_not_fitted() -> None:
     for alpha in (0.0, 1.0, -0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match="alpha"):
+        with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\), got"):
             ConformalCalibrator(alpha=alpha).fit(np.ones(1000))
     for delta in (0.0, 1.0):
-        with pytest.raises(ValueError, match="delta"):
+        with pytest.raises(ValueError, match=r"delta must be in \(0, 1\), got"):
             ConformalCalibrator(delta=delta).fit(np.ones(1000))
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\), got 0\.0"):
         required_calibration_size(0.0, 0.05)
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    with pytest.raises(ValueError, match="alpha must be a number"):
+        ConformalCalibrator(alpha="0.05").fit(np.ones(1000))
+    with pytest.raises(ValueError, match="calibration scores contain NaN or infinite"):
         ConformalCalibrator().fit(np.r_[np.ones(500), np.nan])
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="ConformalCalibrator is not fitted"):
         ConformalCalibrator().p_value([1.0])
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="ConformalCalibrator is not fitted"):
         ConformalCalibrator().is_anomaly([1.0])
+    scores_only = ConformalCalibrator(alpha=None).fit(np.ones(5))
+    with pytest.raises(NotFittedError, match="alpha=None: it has no threshold"):
+        scores_only.is_anomaly([1.0])
     calibrator = ConformalCalibrator().fit(np.ones(500))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="scores contain NaN"):
         calibrator.p_value([np.nan])
     assert calibrator.p_value([np.inf]).tolist() == [1 / 501]
 
@@ -159,13 +165,13 @@ def test_state_round_trip_and_mismatch() -> None:
     assert restored.to_state() == state
     probe = np.linspace(0, 8, 33)
     np.testing.assert_array_equal(restored.p_value(probe), calibrator.p_value(probe))
-    with pytest.raises(BundleError, match="do not match"):
+    with pytest.raises(BundleError, match="calibration scores do not match the saved state"):
         ConformalCalibrator.from_state(state, scores[:-1])
-    with pytest.raises(BundleError, match="format"):
+    with pytest.raises(BundleError, match="unknown calibration state format 2"):
         ConformalCalibrator.from_state({**state, "format": 2}, scores)
 
 
 def test_plain_quantile_threshold() -> None:
     assert plain_quantile_threshold(np.arange(101.0), 0.05) == 95.0
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="scores must not be empty"):
         plain_quantile_threshold(np.array([]), 0.05)

@@ -73,10 +73,10 @@ def test_train_on_npz_uses_normals_only(workdir: Path) -> None:
     assert np.mean([r["is_anomaly"] for r in results[800:]]) > 0.9
 
 
-def test_train_with_too_few_records_is_a_clear_error(workdir: Path) -> None:
+def test_train_with_too_few_records_is_a_clear_error_when_strict(workdir: Path) -> None:
     _invoke("generate", "--out", str(workdir / "small.jsonl"), "--n", "100")
     result = CliRunner().invoke(main, ["train", "--data", str(workdir / "small.jsonl"),
-                                       "--out", str(workdir / "small-model")])
+                                       "--out", str(workdir / "small-model"), "--strict"])
     assert result.exit_code != 0
     assert "299 calibration records" in result.output
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from nearwatch.detector import CalibrationError, Detector, NotFittedError, SchemaMismatchError
+from nearwatch.detector.errors import CalibrationWarning
 from nearwatch.detector.synthetic import generate_records
 
 
@@ -43,6 +44,7 @@ def test_fitted_attributes_and_threshold(fitted: Detector) -> None:
     assert 299 <= fitted.n_calibration_ <= 1_000
     assert fitted.threshold_ > 0
     assert 0 < fitted.fpr_bound_ <= fitted.alpha
+    assert fitted.certified_ is True
     assert fitted.training_mode_ == "self_supervised"
 
 
@@ -85,6 +87,7 @@ def test_score_records_answers_every_record(fitted: Detector, telemetry: tuple) 
     first = results[0]
     assert first["id"] == good[0]["id"]
     assert first["threshold"] == fitted.threshold_
+    assert first["certified"] is True and first["fpr_bound"] == fitted.fpr_bound_
     assert len(first["neighbours"]) == 3
     assert first["neighbours"][0]["distance"] <= first["neighbours"][2]["distance"]
 
@@ -121,7 +124,10 @@ def test_duplicates_and_zero_distances() -> None:
 def test_too_few_calibration_records_says_how_many() -> None:
     data = np.random.default_rng(0).normal(size=(300, 4))
     with pytest.raises(CalibrationError, match="at least 299 calibration records"):
-        Detector(encoder="identity", alpha=0.01, delta=0.05).fit(data)
+        Detector(encoder="identity", alpha=0.01, delta=0.05, strict=True).fit(data)
+    with pytest.warns(CalibrationWarning, match="needs at least 598 normal records"):
+        loose = Detector(encoder="identity", alpha=0.01, delta=0.05).fit(data)
+    assert loose.certified_ is False and loose.fpr_bound_ > 0.01
     # Without a threshold, scores and p-values still work.
     detector = Detector(encoder="identity", alpha=None).fit(data)
     assert detector.threshold_ is None
@@ -142,8 +148,11 @@ def test_supervision_seam_validates_indices() -> None:
 
 def test_invalid_parameters_are_refused() -> None:
     data = np.zeros((10, 2))
-    for kwargs in ({"k": 0}, {"metric": "manhattan"}, {"alpha": 1.5}, {"encoder": "magic"}):
-        with pytest.raises(ValueError):
+    for kwargs, message in (({"n_neighbors": 0}, "n_neighbors must be a positive integer"),
+                            ({"metric": "manhattan"}, "metric must be"),
+                            ({"alpha": 1.5}, "alpha must be in"),
+                            ({"encoder": "magic"}, "encoder must be one of")):
+        with pytest.raises(ValueError, match=message):
             Detector(**kwargs).fit(data)
 
 
@@ -152,7 +161,7 @@ def test_scores_equal_brute_force_numpy(metric: str) -> None:
     rng = np.random.default_rng(5)
     train = rng.normal(size=(900, 6)) * rng.uniform(0.1, 10, size=6)
     queries = rng.normal(size=(50, 6)) * 3
-    detector = Detector(encoder="identity", metric=metric, k=4, alpha=None).fit(train)
+    detector = Detector(encoder="identity", metric=metric, n_neighbors=4, alpha=None).fit(train)
     references = detector.reference_features_.astype(np.float64)
     features = detector.feature_encoder_.transform(queries).astype(np.float64)
     if metric == "cosine":

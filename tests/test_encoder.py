@@ -51,6 +51,15 @@ def test_embedding_layout_raw_then_learned() -> None:
     assert np.allclose(out[:, :5], z, atol=1e-5)
     # the learned part is L2-normalised, then weighted
     assert np.allclose(np.linalg.norm(out[:, 5:], axis=1), 2.0, atol=1e-5)
+    # ... and is the MLP applied to the standardised features (numpy forward pass)
+    (w1, b1), (w2, b2), (w3, b3) = [
+        (layer.weight.detach().numpy(), layer.bias.detach().numpy())
+        for layer in mlp.net if isinstance(layer, torch.nn.Linear)]
+    h = np.maximum(z @ w1.T + b1, 0.0)
+    h = np.maximum(h @ w2.T + b2, 0.0)
+    f = h @ w3.T + b3
+    np.testing.assert_allclose(out[:, 5:], 2.0 * f / np.linalg.norm(f, axis=1, keepdims=True),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_embed_is_batchwise_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,13 +72,17 @@ def test_embed_is_batchwise_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_embed_runs_in_eval_mode_without_gradients() -> None:
     embedder = _embedder()
+    x = np.random.default_rng(3).normal(size=(3, 5)).astype(np.float32)
+    expected = embedder.embed(x)
     embedder.encoder.train()
-    out = embedder.embed(np.zeros((3, 5), dtype=np.float32))
+    out = embedder.embed(x)
     assert not embedder.encoder.training and isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, expected)
+    assert all(p.grad is None for p in embedder.encoder.parameters())
 
 
 def test_embed_rejects_wrong_width() -> None:
-    with pytest.raises(ValueError, match=r"shape \(n, 5\)"):
+    with pytest.raises(ValueError, match=r"expected features of shape \(n, 5\), got \(2, 4\)"):
         _embedder().embed(np.zeros((2, 4)))
 
 
@@ -81,19 +94,27 @@ def test_standardisation_handles_constant_columns() -> None:
 
 def test_identity_embedder() -> None:
     identity = IdentityEmbedder()
-    x = np.arange(6, dtype=np.float64).reshape(2, 3)
-    assert identity.embed(x).dtype == np.float32 and identity.tensors() == {}
-    assert isinstance(_round_trip(identity), IdentityEmbedder)
+    x = np.arange(6, dtype=np.float64).reshape(2, 3) - 2.5
+    out = identity.embed(x)
+    assert out.dtype == np.float32 and identity.tensors() == {}
+    np.testing.assert_array_equal(out, x.astype(np.float32))  # the scaled features as they are
+    clone = _round_trip(identity)
+    assert isinstance(clone, IdentityEmbedder)
+    np.testing.assert_array_equal(clone.embed(x), out)
 
 
 def test_build_embedder_rejects_bad_state() -> None:
     embedder = _embedder()
-    with pytest.raises(ValueError, match="version"):
+    with pytest.raises(ValueError, match="unsupported embedder state version 99"):
         build_embedder({**embedder.to_state(), "version": 99}, embedder.tensors())
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="unknown embedder kind 'transformer'"):
         build_embedder({**embedder.to_state(), "kind": "transformer"}, embedder.tensors())
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="encoder tensors do not match the architecture"):
         build_embedder({**embedder.to_state(), "embedding_dim": 4}, embedder.tensors())
+    with pytest.raises(ValueError, match="identity embedder has no weights, but tensors"):
+        build_embedder(IdentityEmbedder().to_state(), embedder.tensors())
+    with pytest.raises(ValueError, match="embedder state must be an object, got list"):
+        build_embedder([], {})
 
 
 def test_encoder_is_small_enough_for_fast_inference() -> None:

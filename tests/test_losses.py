@@ -64,6 +64,7 @@ def test_triplet_without_valid_triplets_is_zero_with_gradient() -> None:
     loss = TripletMarginLoss()(z, torch.tensor([0, 1]))
     loss.backward()
     assert loss.item() == 0.0 and z.grad is not None
+    assert torch.equal(z.grad, torch.zeros_like(z))  # a zero loss that pushes nothing
 
 
 def test_multi_similarity_by_hand() -> None:

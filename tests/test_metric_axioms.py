@@ -58,6 +58,8 @@ def test_positivity_and_symmetry(detector: Detector, x: np.ndarray, y: np.ndarra
     d_xy, d_yx = _distance(detector, x, y), _distance(detector, y, x)
     assert d_xy == pytest.approx(d_yx, abs=_tolerance(ex, ey))
     gap = float(np.linalg.norm(ex.astype(np.float64) - ey))
+    # and it is the Euclidean distance of the embeddings (numpy, float64)
+    assert d_xy == pytest.approx(gap, abs=_tolerance(ex, ey))
     if gap > _tolerance(ex, ey):  # distinct embeddings (beyond float32 resolution)
         assert d_xy > 0.0
 
@@ -79,3 +81,4 @@ def test_distinct_records_have_distinct_embeddings(detector: Detector) -> None:
     x[1, 2] = 1e-2
     ex, ey = _embed(detector, x)
     assert np.linalg.norm(ex - ey) > 0
+    assert _distance(detector, x[0], x[1]) > 0

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from nearwatch.detector import Detector
 from nearwatch.detector.errors import BundleError
 from nearwatch.detector.store.registry import POINTER, ModelRegistry
 
@@ -27,10 +28,13 @@ def test_add_copies_verifies_and_promotes(tmp_path: Path, bundles: tuple[Path, P
     assert second == "v0002" and registry.current_version() == "v0002"
     assert (tmp_path / "models" / POINTER).read_text() == "v0002\n"
     version, detector = registry.load_current()
-    assert version == "v0002" and detector.n_reference_ > 0
+    assert version == "v0002" and detector.n_reference_ == 1500  # every training record
     listed = registry.list()
     assert [(m.version, m.current) for m in listed] == [("v0001", False), ("v0002", True)]
     assert listed[0].model_version and listed[0].model_version != listed[1].model_version
+    # the current model is the second bundle's, not the first's
+    assert detector.model_version_ == listed[1].model_version
+    assert listed[1].model_version == Detector.load(bundles[1]).model_version_
     # the registry holds copies: the source bundle can go away
     manifest = json.loads((registry.path("v0001") / "manifest.json").read_text())
     assert manifest["files"]
@@ -46,7 +50,7 @@ def test_tampered_bundle_is_refused(tmp_path: Path, bundles: tuple[Path, Path]) 
     shutil.copytree(bundles[0], bad)
     _tamper(bad)
     registry = ModelRegistry(tmp_path / "models")
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match=r"checksum mismatch for calibration\.npy"):
         registry.add(bad, promote=True)
     assert registry.versions() == [] and registry.current_version() is None
     with pytest.raises(BundleError, match="not a bundle directory"):
@@ -54,19 +58,21 @@ def test_tampered_bundle_is_refused(tmp_path: Path, bundles: tuple[Path, Path]) 
     # a version tampered with *inside* the registry cannot be promoted or loaded
     version = registry.add(bundles[0], promote=True)
     _tamper(registry.path(version))
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match=r"checksum mismatch for calibration\.npy"):
         registry.promote(version)
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match=r"checksum mismatch for calibration\.npy"):
         registry.load_current()
 
 
 def test_pointer_errors_are_clear(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
-    with pytest.raises(BundleError, match="no current model"):
+    with pytest.raises(BundleError, match="has no current model: add one with"):
         registry.load_current()
     (tmp_path / POINTER).write_text("../../etc\n")
-    with pytest.raises(BundleError, match="not a version name"):
+    with pytest.raises(BundleError, match=r"CURRENT: not a version name: '\.\./\.\./etc'"):
         registry.current_version()
+    with pytest.raises(BundleError, match=r"not a version name: '1' \(expected e\.g\. 'v0001'\)"):
+        registry.path("1")
     with pytest.raises(BundleError, match="no version v0042"):
         registry.path("v0042")
 

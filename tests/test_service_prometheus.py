@@ -96,5 +96,6 @@ def test_prometheus_counts_match_stream_across_children(
     assert _query(prometheus, "nearwatch_reference_size") == detector.n_reference_
     assert _query(prometheus, "nearwatch_target_fpr") == pytest.approx(detector.alpha)
     assert _query(prometheus, "nearwatch_fpr_bound") == pytest.approx(detector.fpr_bound_)
+    assert _query(prometheus, "nearwatch_certified") == float(getattr(detector, "certified_", True))
     assert _query(prometheus, "sum(nearwatch_batch_duration_seconds_count)") > 0
     assert _query(prometheus, "sum(nearwatch_score_count)") == base_scored + 990

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,25 @@ def test_settings_from_env() -> None:
         Settings.from_env({"NEARWATCH_BATCH_SIZE": "many"})
     with pytest.raises(SettingsError, match="NEARWATCH_MAX_IN_FLIGHT must be positive"):
         Settings.from_env({"NEARWATCH_MAX_IN_FLIGHT": "0"})
+
+
+def test_defaults_are_written_once() -> None:
+    # An empty environment gives the dataclass defaults, which the producers share.
+    from nearwatch.worker.ingest import IngestOptions
+
+    assert Settings.from_env({}) == Settings()
+    assert ClientOptions() == ClientOptions.from_settings(Settings())
+    assert IngestOptions().batch_size == Settings().batch_size
+
+
+def test_tasks_do_not_import_the_app() -> None:
+    # Imports run one way: app -> tasks/pool/names; a fresh interpreter shows what tasks pulls.
+    code = ("import sys, nearwatch.worker.tasks as t; "
+            "assert 'nearwatch.worker.app' not in sys.modules; "
+            "print(t.score_batch.name, t.score_json_batch.name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["nearwatch.score_batch", "nearwatch.score_json_batch"]
 
 
 @pytest.fixture()

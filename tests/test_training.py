@@ -9,6 +9,11 @@ from nearwatch.detector.embedding.training import TrainingConfig, train_embedder
 FAST = TrainingConfig(max_steps=40, hidden=(32,), embedding_dim=8, batch_size=64, eval_every=10)
 
 
+def _one_step(config: TrainingConfig) -> TrainingConfig:
+    """The same run stopped after one optimisation step: the baseline that training must beat."""
+    return TrainingConfig(**{**config.__dict__, "max_steps": 1})
+
+
 def _clusters(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, size=n)
@@ -38,8 +43,14 @@ def test_mode_follows_supervision(supervision: dict, mode: str) -> None:
     if "labels" in supervision:
         supervision = {"labels": labels}
     embedder = train_embedder(x, config=FAST, **supervision)
-    assert embedder.history["mode"] == mode
-    assert np.isfinite(embedder.embed(x)).all()
+    assert embedder.history["mode"] == mode and embedder.history["steps"] == 40
+    # training lowered the objective on the held-out rows (fixed views: comparable losses)
+    baseline = train_embedder(x, config=_one_step(FAST), **supervision)
+    assert embedder.history["best_validation_loss"] < baseline.history["best_validation_loss"]
+    out = embedder.embed(x)
+    # layout [z(x), w · f(x)]: f on the unit sphere, w = 0.3 · sqrt(d) · sqrt(d / 16) = 0.3
+    assert embedder.embedding_weight == pytest.approx(0.3)
+    np.testing.assert_allclose(np.linalg.norm(out[:, 4:], axis=1), 0.3, rtol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["supcon", "triplet", "triplet_semihard", "multi_similarity",
@@ -47,7 +58,10 @@ def test_mode_follows_supervision(supervision: dict, mode: str) -> None:
 def test_every_supervised_loss_trains(loss: str) -> None:
     x, labels = _clusters()
     config = TrainingConfig(**{**FAST.__dict__, "supervised_loss": loss})
-    assert np.isfinite(train_embedder(x, config=config, labels=labels).embed(x)).all()
+    trained = train_embedder(x, config=config, labels=labels)
+    assert trained.history["mode"] == "supervised" and trained.history["steps"] == 40
+    baseline = train_embedder(x, config=_one_step(config), labels=labels)
+    assert trained.history["best_validation_loss"] < baseline.history["best_validation_loss"]
 
 
 def test_supervised_embedding_separates_classes() -> None:
@@ -92,22 +106,29 @@ def test_early_stopping_and_time_budget() -> None:
 
 def test_tiny_training_sets_still_train() -> None:
     x, _ = _clusters(12)
-    assert train_embedder(x, config=FAST).embed(x).shape == (12, 12)
+    out = train_embedder(x, config=FAST).embed(x)
+    assert out.shape == (12, 12)
+    # too few rows to hold any out: all 12 train, so z(x) is the z-score over all of them
+    np.testing.assert_allclose(out[:, :4], (x - x.mean(0)) / x.std(0, ddof=1), atol=1e-5)
 
 
 def test_input_errors_name_the_problem() -> None:
     x, labels = _clusters(50)
-    with pytest.raises(ValueError, match="labels has 3 entries"):
+    with pytest.raises(ValueError, match="labels has 3 entries for 50 feature rows"):
         train_embedder(x, config=FAST, labels=[0, 1, 2])
-    with pytest.raises(ValueError, match="pairs refer to rows outside"):
+    with pytest.raises(ValueError, match=r"pairs refer to rows outside 0\.\.49"):
         train_embedder(x, config=FAST, pairs=[(0, 50, 1)])
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="features contain NaN or infinite values"):
         train_embedder(np.full((5, 2), np.nan, dtype=np.float32), config=FAST)
-    with pytest.raises(ValueError, match="needs labels"):
+    with pytest.raises(ValueError, match="mode 'supervised' needs labels"):
         train_embedder(x, config=TrainingConfig(mode="supervised"))
-    with pytest.raises(ValueError, match="mode must be"):
+    with pytest.raises(ValueError, match="mode must be one of .*got 'psychic'"):
         train_embedder(x, config=TrainingConfig(mode="psychic"))
-    with pytest.raises(ValueError, match="supervised_loss"):
+    with pytest.raises(ValueError, match="mode 'weakly_supervised' needs pairs or triplets"):
+        train_embedder(x, config=TrainingConfig(mode="weakly_supervised"), labels=labels)
+    with pytest.raises(ValueError, match=r"a 2-D array with at least 2 rows, got \(1, 4\)"):
+        train_embedder(x[:1], config=FAST)
+    with pytest.raises(ValueError, match="supervised_loss must be one of .*got 'magic'"):
         train_embedder(x, config=TrainingConfig(supervised_loss="magic"), labels=labels)
 
 

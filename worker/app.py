@@ -4,25 +4,25 @@
 ``celery -A worker.app``) is the one built from the environment. Delivery guarantees:
 JSON only (never pickle), tasks acknowledged late and requeued when their process dies,
 prefetch of one message per process so a killed process holds at most one batch.
+The queue and task names come from ``names.py``; each pool process's scorer is built by
+``pool.build_runtime`` (called here at ``worker_process_init``), which the tasks read.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
+from .names import SCORING_QUEUE, TASK_PATTERN
+from .pool import SETTINGS_KEY, build_runtime
 from .settings import Settings
-from .tasks import SCORING_QUEUE
 
 log = logging.getLogger("nearwatch.worker")
-_runtime_lock = threading.Lock()
-_process_metrics: Any = None
 _env_app: Celery | None = None
 
 
@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> Celery:
         result_accept_content=["json"],
         task_queues=(Queue(SCORING_QUEUE),),
         task_default_queue=SCORING_QUEUE,
-        task_routes={"nearwatch.*": {"queue": SCORING_QUEUE}},
+        task_routes={TASK_PATTERN: {"queue": SCORING_QUEUE}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -50,9 +50,10 @@ def create_app(settings: Settings) -> Celery:
         result_expires=settings.result_expires,
         task_send_sent_event=False,
         worker_send_task_events=False,
+        # The worker imports the tasks; they find their scorer through worker/pool.py.
         imports=("nearwatch.worker.tasks",),
     )
-    app.conf.nearwatch_settings = settings
+    app.conf[SETTINGS_KEY] = settings
     return app
 
 
@@ -70,57 +71,13 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def settings_of(app: Any) -> Settings:
-    settings = app.conf.get("nearwatch_settings")
-    if not isinstance(settings, Settings):
-        raise RuntimeError("this Celery app was not built by worker.app.create_app")
-    return settings
-
-
-def build_runtime(app: Any) -> Any:
-    """Load the current model and wire the scorer of this process (once per process)."""
-    from nearwatch.detector.index import configure_threads
-    from nearwatch.detector.store.registry import ModelRegistry
-
-    from .runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
-
-    with _runtime_lock:
-        scorer = getattr(app, "nearwatch_scorer", None)
-        if scorer is not None:
-            return scorer
-        settings = settings_of(app)
-        configure_threads(settings.threads_per_process)
-        metrics = process_metrics()
-        holder = ModelHolder(ModelRegistry(settings.model_dir), settings.reload_interval, metrics)
-        holder.load_initial()
-        if settings.redis_url:
-            import redis
-
-            dead_letters: Any = RedisDeadLetters(redis.Redis.from_url(settings.redis_url))
-        else:
-            dead_letters = LoggedDeadLetters()
-        scorer = BatchScorer(holder, dead_letters, metrics)
-        app.nearwatch_scorer = scorer
-        return scorer
-
-
-def process_metrics() -> Any:
-    """This process's ``ServiceMetrics``, or None when multiprocess metrics are not enabled."""
-    global _process_metrics
-    from .metrics import ServiceMetrics, active_multiprocess_dir
-
-    if _process_metrics is None and active_multiprocess_dir() is not None:
-        _process_metrics = ServiceMetrics()
-    return _process_metrics
-
-
 @worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
     # Runs in each prefork child right after fork: the model is loaded before the first
     # task (a missing or refused model is logged; the child retries at each batch).
     from celery import current_app
 
-    if current_app.conf.get("nearwatch_settings") is None:
+    if current_app.conf.get(SETTINGS_KEY) is None:
         return  # some other Celery app's pool
     build_runtime(current_app)
 

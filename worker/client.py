@@ -1,8 +1,8 @@
 """Python client for producers: batches in, results out in input order, exactly once.
 
-Usage (``app`` from ``worker.app.create_app(Settings.from_env())``)::
+Usage (``app`` from ``worker.app.create_app(settings)``, ``settings = Settings.from_env()``)::
 
-    client = ScoringClient(app, ClientOptions(batch_size=500))
+    client = ScoringClient(app, ClientOptions.from_settings(settings))
     for result in client.score(records):  # dicts in, result dicts out, same order
         ...
 
@@ -27,36 +27,20 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from .settings import Settings
-from .tasks import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
+from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
+from .settings import ClientOptions
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["UNANSWERED", "ClientOptions", "ClientStats", "ScoringClient", "chunks"]
 
 UNANSWERED = "unanswered after"  # start of the error of a record no worker answered
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    batch_size: int = 500
-    max_in_flight: int = 8
-    batch_timeout: float = 60.0
-    max_attempts: int = 3
-    # Longest single wait on a result; result backends with push (Redis) return earlier.
-    poll_interval: float = 0.2
-    # The record field the model reads ids from; answers are checked against it.
-    id_field: str = "id"
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> ClientOptions:
-        values: dict[str, Any] = {
-            "batch_size": settings.batch_size, "max_in_flight": settings.max_in_flight,
-            "batch_timeout": settings.batch_timeout, "max_attempts": settings.max_attempts,
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
 
 @dataclass
@@ -85,7 +69,7 @@ class _Batch:
 class ScoringClient:
     """Submits batches to the ``scoring`` queue of ``app`` and collects their answers."""
 
-    def __init__(self, app: Any, options: ClientOptions | None = None) -> None:
+    def __init__(self, app: Celery, options: ClientOptions | None = None) -> None:
         self.app = app
         self.options = options or ClientOptions()
         self.stats = ClientStats()

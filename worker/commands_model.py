@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +53,21 @@ def generate_command(
               type=click.Choice(["auto", "identity", "metric"]))
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--strict/--allow-uncertified", default=False, show_default=True,
+              help="Refuse too few normal records to certify --alpha/--delta, or (default) "
+                   "train anyway with the tightest threshold they allow, warn, and report "
+                   "certified_=False with the bound achieved.")
 @click.option("--schema", "schema_path", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Declared schema (JSON) instead of inferring it.")
 def train_command(
     data_path: Path, out_dir: Path, alpha: float, delta: float, label_field: str | None,
     class_field: str | None, known_anomalies: int, id_field: str, encoder: str, k: int,
-    seed: int, schema_path: Path | None,
+    seed: int, strict: bool, schema_path: Path | None,
 ) -> None:
     """Train a detector on normal records and save it as a verified bundle."""
     from nearwatch.detector import Detector
+    from nearwatch.detector.errors import CalibrationWarning
     from nearwatch.detector.index import configure_threads
 
     configure_threads(1)
@@ -78,21 +84,32 @@ def train_command(
     if class_field is not None:
         labels = [r.get(class_field) for r in normals]
     detector = Detector(
-        k=k, alpha=alpha, delta=delta, id_field=id_field, encoder=encoder, seed=seed,
+        n_neighbors=k, alpha=alpha, delta=delta, id_field=id_field, encoder=encoder,
+        random_state=seed, strict=strict,
         label_fields=tuple(f for f in (label_field, class_field) if f),
         schema=json.loads(schema_path.read_text()) if schema_path else None, progress=True,
     )
     anomalies = take_rows(records, anomaly_rows) if len(anomaly_rows) else None
     try:
-        detector.fit(normals, labels=labels, anomalies=anomalies)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CalibrationWarning)
+            detector.fit(normals, labels=labels, anomalies=anomalies)
     except ValueError as exc:  # every library error is a ValueError with a clear message
         raise click.ClickException(str(exc)) from exc
+    for warning in caught:
+        if issubclass(warning.category, CalibrationWarning):
+            click.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
     detector.save(out_dir)
     click.echo(
         f"trained on {len(normal_rows)} normal records ({detector.training_mode_}, "
         f"{len(anomaly_rows)} known anomalies): {detector.n_reference_} references, "
-        f"threshold {detector.threshold_:.4g} (target FPR {alpha}, certified bound "
-        f"{detector.fpr_bound_:.4g} with probability {1 - delta:.2f}); saved to {out_dir}"
+        f"threshold {detector.threshold_:.4g} (target FPR {alpha}; certified_="
+        f"{detector.certified_}: FPR <= {detector.fpr_bound_:.4g} with probability "
+        f"{1 - delta:.2f}{'' if detector.certified_ else ', too few normal records'}); "
+        f"saved to {out_dir}"
     )
 
 

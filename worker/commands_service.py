@@ -9,11 +9,19 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .settings import Settings, SettingsError
+from .demo import STREAM_RECORDS
+from .names import RECORDS_STREAM
+from .settings import DEFAULTS, IngestOptions, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from nearwatch.detector import Detector
+
+_INGEST = IngestOptions()  # option defaults of `nearwatch ingest`
 
 
 def _settings() -> Settings:
@@ -23,7 +31,7 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def _require_broker(app: Any) -> None:
+def _require_broker(app: Celery) -> None:
     """Fail fast, with the URL and a hint, when the broker is unreachable."""
     try:
         with app.connection_for_write() as connection:
@@ -56,13 +64,15 @@ def worker_command(concurrency: int, loglevel: str | None) -> None:
 @click.option("--data", "source", required=True,
               help="JSONL or CSV file, or - for stdin (JSONL or CSV, sniffed).")
 @click.option("--batch", "batch_size", default=None, type=click.IntRange(min=1),
-              help="Records per task (default NEARWATCH_BATCH_SIZE, 500).")
+              help=f"Records per task (default NEARWATCH_BATCH_SIZE, {DEFAULTS.batch_size}).")
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Results as JSON lines (default: stdout).")
 @click.option("--max-in-flight", default=None, type=click.IntRange(min=1),
-              help="Batches submitted and not yet answered (default NEARWATCH_MAX_IN_FLIGHT).")
+              help="Batches submitted and not yet answered (default NEARWATCH_MAX_IN_FLIGHT, "
+              f"{DEFAULTS.max_in_flight}).")
 @click.option("--timeout", "batch_timeout", default=None, type=click.FloatRange(min=0.1),
-              help="Seconds before an unanswered batch is submitted again.")
+              help="Seconds before an unanswered batch is submitted again (default "
+              f"NEARWATCH_BATCH_TIMEOUT, {DEFAULTS.batch_timeout:g}).")
 def stream_command(source: str, batch_size: int | None, out_path: Path | None,
                    max_in_flight: int | None, batch_timeout: float | None) -> None:
     """Score records through the workers: one result line per record, in input order.
@@ -98,25 +108,28 @@ def stream_command(source: str, batch_size: int | None, out_path: Path | None,
 
 
 @click.command("ingest")
-@click.option("--batch", "batch_size", default=500, show_default=True,
-              type=click.IntRange(min=1))
-@click.option("--consumer", default="", help="Consumer name (default <hostname>-<pid>).")
-@click.option("--claim-idle-ms", default=30_000, show_default=True, type=click.IntRange(min=1),
+@click.option("--batch", "batch_size", default=None, type=click.IntRange(min=1),
+              help=f"Entries per task (default NEARWATCH_BATCH_SIZE, {DEFAULTS.batch_size}).")
+@click.option("--consumer", default=_INGEST.consumer,
+              help="Consumer name (default <hostname>-<pid>).")
+@click.option("--claim-idle-ms", default=_INGEST.claim_idle_ms, show_default=True,
+              type=click.IntRange(min=1),
               help="Take over entries pending this long at a stalled consumer.")
 @click.option("--stop-when-idle", is_flag=True,
               help="Exit once nothing is new or pending (batch jobs, tests).")
-def ingest_command(batch_size: int, consumer: str, claim_idle_ms: int,
+def ingest_command(batch_size: int | None, consumer: str, claim_idle_ms: int,
                    stop_when_idle: bool) -> None:
     """Score the Redis stream nearwatch:records into nearwatch:scores (consumer group)."""
     import redis
 
     from .app import create_app
     from .client import ClientOptions, ScoringClient
-    from .ingest import IngestOptions, StreamIngest
+    from .ingest import StreamIngest
 
     settings = _settings()
     if not settings.redis_url:
         raise click.ClickException("ingest needs Redis: set NEARWATCH_REDIS_URL")
+    batch_size = batch_size or settings.batch_size
     app = create_app(settings)
     _require_broker(app)
     client = ScoringClient(app, ClientOptions.from_settings(settings, batch_size=batch_size))
@@ -131,7 +144,7 @@ def ingest_command(batch_size: int, consumer: str, claim_idle_ms: int,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    click.echo(f"ingest: consumer {ingest.consumer} reading nearwatch:records", err=True)
+    click.echo(f"ingest: consumer {ingest.consumer} reading {RECORDS_STREAM}", err=True)
     stats = ingest.run()
     click.echo(f"ingest: {stats.entries} entries read, {stats.written} results written, "
                f"{stats.unanswered} left pending (no worker answered), "
@@ -190,13 +203,13 @@ def models_show(version: str | None) -> None:
     click.echo(json.dumps(model_facts(version, detector), indent=2))
 
 
-def model_facts(version: str, detector: Any) -> dict[str, Any]:
+def model_facts(version: str, detector: Detector) -> dict[str, Any]:
     """What an operator needs to judge a model: its guarantee and what it was built from."""
     return {
         "version": version,
         "model_version": detector.model_version_,
         "training_mode": detector.training_mode_,
-        "alpha": detector.alpha, "delta": detector.delta, "k": detector.k,
+        "alpha": detector.alpha, "delta": detector.delta, "n_neighbors": detector.n_neighbors,
         "threshold": detector.threshold_, "fpr_bound": detector.fpr_bound_,
         "n_calibration": detector.n_calibration_,
         "calibration_index": detector.calibration_index_,
@@ -209,7 +222,7 @@ def model_facts(version: str, detector: Any) -> dict[str, Any]:
 
 
 @click.command("demo")
-@click.option("--records", "n_stream", default=2000, show_default=True,
+@click.option("--records", "n_stream", default=STREAM_RECORDS, show_default=True,
               type=click.IntRange(min=20), help="Records to stream.")
 def demo_command(n_stream: int) -> None:
     """Synthetic records → train → stream through Celery → flagged records → /metrics."""

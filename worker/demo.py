@@ -17,15 +17,23 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .client import ScoringClient
+
 Echo = Callable[[str], None]
+TRAIN_RECORDS = 4000
+STREAM_RECORDS = 2000  # also the default of `nearwatch demo --records`
+BATCH_SIZE = 250  # few records: smaller batches than the service's keep the pool busy
 
 
-def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int = 2000,
-             seed: int = 0) -> int:
+def run_demo(settings: Settings, echo: Echo, n_train: int = TRAIN_RECORDS,
+             n_stream: int = STREAM_RECORDS, seed: int = 0) -> int:
     """Returns the process exit status (non-zero if a record went unanswered)."""
     from nearwatch.detector import Detector
     from nearwatch.detector.index import configure_threads
@@ -45,7 +53,7 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int 
     stream[11]["bytes_out"] = {"nested": 1}
 
     echo("2. training the detector")
-    detector = Detector(label_fields=(LABEL_FIELD,), seed=seed).fit(train)
+    detector = Detector(label_fields=(LABEL_FIELD,), random_state=seed).fit(train)
     echo(f"   {detector.n_reference_} references, threshold {detector.threshold_:.4g}, "
          f"certified FPR <= {detector.fpr_bound_:.4g} (target {detector.alpha})")
 
@@ -61,7 +69,7 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int 
             app, metrics_url = stack.enter_context(_embedded_worker(settings, registry.root))
         echo(f"3. model {version} promoted in {registry.root}; "
              f"broker {app.conf.broker_url.split('@')[-1]}")
-        client = ScoringClient(app, ClientOptions.from_settings(settings, batch_size=250))
+        client = ScoringClient(app, ClientOptions.from_settings(settings, batch_size=BATCH_SIZE))
         if settings.broker_configured:
             _wait_for_version(client, version, stream[0])
         t0 = time.perf_counter()
@@ -76,7 +84,7 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = 4000, n_stream: int 
 
 
 @contextlib.contextmanager
-def _embedded_worker(settings: Settings, model_dir: Path) -> Iterator[tuple[Any, str]]:
+def _embedded_worker(settings: Settings, model_dir: Path) -> Iterator[tuple[Celery, str]]:
     from .app import create_app
     from .metrics import prepare_multiprocess_dir, serve_metrics
 
@@ -90,7 +98,7 @@ def _embedded_worker(settings: Settings, model_dir: Path) -> Iterator[tuple[Any,
 
 
 @contextlib.contextmanager
-def embedded_worker(app: Any, wait_on_exit: bool = True) -> Iterator[Any]:
+def embedded_worker(app: Celery, wait_on_exit: bool = True) -> Iterator[Any]:
     """A real Celery worker (solo pool) consuming ``app``'s queues from a thread.
 
     ``wait_on_exit=False`` does not wait for the worker loop's next poll (up to a few
@@ -117,13 +125,13 @@ def embedded_worker(app: Any, wait_on_exit: bool = True) -> Iterator[Any]:
             state.should_terminate = None
 
 
-def _real_workers(settings: Settings) -> tuple[Any, str]:
+def _real_workers(settings: Settings) -> tuple[Celery, str]:
     from .app import create_app
 
     return create_app(settings), f"http://127.0.0.1:{settings.metrics_port}/metrics"
 
 
-def _wait_for_version(client: Any, version: str, probe: dict[str, Any],
+def _wait_for_version(client: ScoringClient, version: str, probe: dict[str, Any],
                       timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -159,7 +167,8 @@ def _metrics_excerpt(url: str) -> list[str]:
         return [f"(not reachable: {exc})"]
     wanted = ("nearwatch_records_scored_total", "nearwatch_anomalies_total",
               "nearwatch_record_errors_total", "nearwatch_threshold", "nearwatch_fpr_bound",
-              "nearwatch_target_fpr", "nearwatch_reference_size", "nearwatch_model_info",
+              "nearwatch_target_fpr", "nearwatch_certified", "nearwatch_reference_size",
+              "nearwatch_model_info",
               "nearwatch_batch_duration_seconds_count", "nearwatch_score_count")
     return [line for line in text.splitlines() if line.startswith(wanted)]
 

@@ -23,15 +23,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import UNANSWERED
+from .settings import IngestOptions
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+__all__ = ["IngestOptions", "IngestStats", "StreamIngest"]
 
 log = logging.getLogger("nearwatch.ingest")
 
-RECORDS_STREAM = "nearwatch:records"
-SCORES_STREAM = "nearwatch:scores"
-GROUP = "nearwatch"
 RECORD_FIELD = "record"
 _UNANSWERED = f'"error": "{UNANSWERED}'
 
@@ -56,21 +59,6 @@ return written
 BatchScorer = Callable[[Iterable[tuple[list[str], int | None]]], Iterator[list[str]]]
 
 
-@dataclass(frozen=True)
-class IngestOptions:
-    records_stream: str = RECORDS_STREAM
-    scores_stream: str = SCORES_STREAM
-    deadletter_stream: str = "nearwatch:deadletter"
-    group: str = GROUP
-    consumer: str = ""  # default: <hostname>-<pid>
-    batch_size: int = 500
-    block_ms: int = 200
-    claim_idle_ms: int = 30_000
-    scores_maxlen: int = 1_000_000
-    deadletter_maxlen: int = 100_000
-    stop_when_idle: bool = False  # exit once nothing is new, pending or claimable (tests, jobs)
-
-
 @dataclass
 class IngestStats:
     entries: int = 0
@@ -88,7 +76,7 @@ class _Entry:
 
 
 class StreamIngest:
-    def __init__(self, client: Any, score_batches: BatchScorer,
+    def __init__(self, client: Redis, score_batches: BatchScorer,
                  options: IngestOptions | None = None) -> None:
         self.redis = client
         self.score_batches = score_batches
@@ -113,7 +101,7 @@ class StreamIngest:
         self.ensure_group()
         in_flight: deque[list[_Entry]] = deque()
 
-        def batches() -> Iterator[list[Any]]:
+        def batches() -> Iterator[tuple[list[str], int | None]]:
             while not self.stop.is_set():
                 outstanding = any(in_flight)  # entries read and not yet written
                 # While answers are outstanding, block only briefly so they are written soon.
@@ -133,7 +121,8 @@ class StreamIngest:
     def _read(self, block_ms: int) -> list[_Entry]:
         raw = self._claim()
         if not raw:
-            answer = self.redis.xreadgroup(
+            # RESP2 reply [[stream, entries]]; redis-py types it as the RESP2/RESP3 union.
+            answer: Any = self.redis.xreadgroup(
                 self.options.group, self.consumer, {self.options.records_stream: ">"},
                 count=self.options.batch_size, block=block_ms)
             raw = answer[0][1] if answer else []

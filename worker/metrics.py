@@ -20,13 +20,18 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client import values as prom_values
+from prometheus_client.metrics_core import Metric
+
+if TYPE_CHECKING:
+    from nearwatch.detector import Detector
 
 ERROR_REASONS = ("not_an_object", "invalid_field", "invalid_json", "scoring_failed")
 # Scores are distances in embedding space; a wide exponential range covers every model.
@@ -81,15 +86,15 @@ class _MergedLiveCollector:
         self._directory = directory
         self._merged = prom_multiprocess.MultiProcessCollector(None, path=str(directory))
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterable[Metric]:
         mark_dead_processes(self._directory)
         return self._merged.collect()
 
 
-def serve_metrics(port: int, directory: Path, host: str = "0.0.0.0") -> int:
+def serve_metrics(port: int, directory: Path, host: str) -> int:
     """Serve the merged metrics on ``host:port`` from a daemon thread; returns the port."""
     registry = CollectorRegistry()
-    registry.register(_MergedLiveCollector(directory))  # type: ignore[arg-type]
+    registry.register(_MergedLiveCollector(directory))
     server, _thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
     return int(server.server_port)
 
@@ -142,6 +147,10 @@ class ServiceMetrics:
             "nearwatch_reference_duplicate_factor",
             "Reference records per distinct indexed reference in the serving model",
             multiprocess_mode="livemostrecent", registry=r)
+        self.certified = Gauge(
+            "nearwatch_certified",
+            "1 if the threshold of the serving model is certified (alpha, delta), 0 if too "
+            "few calibration records", multiprocess_mode="livemostrecent", registry=r)
         self.calibration_index = Gauge(
             "nearwatch_calibration_index_info",
             "1 for the index kind (flat | hnsw) whose search produced the calibration scores",
@@ -151,7 +160,7 @@ class ServiceMetrics:
             ["version", "model_hash"], multiprocess_mode="livemax", registry=r)
         self._info_labels: tuple[str, str] | None = None
 
-    def model_loaded(self, version: str, detector: Any) -> None:
+    def model_loaded(self, version: str, detector: Detector) -> None:
         self.model_reloads.labels("loaded").inc()
         self.threshold.set(_number(detector.threshold_))
         self.fpr_bound.set(_number(detector.fpr_bound_))
@@ -159,6 +168,8 @@ class ServiceMetrics:
         self.reference_size.set(float(detector.n_reference_))
         self.reference_distinct.set(float(detector.n_unique_reference_))
         self.duplicate_factor.set(float(detector.duplicate_factor_))
+        # Bundles older than `certified_` are certified: fitting then refused too few records.
+        self.certified.set(float(bool(getattr(detector, "certified_", True))))
         for kind in ("flat", "hnsw"):
             self.calibration_index.labels(kind).set(float(kind == detector.calibration_index_))
         if self._info_labels is not None:
@@ -203,5 +214,5 @@ def observe_many(histogram: Histogram, values: list[float]) -> None:
     total.inc(float(np.sum(values)))
 
 
-def _number(value: Any) -> float:
+def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)

@@ -15,16 +15,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from nearwatch.detector.errors import BundleError
+from nearwatch.detector import BundleError, Detector  # loaded with any detector module
 from nearwatch.detector.store.registry import ModelRegistry
 
-log = logging.getLogger("nearwatch.worker")
+from .names import DEADLETTER_MAXLEN, DEADLETTER_STREAM
 
-DEADLETTER_STREAM = "nearwatch:deadletter"
-DEADLETTER_MAXLEN = 100_000
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from .metrics import ServiceMetrics
+
+log = logging.getLogger("nearwatch.worker")
 _DEDUP_TTL_S = 7 * 24 * 3600
 N_NEIGHBOURS = 3
 # Dedup key and XADD in one atomic script: a redelivered batch does not dead-letter twice.
@@ -47,8 +51,7 @@ class DeadLetters(Protocol):
 class RedisDeadLetters:
     """Dead letters in the Redis stream ``nearwatch:deadletter`` (one entry per bad record)."""
 
-    def __init__(self, client: Any, stream: str = DEADLETTER_STREAM) -> None:
-        self._client = client
+    def __init__(self, client: Redis, stream: str = DEADLETTER_STREAM) -> None:
         self._stream = stream
         self._script = client.register_script(_DEADLETTER_SCRIPT)
 
@@ -87,12 +90,12 @@ class ModelHolder:
     """
 
     def __init__(self, registry: ModelRegistry, check_interval: float,
-                 metrics: Any = None) -> None:
+                 metrics: ServiceMetrics | None = None) -> None:
         self.registry = registry
         self.check_interval = check_interval
         self.metrics = metrics
         self.version: str | None = None
-        self.detector: Any = None
+        self.detector: Detector | None = None
         self._refused: str | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
@@ -110,7 +113,7 @@ class ModelHolder:
         self._install(version, detector)
         return True
 
-    def current(self) -> tuple[str, Any]:
+    def current(self) -> tuple[str, Detector]:
         now = time.monotonic()
         if self.detector is None or now - self._checked_at >= self.check_interval:
             with self._lock:
@@ -139,7 +142,7 @@ class ModelHolder:
             return
         self._install(wanted, detector)
 
-    def _install(self, version: str, detector: Any) -> None:
+    def _install(self, version: str, detector: Detector) -> None:
         previous = self.version
         self.version, self.detector = version, detector
         self._refused = None
@@ -152,7 +155,7 @@ class BatchScorer:
     """Scores a batch; every record is answered, a bad record never fails its batch."""
 
     def __init__(self, holder: ModelHolder, dead_letters: DeadLetters,
-                 metrics: Any = None) -> None:
+                 metrics: ServiceMetrics | None = None) -> None:
         self.holder = holder
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -220,7 +223,7 @@ class BatchScorer:
                                       time.perf_counter() - started)
         return results
 
-    def _score_objects(self, detector: Any, records: list[dict[str, Any]]
+    def _score_objects(self, detector: Detector, records: list[dict[str, Any]]
                        ) -> list[dict[str, Any]]:
         try:
             return [_public(r) for r in detector.score_records(records, N_NEIGHBOURS)]

@@ -1,12 +1,16 @@
-"""Service configuration: the one place that reads the environment.
+"""Service configuration: the one place that reads the environment, and every default.
 
 Every ``NEARWATCH_*`` variable is read here, once, into a frozen ``Settings`` that the
-commands pass down; nothing else in the service looks at ``os.environ``.
+commands pass down; nothing else in the service looks at ``os.environ``. The dataclasses
+below hold the only copy of each default value: ``from_env``, the CLI options, the producer
+(``ClientOptions``) and the ingest loop (``IngestOptions``) all take theirs from here.
 
 >>> s = Settings.from_env({"NEARWATCH_METRICS_PORT": "9100"})
 >>> s.broker_url, s.metrics_port, s.redis_url, s.broker_configured
 ('redis://127.0.0.1:6379/0', 9100, 'redis://127.0.0.1:6379/0', False)
 >>> Settings.from_env({"NEARWATCH_BROKER_URL": "memory://"}).redis_url is None
+True
+>>> ClientOptions().batch_size == Settings().batch_size == IngestOptions().batch_size
 True
 """
 
@@ -16,7 +20,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from .names import DEADLETTER_MAXLEN, DEADLETTER_STREAM, INGEST_GROUP, RECORDS_STREAM, SCORES_STREAM
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 T = TypeVar("T")
@@ -59,17 +65,18 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
+        default = cls()  # unset variables keep the dataclass defaults above
 
-        def get(name: str, parse: Callable[[str], T], default: T) -> T:
+        def get(name: str, parse: Callable[[str], T], fallback: T) -> T:
             raw = env.get(f"NEARWATCH_{name}")
             if raw is None or raw.strip() == "":
-                return default
+                return fallback
             try:
                 return parse(raw.strip())
             except ValueError as exc:
                 raise SettingsError(f"NEARWATCH_{name}={raw!r}: {exc}") from exc
 
-        broker_url = get("BROKER_URL", str, DEFAULT_BROKER_URL)
+        broker_url = get("BROKER_URL", str, default.broker_url)
         broker_is_redis = broker_url.startswith(("redis://", "rediss://"))
         redis_url = get("REDIS_URL", str, broker_url if broker_is_redis else "")
         backend_default = redis_url or ("cache+memory://" if broker_url == "memory://" else "")
@@ -80,19 +87,19 @@ class Settings:
             broker_configured="NEARWATCH_BROKER_URL" in env,
             result_backend=backend or None,
             redis_url=redis_url or None,
-            model_dir=Path(get("MODEL_DIR", str, "models")),
-            metrics_port=get("METRICS_PORT", int, 9808),
-            metrics_host=get("METRICS_HOST", str, "0.0.0.0"),
+            model_dir=get("MODEL_DIR", Path, default.model_dir),
+            metrics_port=get("METRICS_PORT", int, default.metrics_port),
+            metrics_host=get("METRICS_HOST", str, default.metrics_host),
             metrics_dir=Path(metrics_dir) if metrics_dir else None,
-            visibility_timeout=get("VISIBILITY_TIMEOUT", float, 300.0),
-            reload_interval=get("RELOAD_INTERVAL", float, 2.0),
-            result_expires=get("RESULT_EXPIRES", int, 3600),
-            threads_per_process=get("THREADS", int, 1),
-            batch_size=get("BATCH_SIZE", int, 500),
-            max_in_flight=get("MAX_IN_FLIGHT", int, 8),
-            batch_timeout=get("BATCH_TIMEOUT", float, 60.0),
-            max_attempts=get("MAX_ATTEMPTS", int, 3),
-            log_level=get("LOG_LEVEL", str, "INFO").upper(),
+            visibility_timeout=get("VISIBILITY_TIMEOUT", float, default.visibility_timeout),
+            reload_interval=get("RELOAD_INTERVAL", float, default.reload_interval),
+            result_expires=get("RESULT_EXPIRES", int, default.result_expires),
+            threads_per_process=get("THREADS", int, default.threads_per_process),
+            batch_size=get("BATCH_SIZE", int, default.batch_size),
+            max_in_flight=get("MAX_IN_FLIGHT", int, default.max_in_flight),
+            batch_timeout=get("BATCH_TIMEOUT", float, default.batch_timeout),
+            max_attempts=get("MAX_ATTEMPTS", int, default.max_attempts),
+            log_level=get("LOG_LEVEL", str, default.log_level).upper(),
         )
         settings.validate()
         return settings
@@ -117,3 +124,48 @@ class Settings:
                 "no result backend: set NEARWATCH_RESULT_BACKEND or NEARWATCH_REDIS_URL "
                 f"(the broker {self.broker_url!r} is not Redis)"
             )
+
+
+# The defaults as values, for the CLI's option defaults and help texts.
+DEFAULTS = Settings()
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How a producer (``ScoringClient``) batches, bounds and resubmits its work."""
+
+    batch_size: int = DEFAULTS.batch_size
+    max_in_flight: int = DEFAULTS.max_in_flight
+    batch_timeout: float = DEFAULTS.batch_timeout
+    max_attempts: int = DEFAULTS.max_attempts
+    # Longest single wait on a result; result backends with push (Redis) return earlier.
+    poll_interval: float = 0.2
+    # The record field the model reads ids from; answers are checked against it.
+    id_field: str = "id"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ClientOptions:
+        """The settings' values; an override that is None (an option not given) is ignored."""
+        values: dict[str, Any] = {
+            "batch_size": settings.batch_size, "max_in_flight": settings.max_in_flight,
+            "batch_timeout": settings.batch_timeout, "max_attempts": settings.max_attempts,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """The Redis streams and pacing of `nearwatch ingest` (``StreamIngest``)."""
+
+    records_stream: str = RECORDS_STREAM
+    scores_stream: str = SCORES_STREAM
+    deadletter_stream: str = DEADLETTER_STREAM
+    group: str = INGEST_GROUP
+    consumer: str = ""  # default: <hostname>-<pid>
+    batch_size: int = DEFAULTS.batch_size
+    block_ms: int = 200
+    claim_idle_ms: int = 30_000
+    scores_maxlen: int = 1_000_000
+    deadletter_maxlen: int = DEADLETTER_MAXLEN
+    stop_when_idle: bool = False  # exit once nothing is new, pending or claimable (tests, jobs)

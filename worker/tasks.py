@@ -4,6 +4,9 @@
 message is acknowledged only after the result is stored, and a batch whose process died is
 requeued. Re-running is safe: scoring is a pure function of (records, model), dead letters
 are deduplicated per record, so a redelivered batch gives the same answers.
+
+The names live in ``worker/names.py`` and the process's scorer in ``worker/pool.py``, so this
+module does not import the app (the app imports it, through Celery's ``imports``).
 """
 
 from __future__ import annotations
@@ -12,11 +15,8 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from .runtime import BatchScorer
-
-SCORE_BATCH = "nearwatch.score_batch"
-SCORE_JSON_BATCH = "nearwatch.score_json_batch"
-SCORING_QUEUE = "scoring"
+from .names import SCORE_BATCH, SCORE_JSON_BATCH
+from .pool import scorer_for
 
 
 @shared_task(
@@ -44,13 +44,3 @@ def score_json_batch(self: Task, lines: list[str], first_position: int | None = 
     if not isinstance(lines, list):
         raise TypeError(f"score_json_batch takes a list of JSON texts, got {type(lines).__name__}")
     return scorer_for(self.app).score_json(lines, first_position)
-
-
-def scorer_for(app: Any) -> BatchScorer:
-    """The process's scorer: built in ``worker_process_init`` (prefork) or on first use."""
-    from .app import build_runtime
-
-    scorer = getattr(app, "nearwatch_scorer", None)
-    if scorer is None:
-        scorer = build_runtime(app)
-    return scorer

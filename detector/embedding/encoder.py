@@ -17,7 +17,7 @@ acting on those columns *is* a learned embedding table for each categorical fiel
 >>> embedder = MetricEmbedder(MLPEncoder(3, hidden=(8,), embedding_dim=2), embedding_weight=0.5)
 >>> embedder.embed(np.zeros((4, 3), dtype=np.float32)).shape
 (4, 5)
->>> clone = build_embedder(embedder.to_state(), embedder.tensors())
+>>> clone = build_metric_embedder(embedder.to_state(), embedder.tensors())
 >>> bool(np.allclose(clone.embed(np.ones((2, 3))), embedder.embed(np.ones((2, 3)))))
 True
 """
@@ -25,21 +25,19 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-STATE_VERSION = 1
+from .builder import build_embedder
+from .identity import STATE_VERSION, Embedder, IdentityEmbedder
+
+__all__ = ["STATE_VERSION", "Embedder", "IdentityEmbedder", "MLPEncoder", "MetricEmbedder",
+           "build_embedder", "build_metric_embedder"]
 EMBED_BATCH = 8192  # rows per forward pass: bounded memory, still vectorised
-
-
-class Embedder(Protocol):
-    def embed(self, features: np.ndarray) -> np.ndarray: ...
-    def to_state(self) -> dict[str, Any]: ...
-    def tensors(self) -> dict[str, torch.Tensor]: ...
 
 
 class MLPEncoder(nn.Module):
@@ -51,6 +49,9 @@ class MLPEncoder(nn.Module):
     normal region, which a unit sphere cannot express (cosine losses normalise internally).
     ``center``/``scale`` are buffers, so they travel in the state dict.
     """
+
+    center: torch.Tensor  # buffers: saved in the state dict, not trained
+    scale: torch.Tensor
 
     def __init__(
         self,
@@ -148,35 +149,13 @@ class MetricEmbedder:
         return {name: t.detach().clone() for name, t in self.encoder.state_dict().items()}
 
 
-class IdentityEmbedder:
-    """``embed(x) = x`` as float32: plain kNN on the schema's scaled features.
+def build_metric_embedder(state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Embedder:
+    """Rebuild a ``MetricEmbedder`` from ``to_state()`` and ``tensors()``.
 
-    >>> IdentityEmbedder().embed(np.array([[1, 2]])).dtype
-    dtype('float32')
+    Raises ``ValueError`` for state or tensors that do not fit the architecture.
     """
-
-    def embed(self, features: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(features, dtype=np.float32)
-
-    def to_state(self) -> dict[str, Any]:
-        return {"kind": "identity", "version": STATE_VERSION}
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-
-def build_embedder(state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Embedder:
-    """Rebuild an embedder from ``to_state()`` and ``tensors()`` (e.g. read from a bundle).
-
-    Raises ``ValueError`` for an unknown kind or version, or tensors that do not fit.
-    """
-    kind = state.get("kind")
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"unsupported embedder state version {state.get('version')!r}")
-    if kind == "identity":
-        return IdentityEmbedder()
-    if kind != "metric_mlp":
-        raise ValueError(f"unknown embedder kind {kind!r}")
+    if state.get("kind") != "metric_mlp" or state.get("version") != STATE_VERSION:
+        raise ValueError(f"not a metric embedder state: {state.get('kind')!r}")
     encoder = MLPEncoder(
         int(state["n_features"]),
         [int(h) for h in state["hidden"]],

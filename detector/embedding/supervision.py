@@ -39,9 +39,9 @@ class FitSupervision:
     @classmethod
     def restrict(
         cls,
-        labels: Sequence[Any] | None,
-        pairs: Sequence[Sequence[Any]] | None,
-        triplets: Sequence[Sequence[int]] | None,
+        labels: Sequence[Any] | np.ndarray | None,
+        pairs: Sequence[Sequence[Any]] | np.ndarray | None,
+        triplets: Sequence[Sequence[int]] | np.ndarray | None,
         reference_rows: np.ndarray,
         n: int,
     ) -> FitSupervision:
@@ -67,7 +67,7 @@ def _encode_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def _restrict_rows(
-    rows: Sequence[Sequence[Any]] | None, name: str, position: np.ndarray, n: int
+    rows: Sequence[Sequence[Any]] | np.ndarray | None, name: str, position: np.ndarray, n: int
 ) -> tuple[np.ndarray | None, int]:
     if rows is None:
         return None, 0
@@ -103,7 +103,7 @@ def build_embedder_for_fit(
     progress: bool,
 ) -> Any:
     """The embedder named by ``Detector(encoder=...)``, trained when it learns."""
-    from .encoder import IdentityEmbedder
+    from .identity import IdentityEmbedder
 
     if encoder == "identity":
         return IdentityEmbedder()

@@ -52,9 +52,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from itertools import repeat
+from typing import Any
 
 import numpy as np
 
@@ -71,22 +71,9 @@ from .fields import (
     signed_expm1,
     signed_log1p,
 )
+from .matrix import as_matrix, natural_key, nonfinite_rows
 
 STATE_FORMAT = "nearwatch.schema/1"
-
-
-def _natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
-    parts = re.split(r"(\d+)", name)
-    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
-
-
-def _as_matrix(array: np.ndarray) -> np.ndarray:
-    if array.ndim != 2:
-        raise ValueError(f"expected a 2-D array (records x fields), got shape {array.shape}")
-    try:
-        return np.asarray(array, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"array of dtype {array.dtype} is not numeric") from None
 
 
 class FeatureEncoder:
@@ -111,8 +98,9 @@ class FeatureEncoder:
             raise ValueError(f"max_onehot must be an int >= 0, got {self.max_onehot!r}")
         if not isinstance(self.hash_buckets, int) or self.hash_buckets < 1:
             raise ValueError(f"hash_buckets must be an int >= 1, got {self.hash_buckets!r}")
+        dropped: list[str] = []
         if isinstance(records, np.ndarray):
-            specs, dropped = self._fit_array(_as_matrix(records)), []
+            specs = self._fit_array(as_matrix(records))
         else:
             specs, dropped = self._fit_records(self._as_rows(records))
         self._set_schema(specs, dropped)
@@ -125,7 +113,7 @@ class FeatureEncoder:
     def _fit_array(self, matrix: np.ndarray) -> list[dict]:
         if matrix.shape[0] == 0 or matrix.shape[1] == 0:
             raise ValueError(f"cannot fit on an empty array of shape {matrix.shape}")
-        self._raise_first(self._nonfinite_rows(matrix, [f"f{j}" for j in range(matrix.shape[1])]))
+        self._raise_first(nonfinite_rows(matrix, [f"f{j}" for j in range(matrix.shape[1])]))
         columns = np.ascontiguousarray(matrix.T)  # contiguous like the dict path: equal stats
         return [{"name": f"f{j}", "kind": "numeric", **numeric_stats(column),
                  "missing_indicator": False} for j, column in enumerate(columns)]
@@ -143,11 +131,12 @@ class FeatureEncoder:
                          if any(not isinstance(key, str) for key in row))
             raise RecordError(None, "field names must be strings", index, self._id_of(rows[index]))
         dropped: list[str] = []
+        plan: Plan
         if self.declared_schema is not None:
             plan = parse_declared(self.declared_schema, self._excluded())
         else:
-            plan: Plan = []
-            for name in sorted(keys - self._excluded(), key=_natural_key):
+            plan = []
+            for name in sorted(keys - self._excluded(), key=natural_key):
                 kind = infer_kind([row.get(name) for row in rows])
                 if kind is None:
                     dropped.append(name)
@@ -230,7 +219,7 @@ class FeatureEncoder:
     def _encode(self, records: Iterable[dict] | np.ndarray) -> tuple[np.ndarray, dict]:
         self._check_fitted()
         if isinstance(records, np.ndarray):
-            return self._encode_array(_as_matrix(records))
+            return self._encode_array(as_matrix(records))
         rows = self._as_rows(records)
         matrix = np.zeros((len(rows), self.n_features_), dtype=np.float32)
         bad: BadRows = {}
@@ -259,7 +248,7 @@ class FeatureEncoder:
             raise ValueError(f"array has {matrix.shape[1]} columns, the encoder expects "
                              f"{len(self.fields_)} (fields {self.fields_[0]['name']}..."
                              f"{self.fields_[-1]['name']} in order)")
-        errors = self._nonfinite_rows(matrix, [spec["name"] for spec in self.fields_])
+        errors = nonfinite_rows(matrix, [spec["name"] for spec in self.fields_])
         values = matrix
         if self._array_log.any():
             values = matrix.copy()
@@ -277,23 +266,13 @@ class FeatureEncoder:
             raise TypeError("expected a list of records, got a single record (dict)")
         return records if isinstance(records, list) else list(records)
 
-    def _id_of(self, row: object) -> object:
+    def _id_of(self, row: object) -> Any:  # the id as the record holds it (a JSON value)
         return row.get(self.id_field) if isinstance(row, dict) else None
 
     def _record_errors(self, rows: list, bad: BadRows) -> dict[int, RecordError]:
         return {index: RecordError(field, reason, record_index=index,
                                    record_id=self._id_of(rows[index]))
                 for index, (field, reason) in sorted(bad.items())}
-
-    @staticmethod
-    def _nonfinite_rows(matrix: np.ndarray, names: list[str]) -> dict[int, RecordError]:
-        finite = np.isfinite(matrix)
-        errors = {}
-        for row in np.flatnonzero(~finite.all(axis=1)).tolist():
-            column = int(np.argmin(finite[row]))
-            errors[row] = RecordError(names[column], f"{float(matrix[row, column])!r} is not a "
-                                      "finite number", record_index=row)
-        return errors
 
     @staticmethod
     def _raise_first(errors: dict[int, RecordError]) -> None:

@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..embedding.weights import tensors_from_bytes, tensors_to_bytes
 from ..errors import BundleError
+
+__all__ = ["tensors_from_bytes", "tensors_to_bytes"]  # moved to embedding.weights
 
 FORMAT_VERSION = 2  # 2: distinct references with counts, index in parts
 MANIFEST = "manifest.json"
@@ -127,24 +130,6 @@ def array_to_bytes(array: np.ndarray) -> bytes:
 
 def array_from_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
-
-
-def tensors_to_bytes(tensors: dict[str, Any]) -> bytes:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(tensors, buffer)
-    return buffer.getvalue()
-
-
-def tensors_from_bytes(data: bytes) -> dict[str, Any]:
-    import torch
-
-    # weights_only: refuse anything but tensors and plain containers (no pickle code paths).
-    loaded = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    if not isinstance(loaded, dict):
-        raise BundleError("encoder weights are not a state dict")
-    return loaded
 
 
 def fingerprint(features: np.ndarray) -> str:

@@ -1,24 +1,29 @@
-"""Save and load a fitted ``Detector`` as a verified bundle (all fitted state together)."""
+"""A fitted ``Detector`` ↔ its state (manifest part + files) ↔ a verified bundle directory.
+
+``Detector.to_state`` / ``Detector.from_state`` call ``detector_state`` / ``restore_detector``.
+Nothing lists the scalar fitted attributes: every public attribute ending in ``_`` that is not
+one of the components below goes into the manifest's ``"fitted"`` object, and one that JSON
+cannot carry unchanged makes saving fail instead of being dropped. The components travel as
+files of the bundle layout (format 2): ``encoder.pt`` (learned encoders only; an identity
+embedder has no weights, so neither torch nor that file is needed), ``index.faiss`` (+
+``index_1.faiss`` ...), ``reference_counts.npy``, ``calibration.npy``,
+``reference_features.npy`` and ``reference_ids.json``.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..calibration import ConformalCalibrator
+from ..embedding.builder import build_embedder
+from ..embedding.weights import tensors_from_bytes, tensors_to_bytes
 from ..errors import BundleError, SchemaMismatchError
 from ..features.schema import FeatureEncoder
 from ..references import ReferenceSet
-from .bundle import (
-    array_from_bytes,
-    array_to_bytes,
-    fingerprint,
-    read_bundle,
-    tensors_from_bytes,
-    tensors_to_bytes,
-    write_bundle,
-)
+from .bundle import array_from_bytes, array_to_bytes, fingerprint, read_bundle, write_bundle
 
 if TYPE_CHECKING:
     from ..detector import Detector
@@ -29,58 +34,100 @@ REFERENCE_COUNTS_FILE = "reference_counts.npy"
 CALIBRATION_FILE = "calibration.npy"
 REFERENCE_FEATURES_FILE = "reference_features.npy"
 REFERENCE_IDS_FILE = "reference_ids.json"
-FITTED_ATTRIBUTES = (
-    "n_reference_", "n_calibration_", "n_features_", "threshold_", "fpr_bound_",
-    "model_version_", "schema_version_", "training_mode_", "n_unique_reference_",
-    "duplicate_factor_", "calibration_index_",
-)
+REQUIRED_FILES = (INDEX_FILE, CALIBRATION_FILE, REFERENCE_FEATURES_FILE, REFERENCE_IDS_FILE,
+                  REFERENCE_COUNTS_FILE)
+# Fitted attributes that are objects or arrays, each saved by its own to_state / file above.
+COMPONENTS = frozenset({"feature_encoder_", "embedder_", "reference_index_", "calibrator_",
+                        "reference_features_", "reference_ids_"})
+# Fitted attributes added after bundle format 2 was first written: derived for older bundles.
+BACKFILL: dict[str, Callable[[Detector], Any]] = {
+    "certified_": lambda detector: bool(detector.calibrator_.certified_),
+    "n_features_in_": lambda detector: len(detector.feature_encoder_.fields_),
+    "n_known_anomalies_": lambda detector: None,  # not recorded by older versions
+}
+RENAMED_CONFIG = {"k": "n_neighbors", "seed": "random_state"}  # older bundles' config keys
 
 
 def index_file(part: int) -> str:
     return INDEX_FILE if part == 0 else f"index_{part}.faiss"
 
 
+def is_fitted_name(name: str) -> bool:
+    """sklearn's convention: public fitted attributes end in ``_``."""
+    return name.endswith("_") and not name.startswith("_")
+
+
 def save_detector(detector: Detector, path: Path) -> None:
-    manifest = {
-        "config": detector.get_params(),
-        "schema": detector.feature_encoder_.to_state(),
-        "schema_version": detector.schema_version_,
-        "embedder": detector.embedder_.to_state(),
-        "references": detector.reference_index_.to_state(),
-        "calibration": detector.calibrator_.to_state(),
-        "fitted": {name: getattr(detector, name) for name in FITTED_ATTRIBUTES},
-        "data_fingerprint": fingerprint(detector.reference_features_),
-    }
-    files = {
-        ENCODER_FILE: tensors_to_bytes(detector.embedder_.tensors()),
-        REFERENCE_COUNTS_FILE: array_to_bytes(detector.reference_index_.counts_),
-        CALIBRATION_FILE: array_to_bytes(detector.calibrator_.calibration_scores_),
-        REFERENCE_FEATURES_FILE: array_to_bytes(detector.reference_features_),
-        REFERENCE_IDS_FILE: json.dumps(detector.reference_ids_).encode(),
-    }
-    for part, index in enumerate(detector.reference_index_.parts_):
-        files[index_file(part)] = index.to_bytes()
-    write_bundle(path, manifest, files)
+    write_bundle(path, *detector.to_state())
 
 
 def load_detector(cls: type[Detector], path: Path) -> Detector:
     manifest, files = read_bundle(path)
-    missing = {ENCODER_FILE, INDEX_FILE, CALIBRATION_FILE, REFERENCE_FEATURES_FILE,
-               REFERENCE_IDS_FILE, REFERENCE_COUNTS_FILE} - set(files)
-    if missing:
-        raise BundleError(f"{path}: bundle lacks {', '.join(sorted(missing))}")
     try:
-        detector = _restore(cls, manifest, files)
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, SchemaMismatchError | BundleError):
-            raise
-        raise BundleError(f"{path}: bundle contents are inconsistent: {exc}") from exc
-    return detector
+        return cls.from_state(manifest, files)
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+
+
+def detector_state(detector: Detector) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest part and the files of a fitted detector (see the module docstring)."""
+    fitted = {name: _json_value(name, value) for name, value in vars(detector).items()
+              if is_fitted_name(name) and name not in COMPONENTS}
+    embedder, references = detector.embedder_, detector.reference_index_
+    manifest = {
+        "config": detector._config(),
+        "schema": detector.feature_encoder_.to_state(),
+        "schema_version": detector.schema_version_,
+        "embedder": embedder.to_state(),
+        "references": references.to_state(),
+        "calibration": detector.calibrator_.to_state(),
+        "fitted": fitted,
+        "data_fingerprint": fingerprint(detector.reference_features_),
+    }
+    files = {
+        REFERENCE_COUNTS_FILE: array_to_bytes(references.counts_),
+        CALIBRATION_FILE: array_to_bytes(detector.calibrator_.calibration_scores_),
+        REFERENCE_FEATURES_FILE: array_to_bytes(detector.reference_features_),
+        REFERENCE_IDS_FILE: json.dumps(detector.reference_ids_).encode(),
+    }
+    tensors = embedder.tensors()
+    if tensors:  # the identity embedder has none: no encoder.pt, no torch
+        files[ENCODER_FILE] = tensors_to_bytes(tensors)
+    for part, index in enumerate(references.parts_):
+        files[index_file(part)] = index.to_bytes()
+    return manifest, files
+
+
+def _json_value(name: str, value: Any) -> Any:
+    try:
+        same = json.loads(json.dumps(value, allow_nan=False)) == value
+    except (TypeError, ValueError):
+        same = False
+    if not same or (value is not None and type(value) not in (bool, int, float, str, list, dict)):
+        raise TypeError(
+            f"fitted attribute {name} ({type(value).__name__}) cannot be saved as JSON "
+            "unchanged: store a plain value, or add it to detector.store.persistence.COMPONENTS "
+            "with its own file"
+        )
+    return value
+
+
+def restore_detector(
+    cls: type[Detector], manifest: dict[str, Any], files: dict[str, bytes]
+) -> Detector:
+    """Inverse of ``detector_state``; ``BundleError`` for missing or inconsistent contents."""
+    missing = set(REQUIRED_FILES) - set(files)
+    if missing:
+        raise BundleError(f"bundle lacks {', '.join(sorted(missing))}")
+    try:
+        return _restore(cls, manifest, files)
+    except (SchemaMismatchError, BundleError):
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"bundle contents are inconsistent: {exc}") from exc
 
 
 def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, bytes]) -> Detector:
-    from ..embedding.encoder import build_embedder
-
     detector = cls(**_constructor_params(manifest["config"]))
     encoder = FeatureEncoder.from_state(manifest["schema"])
     if encoder.version_ != manifest["schema_version"]:
@@ -89,8 +136,13 @@ def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, byt
             f"(which hashes to {encoder.version_})"
         )
     detector.feature_encoder_ = encoder
-    tensors = tensors_from_bytes(files[ENCODER_FILE])
-    detector.embedder_ = build_embedder(manifest["embedder"], tensors)
+    embedder_state = manifest["embedder"]
+    tensors: dict[str, Any] = {}
+    if embedder_state.get("kind") != "identity":  # older identity bundles: encoder.pt ignored
+        if ENCODER_FILE not in files:
+            raise BundleError(f"bundle lacks {ENCODER_FILE}, which its learned encoder needs")
+        tensors = tensors_from_bytes(files[ENCODER_FILE])
+    detector.embedder_ = build_embedder(embedder_state, tensors)
     references = manifest["references"]
     n_parts = len(references["parts"])
     if any(index_file(part) not in files for part in range(n_parts)):
@@ -105,20 +157,43 @@ def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, byt
     detector.reference_features_ = array_from_bytes(files[REFERENCE_FEATURES_FILE])
     detector.reference_ids_ = json.loads(files[REFERENCE_IDS_FILE])
     for name, value in manifest["fitted"].items():
+        if not is_fitted_name(name) or name in COMPONENTS:
+            raise BundleError(f"the manifest's fitted state names {name!r}, not a fitted value")
         setattr(detector, name, value)
-    references = detector.reference_index_
+    for name, derive in BACKFILL.items():
+        if name not in manifest["fitted"]:
+            setattr(detector, name, derive(detector))
+    _check_consistent(detector)
+    return detector
+
+
+def _check_consistent(detector: Detector) -> None:
+    references, calibrator = detector.reference_index_, detector.calibrator_
     if (len(detector.reference_ids_) != references.n_unique_
             or len(detector.reference_features_) != references.n_unique_
             or detector.n_reference_ != references.n_records_):
         raise BundleError("reference ids, features and counts do not match the index")
-    return detector
+    found = (detector.threshold_, detector.fpr_bound_, detector.certified_)
+    expected = (calibrator.threshold_, calibrator.fpr_bound_, bool(calibrator.certified_))
+    if found != expected:
+        raise BundleError(
+            f"fitted (threshold_, fpr_bound_, certified_) = {found} do not match the "
+            f"calibration state {expected}"
+        )
 
 
 def _constructor_params(config: dict[str, Any]) -> dict[str, Any]:
-    params = dict(config)
+    params = {RENAMED_CONFIG.get(name, name): value for name, value in config.items()}
     training = params.get("training")
     if isinstance(training, dict):
         from ..embedding.training import TrainingConfig
 
-        params["training"] = TrainingConfig(**training)
+        # JSON has no tuples: give sequence fields back the tuple type the dataclass uses
+        fields: dict[str, Any] = {
+            name: tuple(value) if isinstance(value, list) else value
+            for name, value in training.items()
+        }
+        params["training"] = TrainingConfig(**fields)
+    if isinstance(params.get("label_fields"), list):
+        params["label_fields"] = tuple(params["label_fields"])
     return params

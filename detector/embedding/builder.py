@@ -1,0 +1,32 @@
+"""Rebuild an embedder from its saved state; imports torch only for learned encoders.
+
+>>> build_embedder({"kind": "identity", "version": 1}, {}).to_state()["kind"]
+'identity'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .identity import STATE_VERSION, Embedder, IdentityEmbedder
+
+
+def build_embedder(state: dict[str, Any], tensors: dict[str, Any]) -> Embedder:
+    """Rebuild an embedder from ``to_state()`` and ``tensors()`` (e.g. read from a bundle).
+
+    Raises ``ValueError`` for an unknown kind or version, or tensors that do not fit.
+    """
+    if not isinstance(state, dict):
+        raise ValueError(f"embedder state must be an object, got {type(state).__name__}")
+    kind = state.get("kind")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"unsupported embedder state version {state.get('version')!r}")
+    if kind == "identity":
+        if tensors:
+            raise ValueError("the identity embedder has no weights, but tensors were given")
+        return IdentityEmbedder()
+    if kind != "metric_mlp":
+        raise ValueError(f"unknown embedder kind {kind!r}")
+    from .encoder import build_metric_embedder  # torch: only for learned encoders
+
+    return build_metric_embedder(state, tensors)

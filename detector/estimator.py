@@ -1,0 +1,103 @@
+"""sklearn / PyOD conventions for ``Detector``, without depending on scikit-learn.
+
+``get_params`` returns every constructor argument exactly as stored, so ``sklearn.base.clone``
+works (it rebuilds from the parameters and checks they come back identical); ``set_params``
+refuses unknown names. ``decision_function`` is the anomaly score (higher = more anomalous),
+``score_samples`` its negation (higher = more normal), as sklearn's outlier detectors have it.
+The old spellings ``k`` and ``seed`` still work for one release, with a ``DeprecationWarning``.
+
+>>> from nearwatch.detector import Detector
+>>> Detector(n_neighbors=3).set_params(alpha=0.05).get_params()["alpha"]
+0.05
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+import numpy as np
+
+RENAMED = {"k": "n_neighbors", "seed": "random_state"}  # deprecated spelling → current name
+
+
+def warn_renamed(old: str, stacklevel: int = 3) -> None:
+    """The ``DeprecationWarning`` for a deprecated parameter or attribute name."""
+    warnings.warn(
+        f"Detector's {old!r} is deprecated and will be removed in the next release: "
+        f"use {RENAMED[old]!r}", DeprecationWarning, stacklevel=stacklevel,
+    )
+
+
+class EstimatorAPI:
+    """Mixin: parameters by name, sklearn's score spellings and ``fit_predict``.
+
+    The host class defines ``__init__`` (its positional-or-keyword arguments are the
+    parameters, stored under their own names), ``fit``, ``score`` and ``predict``.
+    """
+
+    n_neighbors: int
+    random_state: int
+
+    @property
+    def k(self) -> int:
+        """Deprecated: ``n_neighbors``."""
+        warn_renamed("k")
+        return self.n_neighbors
+
+    @k.setter
+    def k(self, value: int) -> None:
+        warn_renamed("k")
+        self.n_neighbors = value
+
+    @property
+    def seed(self) -> int:
+        """Deprecated: ``random_state``."""
+        warn_renamed("seed")
+        return self.random_state
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        warn_renamed("seed")
+        self.random_state = value
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        """Constructor arguments (the deprecated keyword-only spellings excluded)."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return [p.name for p in parameters
+                if p.name != "self" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Every constructor argument, as stored (no parameter is itself an estimator)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Any:
+        """Set constructor arguments by name; returns ``self``. Unknown names: ``ValueError``."""
+        valid = self._param_names()
+        for name in params:
+            if name not in valid and name not in RENAMED:
+                raise ValueError(
+                    f"invalid parameter {name!r} for {type(self).__name__}; valid parameters: "
+                    f"{', '.join(valid)}"
+                )
+        for name, value in params.items():
+            if name in RENAMED:
+                warn_renamed(name)
+                name = RENAMED[name]
+            setattr(self, name, value)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """sklearn/PyOD spelling of ``score``: higher = more anomalous."""
+        return self.score(X)  # type: ignore[attr-defined]
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """sklearn outlier-detector convention: ``-score(X)``, higher = more normal."""
+        return -self.score(X)  # type: ignore[attr-defined]
+
+    def fit_predict(self, X: Any, y: Any = None, **fit_kwargs: Any) -> np.ndarray:
+        """``fit(X, y, **fit_kwargs).predict(X)``: ``True`` where a training record is flagged."""
+        data = X if isinstance(X, np.ndarray) else list(X)
+        return self.fit(data, y, **fit_kwargs).predict(data)  # type: ignore[attr-defined]

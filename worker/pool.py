@@ -1,0 +1,79 @@
+"""The runtime of one worker process: its scorer, built once and shared by its tasks.
+
+Imports run one way: ``app`` → ``pool`` ← ``tasks`` (``tasks`` never imports ``app``).
+``create_app`` stores the ``Settings`` in the Celery app's configuration; the app's
+``worker_process_init`` handler calls ``build_runtime`` in each prefork child (the model is
+loaded before the first task); a task calls ``scorer_for``, which builds the runtime on first
+use where no such signal runs (the embedded solo-pool worker of the demo and the tests).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from .metrics import ServiceMetrics
+    from .runtime import BatchScorer, DeadLetters
+
+# The Celery configuration key that holds the app's Settings (set by create_app).
+SETTINGS_KEY = "nearwatch_settings"
+# The app attribute that caches the scorer (per app: tests run several apps in one process).
+_SCORER_ATTRIBUTE = "nearwatch_scorer"
+_lock = threading.Lock()
+_metrics: ServiceMetrics | None = None
+
+
+def settings_of(app: Celery) -> Settings:
+    settings = app.conf.get(SETTINGS_KEY)
+    if not isinstance(settings, Settings):
+        raise RuntimeError("this Celery app was not built by worker.app.create_app")
+    return settings
+
+
+def scorer_for(app: Celery) -> BatchScorer:
+    """The process's scorer for ``app``: built by ``worker_process_init`` or on first use."""
+    scorer: BatchScorer | None = getattr(app, _SCORER_ATTRIBUTE, None)
+    return scorer if scorer is not None else build_runtime(app)
+
+
+def build_runtime(app: Celery) -> BatchScorer:
+    """Load the current model and wire the scorer of this process (once per process)."""
+    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.store.registry import ModelRegistry
+
+    from .runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
+
+    with _lock:
+        scorer: BatchScorer | None = getattr(app, _SCORER_ATTRIBUTE, None)
+        if scorer is not None:
+            return scorer
+        settings = settings_of(app)
+        configure_threads(settings.threads_per_process)
+        metrics = process_metrics()
+        holder = ModelHolder(ModelRegistry(settings.model_dir), settings.reload_interval, metrics)
+        holder.load_initial()
+        dead_letters: DeadLetters
+        if settings.redis_url:
+            import redis
+
+            dead_letters = RedisDeadLetters(redis.Redis.from_url(settings.redis_url))
+        else:
+            dead_letters = LoggedDeadLetters()
+        scorer = BatchScorer(holder, dead_letters, metrics)
+        setattr(app, _SCORER_ATTRIBUTE, scorer)
+        return scorer
+
+
+def process_metrics() -> ServiceMetrics | None:
+    """This process's ``ServiceMetrics``, or None when multiprocess metrics are not enabled."""
+    global _metrics
+    from .metrics import ServiceMetrics, active_multiprocess_dir
+
+    if _metrics is None and active_multiprocess_dir() is not None:
+        _metrics = ServiceMetrics()
+    return _metrics
