@@ -27,8 +27,7 @@ bug on duplicate-heavy real data.)
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, is_dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,8 @@ class Detector(EstimatorAPI):
         ``"auto"`` (the benchmarked default).
     id_field, label_fields, max_onehot, hash_buckets, schema: record → feature options
         (see ``detector.features.schema.FeatureEncoder``).
-    index: ``"auto"`` (exact while small, HNSW above ``flat_max``), ``"flat"`` or ``"hnsw"``.
+    index: ``"auto"`` (exact up to ``flat_max`` distinct references, HNSW up to
+        ``compress_min``, compressed IVF-SQ8 above), ``"flat"``, ``"hnsw"`` or ``"ivf"``.
     training: a ``detector.embedding.training.TrainingConfig`` for the metric-learned encoder.
     random_state: controls the calibration split and training (formerly ``seed``).
     progress: show a training progress bar.
@@ -109,6 +109,7 @@ class Detector(EstimatorAPI):
         random_state: int = 0,
         progress: bool = False,
         strict: bool = False,
+        compress_min: int = 200_000,
         *,
         k: int | None = None,
         seed: int | None = None,
@@ -136,6 +137,7 @@ class Detector(EstimatorAPI):
         self.random_state = random_state
         self.progress = progress
         self.strict = strict
+        self.compress_min = compress_min
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -194,7 +196,8 @@ class Detector(EstimatorAPI):
         )
         fitted = calibrate_references(
             embedder, reference_features, calibration_features, metric=self.metric,
-            index=self.index, flat_max=self.flat_max, random_state=self.random_state,
+            index=self.index, flat_max=self.flat_max, compress_min=self.compress_min,
+            random_state=self.random_state,
             n_neighbors=self.n_neighbors,
             calibrator=ConformalCalibrator(self.alpha, self.delta, strict=self.strict),
         )
@@ -210,8 +213,14 @@ class Detector(EstimatorAPI):
         self.calibrator_: ConformalCalibrator = calibrator
         self.calibration_index_ = references.kinds_[0]
         self.reference_index_ = references
-        self.reference_features_ = fitted.features
-        self.reference_ids_ = [ids[row] for row in fitted.representatives.tolist()]
+        # float16, as saved: explanations need a field's typical value, not 7 digits of it
+        self.reference_features_ = fitted.features.astype(np.float16)
+        representative_ids = [ids[row] for row in fitted.representatives.tolist()]
+        # integer ids (or row numbers) as one int64 array: a million of them as Python ints
+        # would cost every worker process ~36 MB; an array is mapped from the bundle, shared
+        self.reference_ids_: list[Any] | np.ndarray = (
+            np.asarray(representative_ids, dtype=np.int64)
+            if all(type(rid) is int for rid in representative_ids) else representative_ids)
         self.n_reference_ = references.n_records_
         self.n_unique_reference_ = references.n_unique_
         self.duplicate_factor_ = self.n_reference_ / self.n_unique_reference_
@@ -278,18 +287,6 @@ class Detector(EstimatorAPI):
         return score_record_batch(self, records, n_neighbours, schema_version)
 
     # ------------------------------------------------------------------ persistence
-    def _config(self) -> dict[str, Any]:
-        """JSON form of the parameters that decide the model (bundle manifest, model version)."""
-        config = self.get_params()
-        del config["progress"]
-        if is_dataclass(config["training"]) and not isinstance(config["training"], type):
-            config["training"] = asdict(config["training"])
-        label_fields = config["label_fields"]
-        config["label_fields"] = [label_fields] if isinstance(label_fields, str) else list(
-            label_fields
-        )
-        return config
-
     def to_state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         """All fitted state: a JSON-able manifest part and named files (see ``store.bundle``).
 
@@ -300,7 +297,7 @@ class Detector(EstimatorAPI):
         return detector_state(self)
 
     @classmethod
-    def from_state(cls, manifest: dict[str, Any], files: dict[str, bytes]) -> Detector:
+    def from_state(cls, manifest: dict[str, Any], files: Mapping[str, bytes]) -> Detector:
         """Rebuild a fitted Detector from ``to_state()``; ``BundleError`` if inconsistent."""
         return restore_detector(cls, manifest, files)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,18 @@ class EstimatorAPI:
                 name = RENAMED[name]
             setattr(self, name, value)
         return self
+
+    def _config(self) -> dict[str, Any]:
+        """JSON form of the parameters that decide the model (bundle manifest, model version)."""
+        config = self.get_params()
+        del config["progress"]
+        if is_dataclass(config["training"]) and not isinstance(config["training"], type):
+            config["training"] = asdict(config["training"])
+        label_fields = config["label_fields"]
+        config["label_fields"] = [label_fields] if isinstance(label_fields, str) else list(
+            label_fields
+        )
+        return config
 
     def decision_function(self, X: Any) -> np.ndarray:
         """sklearn/PyOD spelling of ``score``: higher = more anomalous."""

@@ -24,6 +24,13 @@ random tanh/relu MLP projections to 16-64 dims, one thread):
   Queries far from all references (anomalies) get lower neighbour recall (0.44-0.99 on
   ADBench at efSearch=96, 0.90 here at 48); approximate search can only *over*-estimate
   their distances (median +0-4%), which makes them look more anomalous, not less.
+* Above ``compress_min`` distinct references (200k) ``kind="auto"`` compresses: an inverted-file
+  index with 8-bit scalar-quantised codes (``IndexIVFScalarQuantizer``, nlist = 4 sqrt(n),
+  nprobe 16): a quarter of the memory of float vectors, and built in seconds where an HNSW
+  graph over a million vectors takes minutes. Its distances are faiss' (query against decoded
+  codes), not recomputed: there are no float vectors to recompute from. Calibration uses the
+  same index, so the certificate holds (``detector.calibration``); the AUROC cost is measured
+  in ``bench/results/scale``.
 * HNSW graphs are built with one OpenMP thread and a seeded level generator: faiss' lock-based
   build is deterministic at one thread for a fixed insertion order, so the same data and seed give
   byte-identical indexes.
@@ -31,6 +38,8 @@ random tanh/relu MLP projections to 16-64 dims, one thread):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -42,7 +51,7 @@ from .threads import BLAS_THRESHOLD, configure_threads
 __all__ = ["BLAS_THRESHOLD", "ReferenceIndex", "configure_threads"]  # threads: moved
 
 METRICS = ("euclidean", "cosine")
-KINDS = ("auto", "flat", "hnsw")
+KINDS = ("auto", "flat", "hnsw", "ivf")
 STATE_FORMAT = 1
 _QUERY_CHUNK = 8192  # bounds the (chunk, k, d) gather used for exact distances
 
@@ -66,6 +75,8 @@ class ReferenceIndex:
         ef_construction: int = 80,
         ef_search: int = 48,
         seed: int = 0,
+        compress_min: int = 200_000,
+        nprobe: int = 16,
     ) -> None:
         self.metric = metric
         self.kind = kind
@@ -74,6 +85,8 @@ class ReferenceIndex:
         self.ef_construction = ef_construction
         self.ef_search = ef_search
         self.seed = seed
+        self.compress_min = compress_min
+        self.nprobe = nprobe
 
     # ------------------------------------------------------------------ fitting
     def fit(self, vectors: np.ndarray) -> ReferenceIndex:
@@ -87,12 +100,13 @@ class ReferenceIndex:
         self.center_ = refs.mean(axis=0, dtype=np.float64).astype(np.float32)
         refs = np.ascontiguousarray(refs - self.center_, dtype=np.float32)
         n, dim = refs.shape
-        use_flat = self.kind == "flat" or (self.kind == "auto" and n <= self.flat_max)
-        self.kind_ = "flat" if use_flat else "hnsw"
+        self.kind_ = self._choose_kind(n)
         self.n_, self.dim_ = n, dim
-        if use_flat:
+        if self.kind_ == "flat":
             index: faiss.Index = faiss.IndexFlatL2(dim)
             index.add(refs)
+        elif self.kind_ == "ivf":
+            index = _build_ivf(refs, self.seed, self.nprobe)
         else:
             index = faiss.IndexHNSWFlat(dim, self.hnsw_m)
             index.hnsw.efConstruction = self.ef_construction
@@ -107,18 +121,29 @@ class ReferenceIndex:
         self._attach(index)
         return self
 
+    def _choose_kind(self, n: int) -> str:
+        if self.kind != "auto":
+            return self.kind
+        if n <= self.flat_max:
+            return "flat"
+        return "hnsw" if n <= self.compress_min else "ivf"
+
     def _check_params(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        for name in ("flat_max", "hnsw_m", "ef_construction", "ef_search"):
+        for name in ("flat_max", "hnsw_m", "ef_construction", "ef_search", "compress_min",
+                     "nprobe"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
     def _attach(self, index: faiss.Index) -> None:
         self._index = index
+        if self.kind_ == "ivf":  # compressed codes: no float vectors to view
+            self._refs = None
+            return
         storage = index if self.kind_ == "flat" else faiss.downcast_index(index.storage)
         # Zero-copy, read-only view of the stored (centred) references, for exact distances.
         view = faiss.rev_swig_ptr(storage.get_xb(), self.n_ * self.dim_)
@@ -156,6 +181,8 @@ class ReferenceIndex:
         if self.metric == "cosine":
             queries = _normalise_rows(queries)
         q = np.ascontiguousarray(queries - self.center_, dtype=np.float32)
+        if self._refs is None:
+            return self._search_compressed(q, k)
         _, ids = self._index.search(q, k)
         missing = (ids < 0).any(axis=1)
         if missing.any():  # HNSW can come back short on a badly connected graph: go exact
@@ -164,6 +191,24 @@ class ReferenceIndex:
         dist = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff, dtype=np.float32))
         order = np.argsort(dist, axis=1, kind="stable")
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+
+    def _search_compressed(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        squared, ids = self._index.search(q, k)
+        missing = (ids < 0).any(axis=1)
+        if missing.any():  # fewer than k codes in the probed lists: probe them all
+            everything = faiss.SearchParametersIVF(nprobe=self._index.nlist)
+            squared[missing], ids[missing] = self._index.search(q[missing], k, params=everything)
+        return np.sqrt(np.maximum(squared, 0.0)), ids
+
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``rows`` (decoded, for compressed indexes), uncentred."""
+        self._require_fitted()
+        flat_rows = np.asarray(rows, dtype=np.int64).ravel()
+        if self._refs is not None:
+            vectors = self._refs[flat_rows]
+        else:
+            vectors = self._index.reconstruct_batch(flat_rows)
+        return (vectors + self.center_).reshape(*np.shape(rows), self.dim_)
 
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict[str, Any]:
@@ -180,6 +225,8 @@ class ReferenceIndex:
             "ef_construction": self.ef_construction,
             "ef_search": self.ef_search,
             "seed": self.seed,
+            "compress_min": self.compress_min,
+            "nprobe": self.nprobe,
             # float32 -> Python float is exact, so the JSON round trip is lossless
             "center": [float(v) for v in self.center_],
         }
@@ -190,8 +237,26 @@ class ReferenceIndex:
         return faiss.serialize_index(self._index).tobytes()
 
     @classmethod
+    def from_file(cls, path: str | Path, params: dict[str, Any]) -> ReferenceIndex:
+        """Like ``from_bytes``, but memory-maps the vectors or codes where faiss can.
+
+        Flat vectors and IVF codes are mapped read-only from the (verified) file, so every
+        process serving the same bundle shares one copy through the page cache; an HNSW graph
+        is read into memory (faiss cannot map it).
+        """
+        flags = {"flat": faiss.IO_FLAG_MMAP_IFC, "ivf": faiss.IO_FLAG_MMAP}.get(
+            str(params.get("kind")), 0)
+        return cls._restore(lambda: faiss.read_index(str(path), flags), params)
+
+    @classmethod
     def from_bytes(cls, data: bytes, params: dict[str, Any]) -> ReferenceIndex:
         """Rebuild from ``to_bytes()`` output and ``to_state()`` params; checks they agree."""
+        return cls._restore(
+            lambda: faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8).copy()), params
+        )
+
+    @classmethod
+    def _restore(cls, read: Callable[[], faiss.Index], params: dict[str, Any]) -> ReferenceIndex:
         if params.get("format") != STATE_FORMAT:
             raise BundleError(f"unknown index state format {params.get('format')!r}")
         try:
@@ -203,6 +268,8 @@ class ReferenceIndex:
                 ef_construction=params["ef_construction"],
                 ef_search=params["ef_search"],
                 seed=params["seed"],
+                compress_min=params.get("compress_min", 200_000),
+                nprobe=params.get("nprobe", 16),
             )
             obj._check_params()
             kind, n, dim = params["kind"], int(params["n"]), int(params["dim"])
@@ -212,11 +279,12 @@ class ReferenceIndex:
         try:
             # deserialize_index already returns the concrete class (a second downcast_index
             # wrapper would not own the object, which is then freed under it)
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8).copy())
+            index = read()
         except RuntimeError as exc:
             raise BundleError(f"index bytes could not be deserialised: {exc}") from exc
-        expected = faiss.IndexFlatL2 if kind == "flat" else faiss.IndexHNSWFlat
-        if kind not in ("flat", "hnsw") or not isinstance(index, expected):
+        expected = {"flat": faiss.IndexFlatL2, "hnsw": faiss.IndexHNSWFlat,
+                    "ivf": faiss.IndexIVFScalarQuantizer}.get(kind)
+        if expected is None or not isinstance(index, expected):
             raise BundleError(f"index bytes hold {type(index).__name__}, params say {kind!r}")
         if index.ntotal != n or index.d != dim or center.shape != (dim,):
             raise BundleError(
@@ -225,9 +293,28 @@ class ReferenceIndex:
             )
         if kind == "hnsw":
             index.hnsw.efSearch = obj.ef_search
+        elif kind == "ivf":
+            index.nprobe = obj.nprobe
         obj.kind_, obj.n_, obj.dim_, obj.center_ = kind, n, dim, center
         obj._attach(index)
         return obj
+
+
+def _build_ivf(refs: np.ndarray, seed: int, nprobe: int) -> faiss.Index:
+    """IVF over 8-bit scalar-quantised codes; k-means trained on a seeded sample."""
+    n, dim = refs.shape
+    nlist = int(min(max(4 * np.sqrt(n), 16), 8192, max(n // 39, 1)))
+    sample_size = min(n, 64 * nlist)  # faiss' own default caps training at 256 per centroid
+    sample = refs[np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False))]
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_L2)
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(sample))
+    index.add(refs)
+    index.make_direct_map()  # reconstruct(rows) for explanations
+    index.nprobe = min(nprobe, nlist)
+    return index
 
 
 def _as_matrix(values: np.ndarray, name: str) -> np.ndarray:

@@ -29,6 +29,7 @@ argument that keeps the certified threshold valid for *any* index kind (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,16 +104,18 @@ class ReferenceSet:
 
     def __init__(
         self, metric: str = "euclidean", kind: str = "auto", flat_max: int = 20_000,
-        seed: int = 0,
+        compress_min: int = 200_000, seed: int = 0,
     ) -> None:
         self.metric = metric
         self.kind = kind
         self.flat_max = flat_max
+        self.compress_min = compress_min
         self.seed = seed
 
-    def _new_index(self) -> ReferenceIndex:
+    def build_index(self, vectors: np.ndarray) -> ReferenceIndex:
+        """An index over distinct ``vectors`` with this set's parameters (not yet a part)."""
         return ReferenceIndex(metric=self.metric, kind=self.kind, flat_max=self.flat_max,
-                              seed=self.seed)
+                              compress_min=self.compress_min, seed=self.seed).fit(vectors)
 
     def fit(self, vectors: np.ndarray, counts: np.ndarray | None = None) -> ReferenceSet:
         """Part 0: distinct ``vectors`` (n, d), each standing for ``counts`` records (default 1)."""
@@ -121,9 +124,14 @@ class ReferenceSet:
         self.add_part(vectors, counts)
         return self
 
-    def add_part(self, vectors: np.ndarray, counts: np.ndarray | None = None) -> ReferenceSet:
-        """Index more distinct vectors as a new part; earlier parts are left exactly as they are."""
-        part = self._new_index().fit(vectors)
+    def add_part(self, vectors: np.ndarray, counts: np.ndarray | None = None,
+                 index: ReferenceIndex | None = None) -> ReferenceSet:
+        """Index more distinct vectors as a new part; earlier parts are left exactly as they are.
+
+        ``index``: the part's index, already built by ``build_index(vectors)`` (e.g. on
+        another thread).
+        """
+        part = self.build_index(vectors) if index is None else index
         part_counts = _check_counts(counts, part.n_)
         if self.parts_ and part.dim_ != self.parts_[0].dim_:
             raise ValueError(f"new part has dim {part.dim_}, the set has {self.parts_[0].dim_}")
@@ -152,6 +160,11 @@ class ReferenceSet:
     @property
     def n_records_(self) -> int:
         return int(self.counts_.sum())
+
+    @property
+    def kind_(self) -> str:
+        """Kind of part 0: the index that produced the calibration scores."""
+        return self.parts_[0].kind_
 
     @property
     def kinds_(self) -> list[str]:
@@ -207,6 +220,7 @@ class ReferenceSet:
         return {
             "format": STATE_FORMAT,
             "metric": self.metric, "kind": self.kind, "flat_max": self.flat_max,
+            "compress_min": self.compress_min,
             "seed": self.seed,
             "parts": [part.to_state() for part in self.parts_],
             "n_unique": self.n_unique_, "n_records": self.n_records_,
@@ -214,22 +228,23 @@ class ReferenceSet:
 
     @classmethod
     def from_state(
-        cls, state: dict[str, Any], part_bytes: list[bytes], counts: np.ndarray
+        cls, state: dict[str, Any], read_part: Callable[[int, dict[str, Any]], ReferenceIndex],
+        counts: np.ndarray,
     ) -> ReferenceSet:
-        """Rebuild from ``to_state()``, the parts' bytes and the counts; checks they agree."""
+        """Rebuild from ``to_state()``, a reader of each part (its position and params, e.g.
+        ``ReferenceIndex.from_file``) and the counts; checks they agree."""
         if state.get("format") != STATE_FORMAT:
             raise BundleError(f"unknown reference set state format {state.get('format')!r}")
         try:
             obj = cls(metric=state["metric"], kind=state["kind"], flat_max=state["flat_max"],
-                      seed=state["seed"])
+                      compress_min=state.get("compress_min", 200_000), seed=state["seed"])
             part_states = list(state["parts"])
             n_unique, n_records = int(state["n_unique"]), int(state["n_records"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"invalid reference set state: {exc}") from exc
-        if len(part_states) != len(part_bytes) or not part_states:
-            raise BundleError(f"{len(part_states)} index parts described, {len(part_bytes)} given")
-        obj.parts_ = [ReferenceIndex.from_bytes(data, params)
-                      for data, params in zip(part_bytes, part_states, strict=True)]
+        if not part_states:
+            raise BundleError("the reference set describes no index parts")
+        obj.parts_ = [read_part(position, params) for position, params in enumerate(part_states)]
         counts = np.asarray(counts)
         if (counts.ndim != 1 or counts.dtype.kind not in "iu" or counts.size != n_unique
                 or sum(p.n_ for p in obj.parts_) != n_unique or (counts < 1).any()

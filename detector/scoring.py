@@ -33,6 +33,13 @@ def neighbour_search(
     return scores, distances, rows
 
 
+def neighbour_reference_ids(reference_ids: Any, rows: np.ndarray) -> list[list[Any]]:
+    """Ids of the references at ``rows`` as plain Python values (ids may be an int64 array)."""
+    if isinstance(reference_ids, np.ndarray):
+        return reference_ids[rows].tolist()
+    return [[reference_ids[row] for row in block] for block in rows.tolist()]
+
+
 def score_record_batch(
     detector: Detector,
     records: Sequence[Any],
@@ -75,7 +82,7 @@ def score_record_batch(
     # (float64 -> float and float32 -> float are exact), ~1 µs less per record.
     flags = [None] * len(good) if threshold is None else (scores > threshold).tolist()
     neighbour_rows = rows[:, :n_neighbours]
-    neighbour_ids = [[reference_ids[row] for row in block] for block in neighbour_rows.tolist()]
+    neighbour_ids = neighbour_reference_ids(reference_ids, neighbour_rows)
     neighbour_copies = detector.reference_index_.counts_[neighbour_rows].tolist()
     for i, score, p_value, flag, ids, dists, copies in zip(
         good, scores.tolist(), p_values.tolist(), flags, neighbour_ids,
@@ -110,7 +117,8 @@ def explain_rows(
     for i in range(len(features)):
         # the k nearest *records*: a distinct reference counts as many times as it is taken
         nearest_records = np.repeat(rows[i], taken[i])
-        typical = np.median(detector.reference_features_[nearest_records], axis=0)
+        typical = np.median(
+            np.asarray(detector.reference_features_[nearest_records], dtype=np.float32), axis=0)
         field_deviations = []
         for field, columns in encoder.field_columns_.items():
             deviation = float(np.linalg.norm(features[i, columns] - typical[columns]))
@@ -123,10 +131,13 @@ def explain_rows(
             if detector.threshold_ is None
             else bool(scores[i] > detector.threshold_),
             "neighbours": [
-                {"id": detector.reference_ids_[int(row)], "distance": float(distance),
+                {"id": rid, "distance": float(distance),
                  "copies": int(detector.reference_index_.counts_[row])}
-                for distance, row in zip(
-                    distances[i, :n_neighbours], rows[i, :n_neighbours], strict=True
+                for distance, row, rid in zip(
+                    distances[i, :n_neighbours], rows[i, :n_neighbours],
+                    neighbour_reference_ids(detector.reference_ids_, rows[i : i + 1,
+                                                                          :n_neighbours])[0],
+                    strict=True,
                 )
             ],
             "fields": [

@@ -162,7 +162,7 @@ def test_scores_equal_brute_force_numpy(metric: str) -> None:
     train = rng.normal(size=(900, 6)) * rng.uniform(0.1, 10, size=6)
     queries = rng.normal(size=(50, 6)) * 3
     detector = Detector(encoder="identity", metric=metric, n_neighbors=4, alpha=None).fit(train)
-    references = detector.reference_features_.astype(np.float64)
+    references = detector.feature_encoder_.transform(train).astype(np.float64)  # every record
     features = detector.feature_encoder_.transform(queries).astype(np.float64)
     if metric == "cosine":
         references /= np.linalg.norm(references, axis=1, keepdims=True)

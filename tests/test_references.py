@@ -150,3 +150,31 @@ def test_bundle_keeps_counts_parts_and_calibration_facts(tmp_path: Path) -> None
             row = rows[neighbour["id"]]
             assert neighbour["copies"] == int((rows == row).all(axis=1).sum()) >= 1
     assert max(n["copies"] for r in explained for n in r["neighbours"]) > 1  # duplicates seen
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_realised_fpr_within_the_bound_through_the_compressed_index(seed: int) -> None:
+    rows = repetitive_matrix(40_000, n_distinct=6_000, dim=6, repeat_rate=0.93, seed=seed)
+    train, test = _split_rows(len(rows), seed + 100)
+    detector = Detector(encoder="identity", flat_max=500, compress_min=1_000,
+                        random_state=seed).fit(rows[train])
+    assert detector.calibration_index_ == "ivf"
+    normal_scores = detector.score(rows[test])
+    false_positives = int((normal_scores > detector.threshold_).sum())
+    p_value = stats.binom.sf(false_positives - 1, len(normal_scores), detector.alpha)
+    assert p_value > 1e-3 and false_positives > 0, (false_positives, detector.fpr_bound_)
+
+
+def test_loaded_bundle_maps_its_arrays_and_keeps_integer_ids_compact(tmp_path: Path) -> None:
+    rows = repetitive_matrix(8_000, n_distinct=3_000, dim=5, seed=5)
+    detector = Detector(encoder="identity", flat_max=500, compress_min=1_000).fit(rows)
+    assert isinstance(detector.reference_ids_, np.ndarray)  # row numbers: one int64 array
+    detector.save(tmp_path / "model")
+    restored = Detector.load(tmp_path / "model")
+    maps = Path("/proc/self/maps").read_text()
+    for name in ("index.faiss", "reference_features.npy", "reference_ids.npy"):
+        assert str(tmp_path / "model" / name) in maps, name
+    queries = rows[:200]
+    np.testing.assert_array_equal(restored.score(queries), detector.score(queries))
+    explained = restored.explain(queries[:2], n_neighbours=2)
+    assert all(isinstance(n["id"], int) for n in explained[0]["neighbours"])

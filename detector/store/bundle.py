@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,44 @@ def write_bundle(path: str | Path, manifest: dict[str, Any], files: dict[str, by
         raise
 
 
-def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """Return the manifest and the verified contents of every file it lists."""
+class BundleFiles(Mapping[str, bytes]):
+    """The verified files of a bundle: read on access, or mapped in place via ``path``.
+
+    Every checksum is verified (streaming, so a large file is never held twice) before the
+    mapping is handed out. Large arrays and indexes can then be memory-mapped from ``path``
+    instead of read, which lets every worker process on a node share one copy through the page
+    cache. A file is re-verified when its bytes are read; a mapped file is trusted from the
+    up-front check (bundles in a registry are immutable: written once, renamed into place).
+    """
+
+    def __init__(self, folder: Path, checksums: dict[str, str]) -> None:
+        self.folder = folder
+        self._checksums = checksums
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._checksums:
+            raise KeyError(name)
+        data = (self.folder / name).read_bytes()
+        if sha256_hex(data) != self._checksums[name]:
+            raise BundleError(
+                f"{self.folder}: checksum mismatch for {name}: the bundle was modified"
+            )
+        return data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._checksums)
+
+    def __len__(self) -> int:
+        return len(self._checksums)
+
+    def path(self, name: str) -> Path:
+        if name not in self._checksums:
+            raise KeyError(name)
+        return self.folder / name
+
+
+def read_bundle(path: str | Path) -> tuple[dict[str, Any], BundleFiles]:
+    """Return the manifest and the verified files it lists (see ``BundleFiles``)."""
     folder = Path(path)
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
@@ -101,20 +138,25 @@ def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     checksums = manifest.get("files")
     if not isinstance(checksums, dict):
         raise BundleError(f"{manifest_path} has no file checksums")
-    files: dict[str, bytes] = {}
     for name, expected in checksums.items():
         if Path(name).name != name:
             raise BundleError(f"{manifest_path} names a file outside the bundle: {name!r}")
         file_path = folder / name
         if not file_path.is_file():
             raise BundleError(f"{folder}: file {name} listed in the manifest is missing")
-        data = file_path.read_bytes()
-        if sha256_hex(data) != expected:
+        if _file_sha256(file_path) != expected:
             raise BundleError(
                 f"{folder}: checksum mismatch for {name}: the bundle was modified or truncated"
             )
-        files[name] = data
-    return manifest, files
+    return manifest, BundleFiles(folder, dict(checksums))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _manifest_digest(manifest: dict[str, Any]) -> str:

@@ -13,17 +13,27 @@ embedder has no weights, so neither torch nor that file is needed), ``index.fais
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..calibration import ConformalCalibrator
 from ..embedding.builder import build_embedder
 from ..embedding.weights import tensors_from_bytes, tensors_to_bytes
 from ..errors import BundleError, SchemaMismatchError
 from ..features.schema import FeatureEncoder
+from ..index import ReferenceIndex
 from ..references import ReferenceSet
-from .bundle import array_from_bytes, array_to_bytes, fingerprint, read_bundle, write_bundle
+from .bundle import (
+    BundleFiles,
+    array_from_bytes,
+    array_to_bytes,
+    fingerprint,
+    read_bundle,
+    write_bundle,
+)
 
 if TYPE_CHECKING:
     from ..detector import Detector
@@ -33,9 +43,9 @@ INDEX_FILE = "index.faiss"  # part 0 (the calibrated index); part i > 0: index_{
 REFERENCE_COUNTS_FILE = "reference_counts.npy"
 CALIBRATION_FILE = "calibration.npy"
 REFERENCE_FEATURES_FILE = "reference_features.npy"
-REFERENCE_IDS_FILE = "reference_ids.json"
-REQUIRED_FILES = (INDEX_FILE, CALIBRATION_FILE, REFERENCE_FEATURES_FILE, REFERENCE_IDS_FILE,
-                  REFERENCE_COUNTS_FILE)
+REFERENCE_IDS_FILE = "reference_ids.json"  # any JSON ids; integer ids: reference_ids.npy
+REFERENCE_INT_IDS_FILE = "reference_ids.npy"
+REQUIRED_FILES = (INDEX_FILE, CALIBRATION_FILE, REFERENCE_FEATURES_FILE, REFERENCE_COUNTS_FILE)
 # Fitted attributes that are objects or arrays, each saved by its own to_state / file above.
 COMPONENTS = frozenset({"feature_encoder_", "embedder_", "reference_index_", "calibrator_",
                         "reference_features_", "reference_ids_"})
@@ -87,9 +97,16 @@ def detector_state(detector: Detector) -> tuple[dict[str, Any], dict[str, bytes]
     files = {
         REFERENCE_COUNTS_FILE: array_to_bytes(references.counts_),
         CALIBRATION_FILE: array_to_bytes(detector.calibrator_.calibration_scores_),
-        REFERENCE_FEATURES_FILE: array_to_bytes(detector.reference_features_),
-        REFERENCE_IDS_FILE: json.dumps(detector.reference_ids_).encode(),
+        # float16: explanations need the typical value of a field, not 7 digits of it; half the
+        # bytes on disk and in the page cache that every worker process maps.
+        REFERENCE_FEATURES_FILE: array_to_bytes(
+            np.asarray(detector.reference_features_, dtype=np.float16)),
     }
+    ids = detector.reference_ids_
+    if isinstance(ids, np.ndarray):
+        files[REFERENCE_INT_IDS_FILE] = array_to_bytes(ids)
+    else:
+        files[REFERENCE_IDS_FILE] = json.dumps(ids).encode()
     tensors = embedder.tensors()
     if tensors:  # the identity embedder has none: no encoder.pt, no torch
         files[ENCODER_FILE] = tensors_to_bytes(tensors)
@@ -113,7 +130,7 @@ def _json_value(name: str, value: Any) -> Any:
 
 
 def restore_detector(
-    cls: type[Detector], manifest: dict[str, Any], files: dict[str, bytes]
+    cls: type[Detector], manifest: dict[str, Any], files: Mapping[str, bytes]
 ) -> Detector:
     """Inverse of ``detector_state``; ``BundleError`` for missing or inconsistent contents."""
     missing = set(REQUIRED_FILES) - set(files)
@@ -127,7 +144,9 @@ def restore_detector(
         raise BundleError(f"bundle contents are inconsistent: {exc}") from exc
 
 
-def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, bytes]) -> Detector:
+def _restore(
+    cls: type[Detector], manifest: dict[str, Any], files: Mapping[str, bytes]
+) -> Detector:
     detector = cls(**_constructor_params(manifest["config"]))
     encoder = FeatureEncoder.from_state(manifest["schema"])
     if encoder.version_ != manifest["schema_version"]:
@@ -148,14 +167,19 @@ def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, byt
     if any(index_file(part) not in files for part in range(n_parts)):
         raise BundleError(f"bundle lacks one of the {n_parts} index files")
     detector.reference_index_ = ReferenceSet.from_state(
-        references, [files[index_file(part)] for part in range(n_parts)],
+        references, lambda part, params: _index_part(files, index_file(part), params),
         array_from_bytes(files[REFERENCE_COUNTS_FILE]),
     )
     detector.calibrator_ = ConformalCalibrator.from_state(
         manifest["calibration"], array_from_bytes(files[CALIBRATION_FILE])
     )
-    detector.reference_features_ = array_from_bytes(files[REFERENCE_FEATURES_FILE])
-    detector.reference_ids_ = json.loads(files[REFERENCE_IDS_FILE])
+    detector.reference_features_ = _mapped_array(files, REFERENCE_FEATURES_FILE)
+    if REFERENCE_INT_IDS_FILE in files:
+        detector.reference_ids_ = _mapped_array(files, REFERENCE_INT_IDS_FILE)
+    elif REFERENCE_IDS_FILE in files:
+        detector.reference_ids_ = json.loads(files[REFERENCE_IDS_FILE])
+    else:
+        raise BundleError(f"bundle lacks {REFERENCE_IDS_FILE} (or {REFERENCE_INT_IDS_FILE})")
     for name, value in manifest["fitted"].items():
         if not is_fitted_name(name) or name in COMPONENTS:
             raise BundleError(f"the manifest's fitted state names {name!r}, not a fitted value")
@@ -165,6 +189,23 @@ def _restore(cls: type[Detector], manifest: dict[str, Any], files: dict[str, byt
             setattr(detector, name, derive(detector))
     _check_consistent(detector)
     return detector
+
+
+def _index_part(files: Mapping[str, bytes], name: str, params: dict[str, Any]) -> ReferenceIndex:
+    if isinstance(files, BundleFiles):  # a verified directory: map what faiss can
+        return ReferenceIndex.from_file(files.path(name), params)
+    return ReferenceIndex.from_bytes(files[name], params)
+
+
+def _mapped_array(files: Mapping[str, bytes], name: str) -> np.ndarray:
+    """Read-only memory map of a verified bundle's array (shared by every process)."""
+    if isinstance(files, BundleFiles):
+        array = np.load(files.path(name), mmap_mode="r", allow_pickle=False)
+    else:
+        array = array_from_bytes(files[name])
+    if array.dtype.kind not in "iuf":
+        raise BundleError(f"{name} holds {array.dtype} values, not numbers")
+    return array
 
 
 def _check_consistent(detector: Detector) -> None:
