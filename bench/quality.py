@@ -28,6 +28,8 @@ BAR_UNLABELLED = 94.5
 @click.option("--delta", type=float, default=0.05, show_default=True)
 @click.option("--encoder", type=click.Choice(["auto", "identity", "metric"]), default="auto",
               show_default=True, help="Detector encoder (identity = ablation without learning).")
+@click.option("--index", type=click.Choice(["auto", "flat", "hnsw", "ivf"]), default="auto",
+              show_default=True, help="Detector index (ivf = the compressed one, forced).")
 @click.option("--datasets", default="", help="Comma-separated dataset names (default: all).")
 @click.option("--timing/--no-timing", default=False, show_default=True,
               help="Also time training on a 100k x 40-field set.")
@@ -42,6 +44,7 @@ def bench_command(
     alpha: float,
     delta: float,
     encoder: str,
+    index: str,
     datasets: str,
     timing: bool,
     exact: bool,
@@ -72,7 +75,7 @@ def bench_command(
                 progress.set_postfix(dataset=path.stem, seed=seed)
                 s = split(x, y, seed, labelled)
                 result = {"seed": seed, "nearwatch": evaluate_detector(
-                    s, seed, alpha, delta, {"encoder": encoder})}
+                    s, seed, alpha, delta, {"encoder": encoder, "index": index})}
                 if exact:
                     result["nearwatch_exact"] = evaluate_detector(
                         s, seed, alpha, delta, {"encoder": encoder, "index": "flat"})
@@ -83,7 +86,7 @@ def bench_command(
     report: dict[str, Any] = {
         "config": {
             "data_dir": str(data_dir), "seeds": seeds, "labelled_anomalies": labelled,
-            "alpha": alpha, "delta": delta, "encoder": encoder, "threads": threads,
+            "alpha": alpha, "delta": delta, "encoder": encoder, "index": index, "threads": threads,
             "exact": exact,
             "protocol": "train on a random 50% of normals; test on the other 50% + anomalies",
         },

@@ -58,7 +58,7 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
                    OMP_NUM_THREADS="1")
         self.log = (self.work / "worker.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from worker.cli import main; main()", "worker",
+            [sys.executable, "-c", "from nearwatch.worker.cli import main; main()", "worker",
              "--concurrency", str(self.concurrency)],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)

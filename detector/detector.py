@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from .calibrated import calibrate_references, stored_reference_features
 from .calibration import ConformalCalibrator
 from .embedding.supervision import FitSupervision, build_embedder_for_fit
 from .errors import CalibrationWarning, NotFittedError
 from .estimator import EstimatorAPI, warn_renamed
 from .features.schema import FeatureEncoder
 from .fitting import (
-    calibrate_references,
     calibration_split,
     check_params,
     field_groups,
@@ -213,8 +213,8 @@ class Detector(EstimatorAPI):
         self.calibrator_: ConformalCalibrator = calibrator
         self.calibration_index_ = references.kinds_[0]
         self.reference_index_ = references
-        # float16, as saved: explanations need a field's typical value, not 7 digits of it
-        self.reference_features_ = fitted.features.astype(np.float16)
+        self.reference_features_ = stored_reference_features(
+            self.metric, embedder, references, fitted.features)
         representative_ids = [ids[row] for row in fitted.representatives.tolist()]
         # integer ids (or row numbers) as one int64 array: a million of them as Python ints
         # would cost every worker process ~36 MB; an array is mapped from the bundle, shared

@@ -19,18 +19,16 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .calibration import ConformalCalibrator, required_calibration_size
+from .calibration import required_calibration_size
 from .errors import CalibrationError
 from .features.schema import FeatureEncoder
 from .index import KINDS
 from .io import take_rows
-from .references import ReferenceSet, group_duplicates
 
 Data = np.ndarray | list[Any]
 ENCODERS = ("auto", "identity", "metric")
@@ -218,53 +216,6 @@ def uncertified_message(
     )
 
 
-@dataclass(frozen=True)
-class CalibratedReferences:
-    """The served reference set, its calibrator, and the distinct records it indexes."""
-
-    references: ReferenceSet
-    calibrator: ConformalCalibrator
-    features: np.ndarray  # distinct feature rows, in reference-set order
-    representatives: np.ndarray  # for each, its row in vstack([reference, calibration])
-
-
-def calibrate_references(
-    embedder: Any, reference_features: np.ndarray, calibration_features: np.ndarray, *,
-    metric: str, index: str, flat_max: int, compress_min: int, random_state: int,
-    n_neighbors: int, calibrator: ConformalCalibrator,
-) -> CalibratedReferences:
-    """Index R, calibrate on C with that very index, then add C without rebuilding it.
-
-    Each distinct record is embedded and indexed once, with its multiplicity. Part 0 of the
-    reference set (R) is the index that calibration searches and that serves; C is added
-    afterwards as extra copies or a new part, which can only lower a score (see
-    ``detector.references`` and ``detector.detector``). The new part's index is built on a
-    second thread while part 0 is built and calibrated (faiss releases the GIL): two cores.
-    """
-    groups = group_duplicates(reference_features, calibration_features)
-    stacked = np.vstack([reference_features, calibration_features])
-    distinct = stacked[groups.representatives]
-    embeddings = embedder.embed(distinct)
-    n_part0 = len(groups.in_references)
-    references = ReferenceSet(metric=metric, kind=index, flat_max=flat_max,
-                              compress_min=compress_min, seed=random_state)
-    with ThreadPoolExecutor(max_workers=1) as builder:
-        later_part = (builder.submit(references.build_index, embeddings[n_part0:])
-                      if len(distinct) > n_part0 else None)
-        references.fit(embeddings[:n_part0], groups.reference_counts[:n_part0])
-        calibration_groups = np.unique(groups.calibration_group)
-        group_scores = np.zeros(len(distinct), dtype=np.float64)
-        group_scores[calibration_groups] = references.mean_distance(
-            embeddings[calibration_groups], n_neighbors
-        )
-        calibrator.fit(group_scores[groups.calibration_group])
-        references.add_copies(groups.calibration_counts[:n_part0])
-        if later_part is not None:
-            references.add_part(embeddings[n_part0:], groups.calibration_counts[n_part0:],
-                                index=later_part.result())
-    return CalibratedReferences(references, calibrator, distinct, groups.representatives)
-
-
 def numeric_columns(encoder: FeatureEncoder) -> np.ndarray:
     """Mask of the feature columns that carry numeric values (not 0/1 indicator columns)."""
     mask = np.zeros(encoder.n_features_, dtype=bool)
@@ -309,5 +260,5 @@ def model_version(
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(embedder.tensors().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
+        digest.update(np.ascontiguousarray(tensor, dtype=np.float32).tobytes())
     return digest.hexdigest()[:12]

@@ -46,6 +46,7 @@ import faiss
 import numpy as np
 
 from .errors import BundleError, NotFittedError
+from .index_build import build_hnsw, build_ivf
 from .threads import BLAS_THRESHOLD, configure_threads
 
 __all__ = ["BLAS_THRESHOLD", "ReferenceIndex", "configure_threads"]  # threads: moved
@@ -106,18 +107,9 @@ class ReferenceIndex:
             index: faiss.Index = faiss.IndexFlatL2(dim)
             index.add(refs)
         elif self.kind_ == "ivf":
-            index = _build_ivf(refs, self.seed, self.nprobe)
+            index = build_ivf(refs, self.seed, self.nprobe)
         else:
-            index = faiss.IndexHNSWFlat(dim, self.hnsw_m)
-            index.hnsw.efConstruction = self.ef_construction
-            index.hnsw.rng = faiss.RandomGenerator(self.seed)
-            threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)  # deterministic graph (see module docstring)
-            try:
-                index.add(refs)
-            finally:
-                faiss.omp_set_num_threads(threads)
-            index.hnsw.efSearch = self.ef_search
+            index = build_hnsw(refs, self.hnsw_m, self.ef_construction, self.ef_search, self.seed)
         self._attach(index)
         return self
 
@@ -298,23 +290,6 @@ class ReferenceIndex:
         obj.kind_, obj.n_, obj.dim_, obj.center_ = kind, n, dim, center
         obj._attach(index)
         return obj
-
-
-def _build_ivf(refs: np.ndarray, seed: int, nprobe: int) -> faiss.Index:
-    """IVF over 8-bit scalar-quantised codes; k-means trained on a seeded sample."""
-    n, dim = refs.shape
-    nlist = int(min(max(4 * np.sqrt(n), 16), 8192, max(n // 39, 1)))
-    sample_size = min(n, 64 * nlist)  # faiss' own default caps training at 256 per centroid
-    sample = refs[np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False))]
-    quantizer = faiss.IndexFlatL2(dim)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                          faiss.METRIC_L2)
-    index.cp.seed = seed
-    index.train(np.ascontiguousarray(sample))
-    index.add(refs)
-    index.make_direct_map()  # reconstruct(rows) for explanations
-    index.nprobe = min(nprobe, nlist)
-    return index
 
 
 def _as_matrix(values: np.ndarray, name: str) -> np.ndarray:

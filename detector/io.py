@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +46,13 @@ def take_rows(data: list[Any] | np.ndarray, rows: np.ndarray) -> list[Any] | np.
     return [data[i] for i in rows]
 
 
-def read_records(path: str | Path, label_field: str | None = None) -> RecordFile:
-    """Read ``path`` by extension; ``label_field`` pulls a 0/1 ground-truth column out."""
+def read_records(path: str | Path, label_field: str | None = None,
+                 max_line_bytes: int | None = None) -> RecordFile:
+    """Read ``path`` by extension; ``label_field`` pulls a 0/1 ground-truth column out.
+
+    A line that is not UTF-8, not JSON, nested too deep for the parser, longer than
+    ``max_line_bytes`` or (CSV) has more or fewer cells than the header is kept in place as
+    an ``UnreadableRecord``."""
     file_path = Path(path)
     suffix = file_path.suffix.lower()
     if suffix == ".npz":
@@ -57,8 +62,10 @@ def read_records(path: str | Path, label_field: str | None = None) -> RecordFile
             features = np.asarray(archive["X"], dtype=np.float32)
             labels = np.asarray(archive["y"]).astype(bool) if "y" in archive else None
         return RecordFile(features, labels)
-    with file_path.open(newline="") as stream:
-        records = list(iter_csv(stream) if suffix == ".csv" else iter_jsonl(stream))
+    # surrogateescape: bytes that are not UTF-8 survive decoding and are refused per line.
+    with file_path.open(newline="", encoding="utf-8", errors="surrogateescape") as stream:
+        records = list(iter_csv(stream) if suffix == ".csv"
+                       else iter_jsonl(stream, max_line_bytes))
     labels = None
     if label_field is not None:
         labels = np.array([_truthy(r.get(label_field)) if isinstance(r, dict) else False
@@ -66,21 +73,78 @@ def read_records(path: str | Path, label_field: str | None = None) -> RecordFile
     return RecordFile(records, labels)
 
 
-def iter_jsonl(stream: TextIO) -> Iterator[Any]:
+def iter_jsonl(stream: Iterable[str], max_line_bytes: int | None = None) -> Iterator[Any]:
     for line_number, line in enumerate(stream, start=1):
+        if line_number == 1 and line.startswith("\ufeff"):
+            line = line[1:]  # a byte-order mark
         if not line.strip():
+            continue
+        problem = _line_problem(line, max_line_bytes)
+        if problem:
+            yield UnreadableRecord(line_number, f"line {line_number} {problem}")
             continue
         try:
             yield json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield UnreadableRecord(line_number, f"line {line_number} is not valid JSON: {exc}")
+        except (ValueError, RecursionError) as exc:
+            reason = "is nested too deep" if isinstance(exc, RecursionError) else \
+                f"is not valid JSON: {str(exc)[:200]}"
+            yield UnreadableRecord(line_number, f"line {line_number} {reason}")
 
 
-def iter_csv(stream: TextIO) -> Iterator[dict[str, Any]]:
-    # CSV has no types: empty cells are missing, cells that parse as numbers are numbers
-    # (so "nan"/"inf" cells become non-finite numbers and are refused with a clear error).
-    for row in csv.DictReader(stream):
-        yield {key: _csv_value(value) for key, value in row.items()}
+def iter_csv(stream: Iterable[str]) -> Iterator[dict[str, Any] | UnreadableRecord]:
+    """Rows as records. CSV has no types: empty cells are missing, cells that parse as
+    numbers are numbers (so "nan"/"inf" cells become non-finite numbers and are refused
+    with a clear error). A row with a different number of cells than the header, or that is
+    not UTF-8 or not CSV, is an ``UnreadableRecord`` naming its line."""
+    lines = iter(stream)
+    first = next(lines, None)
+    if first is None:
+        return
+    reader = csv.reader(_chain(first.lstrip("\ufeff"), lines))
+    header: list[str] | None = None
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield UnreadableRecord(reader.line_num, f"line {reader.line_num} is not valid "
+                                   f"CSV: {exc}")
+            continue
+        problem = _cell_problem("\x00".join(row))
+        if header is None:
+            if problem:
+                raise ValueError(f"CSV header {problem}")
+            header = row
+        elif problem:
+            yield UnreadableRecord(reader.line_num, f"line {reader.line_num} {problem}")
+        elif not row or row == [""]:
+            continue
+        elif len(row) != len(header):
+            yield UnreadableRecord(reader.line_num, f"line {reader.line_num} has {len(row)} "
+                                   f"cells for {len(header)} columns")
+        else:
+            yield {key: _csv_value(value) for key, value in zip(header, row, strict=True)}
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _line_problem(line: str, max_bytes: int | None) -> str:
+    if max_bytes is not None and len(line) > max_bytes // 4 \
+            and len(line.encode("utf-8", "surrogateescape")) > max_bytes:
+        return f"exceeds the limit of {max_bytes} bytes"
+    return _cell_problem(line)
+
+
+def _cell_problem(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a surrogate escape: the input was not UTF-8
+        return f"is not valid UTF-8 (character {exc.start})"
+    return ""
 
 
 def _csv_value(value: str | None) -> Any:

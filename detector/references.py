@@ -213,6 +213,19 @@ class ReferenceSet:
         distances, rows = self.search(queries, k)
         return self.mean_from_neighbours(distances, rows, k)
 
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        """The indexed vectors of distinct references ``rows`` (global numbering), any shape."""
+        self._require_fitted()
+        flat_rows = np.asarray(rows, dtype=np.int64).ravel()
+        out = np.empty((len(flat_rows), self.parts_[0].dim_), dtype=np.float32)
+        offset = 0
+        for part in self.parts_:
+            mine = (flat_rows >= offset) & (flat_rows < offset + part.n_)
+            if mine.any():
+                out[mine] = part.reconstruct(flat_rows[mine] - offset)
+            offset += part.n_
+        return out.reshape(*np.shape(rows), out.shape[1])
+
     # ------------------------------------------------------------------ state
     def to_state(self) -> dict[str, Any]:
         """JSON-able parameters; ``counts_`` and each part's ``to_bytes()`` travel as files."""

@@ -40,6 +40,17 @@ def neighbour_reference_ids(reference_ids: Any, rows: np.ndarray) -> list[list[A
     return [[reference_ids[row] for row in block] for block in rows.tolist()]
 
 
+def reference_features(detector: Detector, rows: np.ndarray) -> np.ndarray:
+    """Feature rows of distinct references: stored, or read back from the index vectors."""
+    if detector.reference_features_ is not None:
+        return np.asarray(detector.reference_features_[rows], dtype=np.float32)
+    vectors = detector.reference_index_.reconstruct(rows)
+    features = detector.embedder_.features_from_embedding(vectors)
+    if features is None:  # cannot happen for a fitted detector: fit stores them then
+        raise ValueError("this detector's references cannot be turned back into features")
+    return features
+
+
 def score_record_batch(
     detector: Detector,
     records: Sequence[Any],
@@ -117,8 +128,7 @@ def explain_rows(
     for i in range(len(features)):
         # the k nearest *records*: a distinct reference counts as many times as it is taken
         nearest_records = np.repeat(rows[i], taken[i])
-        typical = np.median(
-            np.asarray(detector.reference_features_[nearest_records], dtype=np.float32), axis=0)
+        typical = np.median(reference_features(detector, nearest_records), axis=0)
         field_deviations = []
         for field, columns in encoder.field_columns_.items():
             deviation = float(np.linalg.norm(features[i, columns] - typical[columns]))

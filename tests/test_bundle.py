@@ -59,9 +59,9 @@ def test_manifest_describes_the_bundle(saved: tuple) -> None:
 def test_flipped_byte_in_any_file_is_refused(saved: tuple, tmp_path: Path) -> None:
     _, path, _ = saved
     victims = sorted(json.loads((path / "manifest.json").read_text())["files"])
-    # every file the manifest lists (the learned encoder's encoder.pt: see below)
-    assert {"index.faiss", "calibration.npy", "reference_counts.npy", "reference_features.npy",
-            "reference_ids.json"} <= set(victims)
+    # every file the manifest lists (the learned encoder's encoder.npz: see below)
+    assert {"index.faiss", "calibration.npy", "reference_counts.npy",
+            "reference_ids.json"} <= set(victims)  # features: read back from the index
     for victim in victims:
         copy = tmp_path / victim / "model"
         shutil.copytree(path, copy)
@@ -160,7 +160,7 @@ def test_learned_encoder_was_trained_in_the_requested_mode(learned: tuple) -> No
     # known anomalies train an unnormalised embedding (hard negatives pushed beyond a margin)
     assert state["normalize"] is (mode != "known_anomalies")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert "encoder.pt" in manifest["files"] and (path / "encoder.pt").stat().st_size > 1000
+    assert "encoder.npz" in manifest["files"] and (path / "encoder.npz").stat().st_size > 1000
 
 
 def test_learned_encoder_round_trip_gives_identical_scores(learned: tuple) -> None:
@@ -170,7 +170,7 @@ def test_learned_encoder_round_trip_gives_identical_scores(learned: tuple) -> No
     saved_tensors, loaded_tensors = detector.embedder_.tensors(), loaded.embedder_.tensors()
     assert sorted(loaded_tensors) == sorted(saved_tensors)
     for name, tensor in saved_tensors.items():
-        np.testing.assert_array_equal(loaded_tensors[name].numpy(), tensor.numpy())
+        np.testing.assert_array_equal(loaded_tensors[name], tensor)
     scores = detector.score(test)
     np.testing.assert_array_equal(loaded.score(test), scores)
     np.testing.assert_array_equal(loaded.p_value(test), detector.p_value(test))
@@ -193,13 +193,13 @@ def test_flipped_byte_in_learned_encoder_is_refused(learned: tuple, tmp_path: Pa
     _, path, _, _ = learned
     copy = tmp_path / "model"
     shutil.copytree(path, copy)
-    data = bytearray((copy / "encoder.pt").read_bytes())
+    data = bytearray((copy / "encoder.npz").read_bytes())
     data[len(data) // 2] ^= 0x01
-    (copy / "encoder.pt").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=r"checksum mismatch for encoder\.pt"):
+    (copy / "encoder.npz").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"checksum mismatch for encoder\.npz"):
         Detector.load(copy)
-    (copy / "encoder.pt").unlink()
-    with pytest.raises(BundleError, match=r"encoder\.pt"):
+    (copy / "encoder.npz").unlink()
+    with pytest.raises(BundleError, match=r"encoder\.npz"):
         Detector.load(copy)
 
 
@@ -210,11 +210,11 @@ def test_resigned_bundle_with_bad_or_no_encoder_weights_is_refused(learned: tupl
 
     _, path, _, _ = learned
     manifest, files = read_bundle(path)
-    truncated = {**files, "encoder.pt": files["encoder.pt"][: len(files["encoder.pt"]) // 2]}
+    truncated = {**files, "encoder.npz": files["encoder.npz"][: len(files["encoder.npz"]) // 2]}
     write_bundle(tmp_path / "truncated", manifest, truncated)
     with pytest.raises(BundleError, match="encoder weights could not be read"):
         Detector.load(tmp_path / "truncated")
-    without = {name: data for name, data in files.items() if name != "encoder.pt"}
+    without = {name: data for name, data in files.items() if name != "encoder.npz"}
     write_bundle(tmp_path / "without", manifest, without)
-    with pytest.raises(BundleError, match=r"bundle lacks encoder\.pt"):
+    with pytest.raises(BundleError, match=r"bundle lacks encoder\.npz"):
         Detector.load(tmp_path / "without")

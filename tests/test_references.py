@@ -172,9 +172,39 @@ def test_loaded_bundle_maps_its_arrays_and_keeps_integer_ids_compact(tmp_path: P
     detector.save(tmp_path / "model")
     restored = Detector.load(tmp_path / "model")
     maps = Path("/proc/self/maps").read_text()
-    for name in ("index.faiss", "reference_features.npy", "reference_ids.npy"):
+    for name in ("index.faiss", "reference_ids.npy"):  # features: read back from the index
         assert str(tmp_path / "model" / name) in maps, name
     queries = rows[:200]
     np.testing.assert_array_equal(restored.score(queries), detector.score(queries))
     explained = restored.explain(queries[:2], n_neighbours=2)
     assert all(isinstance(n["id"], int) for n in explained[0]["neighbours"])
+
+
+@pytest.mark.parametrize(("encoder", "metric", "stored"), [
+    ("identity", "euclidean", False), ("auto", "euclidean", False), ("identity", "cosine", True),
+])
+def test_explanations_read_reference_features_back_from_the_index(
+        encoder: str, metric: str, stored: bool, tmp_path: Path) -> None:
+    """Features are stored only where the index vectors cannot give them back (cosine)."""
+    from nearwatch.detector.embedding.training import TrainingConfig
+
+    rows = repetitive_matrix(3_000, n_distinct=800, dim=4, seed=9)
+    training = TrainingConfig(max_steps=20, hidden=(16,), embedding_dim=4, batch_size=64)
+    detector = Detector(encoder=encoder, metric=metric, alpha=0.05, delta=0.1,
+                        training=training).fit(rows)
+    assert (detector.reference_features_ is not None) == stored
+    detector.save(tmp_path / "model")
+    assert (tmp_path / "model" / "reference_features.npy").exists() == stored
+    restored = Detector.load(tmp_path / "model")
+    features = detector.feature_encoder_.transform(rows)
+    query = rows[:1] + 0.5
+    _, neighbour_rows = restored.reference_index_.search(
+        restored.embedder_.embed(restored.feature_encoder_.transform(query)), 1)
+    back = restored.reference_index_.reconstruct(neighbour_rows[0])
+    if not stored:
+        recovered = restored.embedder_.features_from_embedding(back)
+        # the nearest reference's features, recovered from its vector, are a training row
+        assert np.abs(features - recovered).max(axis=1).min() < 1e-4
+    explained = restored.explain(query, n_fields=4)[0]
+    assert explained == detector.explain(query, n_fields=4)[0]
+    assert {f["field"] for f in explained["fields"]} == {"f0", "f1", "f2", "f3"}

@@ -85,8 +85,8 @@ def test_bad_records_never_fail_their_batch(registry: ModelRegistry) -> None:
 
 def test_json_path_matches_the_parsed_path_and_keeps_json_edge_cases(
         registry: ModelRegistry) -> None:
-    # The text path parses with orjson and falls back to json for what orjson refuses
-    # (NaN literals, integers beyond 64 bits): answers must equal the parsed path's.
+    # The text path parses with orjson and falls back to json for what orjson cannot read
+    # exactly (NaN literals, integers beyond 64 bits): answers must equal the parsed path's.
     scorer = _scorer(registry)
     good = stream_records_for_test(2)
     lines = [json.dumps(good[0]), '{"id": NaN, "load": NaN}', json.dumps(dict(good[1], id=2**70)),
@@ -95,7 +95,8 @@ def test_json_path_matches_the_parsed_path_and_keeps_json_edge_cases(
     parsed = [json.loads(t) for t in texts]
     expected = scorer.score_batch([good[0]])[0]
     assert parsed[0] == expected and texts[0].startswith('{"id":')
-    assert texts[1].startswith('{"id": NaN') and "not a finite" in parsed[1]["error"]
+    # strict JSON out (issue 11): a NaN id is refused, never echoed as a NaN literal
+    assert texts[1].startswith('{"id":null') and "not a finite" in parsed[1]["error"]
     assert parsed[2]["id"] == 2**70 and "score" in parsed[2]
     assert parsed[3]["error"].startswith("record #4: not valid JSON")
 
@@ -213,6 +214,7 @@ def test_stream_path_assigns_ids_and_answers_bad_lines(registry: ModelRegistry,
 
 
 def test_ingest_leaves_unanswered_entries_pending_then_reclaims(redis_client: Any) -> None:
+    from nearwatch.worker.client import Unanswered
     from nearwatch.worker.ingest import IngestOptions, StreamIngest
 
     for key in ("nearwatch:records", "nearwatch:scores"):
@@ -226,7 +228,8 @@ def test_ingest_leaves_unanswered_entries_pending_then_reclaims(redis_client: An
             if lines:
                 calls.append(len(lines))
             if lines and len(calls) == 1:
-                yield [json.dumps({"id": None, "error": "unanswered after 3 attempt(s): x"})
+                # told apart by type (a crafted text cannot imitate it): see test_hardening
+                yield [Unanswered(json.dumps({"id": None, "error": "unanswered after 3: x"}))
                        for _ in lines]
             else:
                 yield [json.dumps({"id": json.loads(line)["id"], "score": 1.0})

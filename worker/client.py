@@ -16,31 +16,49 @@ Guarantees:
   results of other attempts are discarded, and every answer is checked record by record
   (same count, same ids) before it is accepted;
 - a batch that is still unanswered after ``max_attempts`` submissions is answered with one
-  error per record (``stats.unanswered`` counts them), never silently dropped.
+  error per record (``stats.unanswered`` counts them), never silently dropped;
+- a record the broker cannot carry or the limits refuse (``screen_record``/``check_text``)
+  is answered here with an error, the rest of its batch is sent;
+- a partial batch is sent once its first record waited ``linger`` s, and answers are
+  collected while the source waits for input (``worker/flow.py``);
+- broker/Redis outages are retried with backoff for ``outage_deadline`` s; what could not
+  be delivered by then is answered with an error, never a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
+from .flow import NOTHING, BrokerUnavailable, Feeder, Outage, chunks, linger_chunks
 from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
+from .records import RecordRefused, answer_id, check_text, screen_record
 from .settings import ClientOptions
 
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["UNANSWERED", "ClientOptions", "ClientStats", "ScoringClient", "chunks"]
+__all__ = ["UNANSWERED", "BrokerUnavailable", "ClientOptions", "ClientStats", "ScoringClient",
+           "Unanswered", "chunks"]
 
 UNANSWERED = "unanswered after"  # start of the error of a record no worker answered
+log = logging.getLogger("nearwatch.client")
+
+
+class Unanswered(str):
+    """The JSON answer text of a record no worker answered (told apart by type, not text)."""
+
+    __slots__ = ()
 
 
 @dataclass
@@ -64,6 +82,7 @@ class _Batch:
     submitted_at: float = 0.0
     n_submitted: int = 0
     last_problem: str = ""
+    local: dict[int, Any] = field(default_factory=dict)  # answered here, not by a worker
 
 
 class ScoringClient:
@@ -73,17 +92,21 @@ class ScoringClient:
         self.app = app
         self.options = options or ClientOptions()
         self.stats = ClientStats()
+        self.outage = Outage(self.options.outage_deadline)
 
     def score(self, records: Iterable[Any]) -> Iterator[dict[str, Any]]:
         """One result per record, in input order."""
-        for results in self.score_batches(chunks(records, self.options.batch_size)):
+        size = self.options.batch_size
+        batches = chunks(records, size) if isinstance(records, Sequence) \
+            else linger_chunks(records, size, self.options.linger)
+        for results in self.score_batches(batches):
             yield from results
 
     def score_batches(self, batches: Iterable[list[Any]]) -> Iterator[list[dict[str, Any]]]:
         """One result list per batch, in input order; batches are consumed lazily."""
-        return self._run(_Batch(list(records)) for records in batches)
+        return self._run(self._screen(_Batch(list(records))) for records in batches)
 
-    def score_json_batches(self, batches: Iterable[tuple[list[str], int | None]]
+    def score_json_batches(self, batches: Iterable[tuple[list[Any], int | None]]
                            ) -> Iterator[list[str]]:
         """Records as JSON texts → results as JSON texts (``nearwatch.score_json_batch``).
 
@@ -91,26 +114,57 @@ class ScoringClient:
         position of the first line, or None) lets the workers name records and give id-less
         records the id ``"#<position>"``. Answers are checked by count only.
         """
-        return self._run(_Batch(list(lines), SCORE_JSON_BATCH, first) for lines, first in batches)
+        return self._run(self._screen(_Batch(list(lines), SCORE_JSON_BATCH, first))
+                         for lines, first in batches)
+
+    def _screen(self, batch: _Batch) -> _Batch:
+        """Answer here what must not be sent; it travels as a ``None`` stand-in."""
+        limits, id_field = self.options.limits, self.options.id_field
+        for i, record in enumerate(batch.records):
+            try:
+                if isinstance(record, RecordRefused):  # the reader refused it
+                    raise record
+                if batch.task == SCORE_JSON_BATCH:
+                    if not isinstance(record, str):
+                        raise RecordRefused("invalid_json", "not a JSON text")
+                    check_text(record, limits)
+                else:
+                    screen_record(record, limits, id_field)
+            except RecordRefused as exc:
+                batch.local[i] = self._error(batch, i, record, str(exc))
+                batch.records[i] = None
+        return batch
+
+    def _error(self, batch: _Batch, i: int, record: Any, error: str) -> Any:
+        if batch.task == SCORE_JSON_BATCH:
+            first = batch.first_position
+            label = f"record {i} of the batch" if first is None else f"record #{first + i}"
+            return json.dumps({"id": None, "error": f"{label}: {error}"},
+                              separators=(",", ":"))
+        return {"id": answer_id(record, self.options.id_field), "error": error}
 
     def _run(self, batches: Iterator[_Batch]) -> Iterator[list[Any]]:
         pending: deque[_Batch] = deque()
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < self.options.max_in_flight:
-                batch = next(batches, None)
-                if batch is None:
-                    exhausted = True
-                    break
-                self.stats.batches += 1
-                if batch.records:
-                    self._submit(batch)
-                pending.append(batch)
-            if not pending:
-                return
-            results = self._resolve(pending[0], pending)
-            pending.popleft()
-            yield results
+        feeder: Feeder[_Batch] = Feeder(batches)
+        try:
+            while True:
+                while len(pending) < self.options.max_in_flight:
+                    batch = feeder.take(block=not pending)
+                    if batch is NOTHING:
+                        break
+                    self.stats.batches += 1
+                    if len(batch.local) < len(batch.records):
+                        self._submit(batch)
+                    pending.append(batch)
+                if not pending:
+                    if feeder.exhausted:
+                        return
+                    continue
+                results = self._resolve(pending[0], pending, feeder.exhausted)
+                pending.popleft()
+                yield results
+        finally:
+            feeder.close()
 
     # ------------------------------------------------------------------ internals
     def _submit(self, batch: _Batch) -> None:
@@ -118,8 +172,13 @@ class ScoringClient:
         if batch.task == SCORE_JSON_BATCH:
             args.append(batch.first_position)
         # argsrepr: a short label instead of Celery's repr of every record (client CPU)
-        result = self.app.send_task(batch.task, args=args, queue=SCORING_QUEUE,
-                                    argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}")
+        try:
+            result = self.outage.call("send_task", lambda: self.app.send_task(
+                batch.task, args=args, queue=SCORING_QUEUE,
+                argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}"))
+        except BrokerUnavailable as exc:  # answered as unanswered (no attempt in flight)
+            batch.last_problem = str(exc)
+            return
         batch.attempts.append(result)
         batch.submitted_at = time.monotonic()
         if not batch.n_submitted:
@@ -129,11 +188,18 @@ class ScoringClient:
         if batch.n_submitted > 1:
             self.stats.resubmissions += 1
 
-    def _resolve(self, head: _Batch, pending: deque[_Batch]) -> list[Any]:
+    def _resolve(self, head: _Batch, pending: deque[_Batch], exhausted: bool) -> list[Any]:
         if not head.records:
             return []
+        if len(head.local) == len(head.records):
+            return [head.local[i] for i in range(len(head.records))]
         while True:
-            answer = self._answer(head)
+            try:
+                answer = self._answer(head)
+            except BrokerUnavailable as exc:
+                head.last_problem = str(exc)
+                self._forget(head)
+                answer = self._give_up(head)
             if answer is not None:
                 return answer
             now = time.monotonic()
@@ -142,27 +208,36 @@ class ScoringClient:
                     batch.last_problem = f"no answer within {self.options.batch_timeout:g} s"
                     self._retry_or_give_up(batch)
             if head.attempts:
-                wait = max(0.001, min(self.options.poll_interval,
+                # New input is submitted within 50 ms while there is room for it.
+                longest = self.options.poll_interval if exhausted or \
+                    len(pending) >= self.options.max_in_flight else 0.05
+                wait = max(0.001, min(longest,
                                       head.submitted_at + self.options.batch_timeout - now))
-                with contextlib.suppress(CeleryTimeoutError):
+                attempt = head.attempts[-1]
+                try:
                     # disable_sync_subtasks=False: the embedded worker (demo) shares this
                     # process, which makes Celery think we are inside a task.
-                    head.attempts[-1].get(timeout=wait, interval=min(wait, 0.005),
-                                          propagate=False, disable_sync_subtasks=False)
+                    self.outage.call("waiting for results", partial(_wait, attempt, wait))
+                except BrokerUnavailable as exc:
+                    head.last_problem = str(exc)
+                    self._forget(head)
 
     def _answer(self, batch: _Batch) -> list[Any] | None:
         """The batch's accepted results, error answers if it gave up, else None."""
         if not batch.attempts:  # gave up
             return self._give_up(batch)
         for attempt in list(batch.attempts):
-            state = attempt.state
+            state = self.outage.call("reading a result", partial(getattr, attempt, "state"))
             if state == "SUCCESS":
-                problem = _check(batch, attempt.result, self.options.id_field)
+                results = self.outage.call("reading a result",
+                                           partial(getattr, attempt, "result"))
+                problem = _check(batch, results, self.options.id_field)
                 if problem is None:
-                    results = attempt.result
                     self._forget(batch)
                     self.stats.latencies.append(time.monotonic() - batch.first_submitted_at)
-                    return results
+                    for i, answer in batch.local.items():
+                        results[i] = answer
+                    return list(results)
                 batch.last_problem = problem
             elif state in ("FAILURE", "REVOKED"):
                 batch.last_problem = f"{state.lower()}: {attempt.result!r}"[:300]
@@ -170,7 +245,7 @@ class ScoringClient:
                 continue
             self.stats.failed_attempts += 1
             batch.attempts.remove(attempt)
-            attempt.forget()
+            _forget(attempt)
             if not batch.attempts:
                 self._retry_or_give_up(batch)
                 if not batch.attempts:
@@ -184,21 +259,41 @@ class ScoringClient:
             self._forget(batch)  # late answers of abandoned attempts are ignored
 
     def _give_up(self, batch: _Batch) -> list[Any]:
-        self.stats.unanswered += len(batch.records)
+        self.stats.unanswered += len(batch.records) - len(batch.local)
         reason = (f"{UNANSWERED} {batch.n_submitted} attempt(s): "
                   f"{batch.last_problem or 'no answer'}")
-        if batch.task == SCORE_JSON_BATCH:
-            first = batch.first_position
-            return [json.dumps({"id": None, "error": reason if first is None
-                                else f"record #{first + i}: {reason}"})
-                    for i in range(len(batch.records))]
-        id_field = self.options.id_field
-        return [{"id": _record_id(r, id_field), "error": reason} for r in batch.records]
+        answers: list[Any] = []
+        for i, record in enumerate(batch.records):
+            if i in batch.local:
+                answers.append(batch.local[i])
+            elif batch.task == SCORE_JSON_BATCH:
+                first = batch.first_position
+                answers.append(Unanswered(json.dumps(
+                    {"id": None, "error": reason if first is None
+                     else f"record #{first + i}: {reason}"}, separators=(",", ":"))))
+            else:
+                answers.append({"id": answer_id(record, self.options.id_field),
+                                "error": reason})
+        return answers
 
     def _forget(self, batch: _Batch) -> None:
         for attempt in batch.attempts:
-            attempt.forget()
+            _forget(attempt)
         batch.attempts.clear()
+
+
+def _wait(attempt: AsyncResult, wait: float) -> None:
+    with contextlib.suppress(CeleryTimeoutError):
+        attempt.get(timeout=wait, interval=min(wait, 0.005), propagate=False,
+                    disable_sync_subtasks=False)
+
+
+def _forget(attempt: AsyncResult) -> None:
+    """Drop a result from the backend; best effort (it expires anyway), never raises."""
+    try:
+        attempt.forget()
+    except Exception as exc:  # e.g. Redis unreachable: the result expires by itself
+        log.debug("could not forget result %s: %s", attempt.id, exc)
 
 
 def _check(batch: _Batch, results: Any, id_field: str) -> str | None:
@@ -209,23 +304,11 @@ def _check(batch: _Batch, results: Any, id_field: str) -> str | None:
         return f"answer has {count} results for {len(records)} records"
     if batch.task == SCORE_JSON_BATCH:
         return None if all(isinstance(r, str) for r in results) else "answer is not JSON texts"
-    for record, result in zip(records, results, strict=True):
-        expected = _record_id(record, id_field)
+    for i, (record, result) in enumerate(zip(records, results, strict=True)):
+        if i in batch.local:
+            continue
+        expected = answer_id(record, id_field)
+        # answer_id: None for an id JSON cannot carry (NaN), as the worker answers it
         if not isinstance(result, dict) or result.get("id") != expected:
             return f"answer does not match record id {expected!r}"
     return None
-
-
-def _record_id(record: Any, id_field: str) -> Any:
-    return record.get(id_field) if isinstance(record, dict) else None
-
-
-def chunks(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -11,6 +11,9 @@ import click
 import numpy as np
 from nearwatch.detector.io import UnreadableRecord, read_records, take_rows
 
+from .records import truncate
+from .settings import RecordLimits
+
 
 @click.command("generate")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -127,12 +130,16 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
     from nearwatch.detector.index import configure_threads
     from tqdm import tqdm
 
+    from .records import dump_result
+    from .settings import Settings
+
     configure_threads(1)
     try:
+        limits = Settings.from_env().limits
         detector = Detector.load(model_dir)
-    except ValueError as exc:
+        records = read_records(data_path, max_line_bytes=limits.max_bytes).records
+    except (ValueError, OSError) as exc:  # SettingsError, BundleError, an unreadable header
         raise click.ClickException(str(exc)) from exc
-    records = read_records(data_path).records
     if isinstance(records, np.ndarray):
         records = [{f"f{j}": float(v) for j, v in enumerate(row)} | {detector.id_field: i}
                    for i, row in enumerate(records)]
@@ -140,16 +147,35 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w") as stream, tqdm(total=len(records), unit="rec") as progress:
         for start in range(0, len(records), batch_size):
-            for result in _score_chunk(detector, records[start : start + batch_size]):
+            chunk = _screen(records[start : start + batch_size], start, detector.id_field,
+                            limits)
+            for result in _score_chunk(detector, chunk):
                 counts["records"] += 1
                 counts["anomalies"] += bool(result.get("is_anomaly"))
                 counts["errors"] += "error" in result
-                stream.write(json.dumps(result) + "\n")
+                if "error" in result:
+                    result["error"] = truncate(result["error"], limits.max_error_chars)
+                stream.write(dump_result(result) + "\n")
             progress.update(min(batch_size, len(records) - start))
     click.echo(
         f"scored {counts['records']} records: {counts['anomalies']} anomalies, "
         f"{counts['errors']} errors; results in {out_path}"
     )
+
+
+def _screen(chunk: list[Any], start: int, id_field: str, limits: RecordLimits) -> list[Any]:
+    """Records beyond the limits, or with an id JSON cannot carry, become unreadable."""
+    from .records import RecordRefused, check_record
+
+    screened = []
+    for i, record in enumerate(chunk):
+        if isinstance(record, dict):
+            try:
+                check_record(record, limits, id_field)
+            except RecordRefused as exc:
+                record = UnreadableRecord(start + i + 1, f"record {start + i + 1}: {exc}")
+        screened.append(record)
+    return screened
 
 
 def _score_chunk(detector: Any, chunk: list[Any]) -> list[dict[str, Any]]:

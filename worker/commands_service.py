@@ -63,6 +63,13 @@ def worker_command(concurrency: int, loglevel: str | None) -> None:
 @click.command("stream")
 @click.option("--data", "source", required=True,
               help="JSONL or CSV file, or - for stdin (JSONL or CSV, sniffed).")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "jsonl", "csv"]),
+              help="Input format; auto: the file extension, or for stdin CSV only when the "
+              "first line does not start with { or [ and has a comma.")
+@click.option("--linger-ms", default=None, type=click.FloatRange(min=0),
+              help="Send a partial batch once its first record waited this long (stdin; "
+              "default NEARWATCH_LINGER_MS).")
 @click.option("--batch", "batch_size", default=None, type=click.IntRange(min=1),
               help=f"Records per task (default NEARWATCH_BATCH_SIZE, {DEFAULTS.batch_size}).")
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -73,8 +80,9 @@ def worker_command(concurrency: int, loglevel: str | None) -> None:
 @click.option("--timeout", "batch_timeout", default=None, type=click.FloatRange(min=0.1),
               help="Seconds before an unanswered batch is submitted again (default "
               f"NEARWATCH_BATCH_TIMEOUT, {DEFAULTS.batch_timeout:g}).")
-def stream_command(source: str, batch_size: int | None, out_path: Path | None,
-                   max_in_flight: int | None, batch_timeout: float | None) -> None:
+def stream_command(source: str, fmt: str, linger_ms: float | None, batch_size: int | None,
+                   out_path: Path | None, max_in_flight: int | None,
+                   batch_timeout: float | None) -> None:
     """Score records through the workers: one result line per record, in input order.
 
     Records without an `id` get "#<n>" (n: 1-based position in the input). Exits 1 if any
@@ -89,16 +97,20 @@ def stream_command(source: str, batch_size: int | None, out_path: Path | None,
     settings = _settings()
     options = ClientOptions.from_settings(settings, batch_size=batch_size,
                                           max_in_flight=max_in_flight,
-                                          batch_timeout=batch_timeout)
+                                          batch_timeout=batch_timeout,
+                                          linger=None if linger_ms is None else linger_ms / 1000)
     app = create_app(settings)
     _require_broker(app)
     client = ScoringClient(app, options)
     out = out_path.open("w") if out_path else sys.stdout
     try:
         with tqdm(unit="rec", file=sys.stderr, disable=None, desc="streamed") as progress:
-            summary = stream_records(client, read_input(source), out, progress)
-    except FileNotFoundError as exc:
-        raise click.ClickException(f"--data {source}: {exc.strerror}") from exc
+            lines = read_input(source, fmt, lambda text: click.echo(text, err=True))
+            summary = stream_records(client, lines, out, progress, live=source == "-")
+    except OSError as exc:
+        raise click.ClickException(f"--data {source}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # e.g. a CSV header that is not UTF-8
+        raise click.ClickException(f"--data {source}: {exc}") from exc
     finally:
         if out_path:
             out.close()
@@ -136,7 +148,8 @@ def ingest_command(batch_size: int | None, consumer: str, claim_idle_ms: int,
     ingest = StreamIngest(
         redis.Redis.from_url(settings.redis_url), client.score_json_batches,
         IngestOptions(consumer=consumer, batch_size=batch_size, claim_idle_ms=claim_idle_ms,
-                      stop_when_idle=stop_when_idle),
+                      stop_when_idle=stop_when_idle, outage_deadline=settings.outage_deadline,
+                      limits=settings.limits),
     )
 
     def stop(*_: Any) -> None:  # finish the batches in flight, then exit
@@ -145,11 +158,41 @@ def ingest_command(batch_size: int | None, consumer: str, claim_idle_ms: int,
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     click.echo(f"ingest: consumer {ingest.consumer} reading {RECORDS_STREAM}", err=True)
-    stats = ingest.run()
+    from .flow import BrokerUnavailable
+
+    try:
+        stats = ingest.run()
+    except BrokerUnavailable as exc:
+        raise click.ClickException(f"ingest stopped: {exc}; unanswered entries stay pending "
+                                   "and are taken over by the next consumer") from exc
     click.echo(f"ingest: {stats.entries} entries read, {stats.written} results written, "
                f"{stats.unanswered} left pending (no worker answered), "
                f"{stats.claimed} claimed from stalled consumers, {stats.errors} errors",
                err=True)
+
+
+@click.command("alerts")
+@click.option("--consumer", default="", help="Consumer name (default <hostname>-<pid>).")
+@click.option("--claim-idle-ms", default=None, type=click.IntRange(min=1),
+              help="Take over events pending this long at a stalled consumer (default: "
+              "2 x NEARWATCH_ALERT_WINDOW_S + 30 s, at least 60 s).")
+@click.option("--jsonl", default=None,
+              help="Also write notifications as JSON lines to this file, - for stdout "
+              "(default NEARWATCH_ALERT_JSONL).")
+@click.option("--stop-when-idle", is_flag=True,
+              help="Deliver what is there, then exit (batch jobs, tests).")
+def alerts_command(consumer: str, claim_idle_ms: int | None, jsonl: str | None,
+                   stop_when_idle: bool) -> None:
+    """Deliver nearwatch:alerts events to the webhook / Alertmanager / JSONL sinks."""
+    from .alert_cli import run_alerts
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException("alerts needs Redis: set NEARWATCH_REDIS_URL")
+    try:
+        run_alerts(settings, consumer, claim_idle_ms, jsonl, stop_when_idle)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group("models")
@@ -234,5 +277,5 @@ def demo_command(n_stream: int) -> None:
 
 
 service_commands: list[click.Command] = [
-    worker_command, stream_command, ingest_command, models_group, demo_command,
+    worker_command, stream_command, ingest_command, alerts_command, models_group, demo_command,
 ]

@@ -10,11 +10,15 @@ entry is never acknowledged without its result.
 
 A consumer that dies leaves its entries pending; any live consumer takes them over with
 ``XAUTOCLAIM`` once they have been idle for ``claim_idle_ms``. Nothing is lost or left pending.
+
+An entry that cannot be a record (not UTF-8, beyond the size limit, no ``record`` field) is
+answered with an error and acknowledged like any other. Redis outages are retried with
+backoff for ``outage_deadline`` seconds (``BrokerUnavailable`` after that: the command
+exits 1 and the entries it had not answered stay pending for the next consumer).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -25,8 +29,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .client import UNANSWERED
-from .settings import IngestOptions
+from .client import Unanswered
+from .flow import Outage
+from .records import RecordRefused, check_text, decode_line, dump_result, truncate
+from .settings import IngestOptions, RecordLimits
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -36,7 +42,6 @@ __all__ = ["IngestOptions", "IngestStats", "StreamIngest"]
 log = logging.getLogger("nearwatch.ingest")
 
 RECORD_FIELD = "record"
-_UNANSWERED = f'"error": "{UNANSWERED}'
 
 # ARGV: group, scores maxlen, deadletter maxlen, then (entry id, result JSON, bad-entry reason)
 _WRITE_AND_ACK = """
@@ -85,13 +90,14 @@ class StreamIngest:
         self.stats = IngestStats()
         self.stop = threading.Event()
         self._write_and_ack = client.register_script(_WRITE_AND_ACK)
+        self.outage = Outage(self.options.outage_deadline)
         self._claim_cursor = "0-0"
         self._last_claim = 0.0
 
     def ensure_group(self) -> None:
         try:
-            self.redis.xgroup_create(self.options.records_stream, self.options.group, id="0",
-                                     mkstream=True)
+            self.outage.call("creating the consumer group", lambda: self.redis.xgroup_create(
+                self.options.records_stream, self.options.group, id="0", mkstream=True))
         except Exception as exc:  # BUSYGROUP: it exists already
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -119,15 +125,16 @@ class StreamIngest:
 
     # ------------------------------------------------------------------ reading
     def _read(self, block_ms: int) -> list[_Entry]:
-        raw = self._claim()
+        raw = self.outage.call("claiming entries", self._claim)
         if not raw:
             # RESP2 reply [[stream, entries]]; redis-py types it as the RESP2/RESP3 union.
-            answer: Any = self.redis.xreadgroup(
+            answer: Any = self.outage.call("reading entries", lambda: self.redis.xreadgroup(
                 self.options.group, self.consumer, {self.options.records_stream: ">"},
-                count=self.options.batch_size, block=block_ms)
+                count=self.options.batch_size, block=block_ms))
             raw = answer[0][1] if answer else []
         # A claimed entry deleted from the stream meanwhile comes back as (id, None).
-        entries = [_parse(entry_id, fields) for entry_id, fields in raw if fields is not None]
+        entries = [_parse(entry_id, fields, self.options.limits) for entry_id, fields in raw
+                   if fields is not None]
         self.stats.entries += len(entries)
         return entries
 
@@ -149,6 +156,9 @@ class StreamIngest:
         return claimed
 
     def _nothing_left(self) -> bool:
+        return bool(self.outage.call("checking for pending entries", self._idle))
+
+    def _idle(self) -> bool:
         summary = self.redis.xpending(self.options.records_stream, self.options.group)
         if summary["pending"]:
             return False
@@ -167,10 +177,10 @@ class StreamIngest:
                            self.options.deadletter_maxlen]
         for entry in entries:
             if entry.problem:
-                result = json.dumps({"id": None, "error": entry.problem})
+                result = dump_result({"id": None, "error": entry.problem})
             else:
                 result = next(answers)
-                if _UNANSWERED in result:
+                if isinstance(result, Unanswered):
                     # No worker answered: leave the entry pending; XAUTOCLAIM retries it.
                     self.stats.unanswered += 1
                     continue
@@ -178,15 +188,23 @@ class StreamIngest:
             args += [entry.entry_id, result, entry.problem]
         keys = [self.options.records_stream, self.options.scores_stream,
                 self.options.deadletter_stream]
-        self.stats.written += int(self._write_and_ack(keys=keys, args=args))
+        # Safe to repeat after a lost reply: an entry already acknowledged is not re-written.
+        self.stats.written += int(self.outage.call(
+            "writing results", lambda: self._write_and_ack(keys=keys, args=args)))
 
 
-def _parse(entry_id: Any, fields: dict[Any, Any]) -> _Entry:
+def _parse(entry_id: Any, fields: dict[Any, Any], limits: RecordLimits) -> _Entry:
     entry = _text(entry_id)
     raw = fields.get(RECORD_FIELD.encode(), fields.get(RECORD_FIELD))
     if raw is None:
         return _Entry(entry, "", f"stream entry {entry} has no {RECORD_FIELD!r} field")
-    return _Entry(entry, _text(raw), "")
+    try:
+        check_text(raw, limits)  # before decoding: a 10 MB entry is not copied again
+        record = decode_line(raw) if isinstance(raw, bytes) else str(raw)
+    except RecordRefused as exc:
+        return _Entry(entry, "", truncate(f"stream entry {entry}: {exc}",
+                                          limits.max_error_chars))
+    return _Entry(entry, record, "")
 
 
 def _text(value: Any) -> str:

@@ -16,10 +16,13 @@ endpoint that merges them. One endpoint per node, never one per child: children 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,16 +32,45 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client import values as prom_values
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 
 if TYPE_CHECKING:
     from nearwatch.detector import Detector
 
-ERROR_REASONS = ("not_an_object", "invalid_field", "invalid_json", "scoring_failed")
+ERROR_REASONS = ("not_an_object", "invalid_field", "invalid_json", "scoring_failed",
+                 "too_large", "invalid_id")
 # Scores are distances in embedding space; a wide exponential range covers every model.
 SCORE_BUCKETS = tuple(round(0.01 * 2**i, 4) for i in range(18))
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PID_FILE = re.compile(r"_(\d+)\.db$")
 _active_dir: Path | None = None  # set by prepare_multiprocess_dir; inherited by pool children
+log = logging.getLogger("nearwatch.worker")
+
+
+class _AllocatedMmapedDict(MmapedDict):
+    """prometheus_client's sample file with its disk blocks allocated before they are mapped.
+
+    The library grows a file with ``truncate`` (a sparse file) and maps it: on a full
+    filesystem the first write to a new page is a ``SIGBUS`` that kills the process. Here
+    the blocks are reserved first (``posix_fallocate``), so a full disk is an ``OSError`` at
+    metric creation, which ``ServiceMetrics`` logs and counts while scoring goes on.
+    """
+
+    def __init__(self, filename: str, read_mode: bool = False) -> None:
+        if not read_mode:
+            with open(filename, "a+b") as stream:
+                size = max(os.fstat(stream.fileno()).st_size, 1 << 16)
+                os.posix_fallocate(stream.fileno(), 0, size)
+        super().__init__(filename, read_mode)
+
+    def _init_value(self, key: str) -> None:
+        needed = self._used + len(key.encode("utf-8")) + 40
+        capacity = self._capacity
+        while needed > capacity:
+            capacity *= 2
+        if capacity != self._capacity:
+            os.posix_fallocate(self._f.fileno(), 0, capacity)
+        super()._init_value(key)
 
 
 def active_multiprocess_dir() -> Path | None:
@@ -59,6 +91,7 @@ def prepare_multiprocess_dir(directory: Path | None) -> Path:
     # prometheus_client reads this variable when it opens its per-process files; setting it
     # here (not reading it) keeps worker/settings.py the only reader of configuration.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    prom_values.MmapedDict = _AllocatedMmapedDict  # type: ignore[misc]
     prom_values.ValueClass = prom_values.MultiProcessValue()
     _active_dir = path
     return path
@@ -126,6 +159,19 @@ class ServiceMetrics:
             ["outcome"], registry=r)
         self.dead_letters = Counter(
             "nearwatch_dead_letters", "Records written to the dead-letter stream", registry=r)
+        self.write_errors = Counter(
+            "nearwatch_metrics_write_errors", "Metric updates lost (e.g. the metrics "
+            "directory is full); scoring goes on", registry=r)
+        self.lost_updates = 0  # the same, kept in memory when even the counter cannot write
+        self._logged_at = 0.0
+        self.alert_events = Counter(
+            "nearwatch_alert_events", "Alert events written to nearwatch:alerts", registry=r)
+        self.alert_write_failures = Counter(
+            "nearwatch_alert_write_failures",
+            "Scored batches whose alert events could not be written", registry=r)
+        # Every reason exists from the start (at 0): rules and dashboards see the series.
+        for reason in ERROR_REASONS:
+            self.record_errors.labels(reason)
         # Live gauges: a dead child's values vanish at the next scrape; "mostrecent" picks
         # the value written last, i.e. the model loaded last.
         self.threshold = Gauge(
@@ -160,7 +206,28 @@ class ServiceMetrics:
             ["version", "model_hash"], multiprocess_mode="livemax", registry=r)
         self._info_labels: tuple[str, str] | None = None
 
+    def degraded(self, exc: BaseException) -> None:
+        """A metric update failed: count it, log it (at most once a minute), go on."""
+        self.lost_updates += 1
+        with contextlib.suppress(Exception):  # the in-memory count above is what is left
+            self.write_errors.inc()
+        now = time.monotonic()
+        if now - self._logged_at > 60:
+            self._logged_at = now
+            log.error("metrics degraded (%d updates lost so far): %s", self.lost_updates, exc)
+
+    def model_refused(self) -> None:
+        with self._guard():
+            self.model_reloads.labels("refused").inc()
+
+    def _guard(self) -> _Guard:
+        return _Guard(self)
+
     def model_loaded(self, version: str, detector: Detector) -> None:
+        with self._guard():
+            self._model_loaded(version, detector)
+
+    def _model_loaded(self, version: str, detector: Detector) -> None:
         self.model_reloads.labels("loaded").inc()
         self.threshold.set(_number(detector.threshold_))
         self.fpr_bound.set(_number(detector.fpr_bound_))
@@ -179,6 +246,11 @@ class ServiceMetrics:
 
     def batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float
                      ) -> None:
+        with self._guard():
+            self._batch_scored(results, reasons, seconds)
+
+    def _batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float
+                      ) -> None:
         self.batches.inc()
         self.batch_duration.observe(seconds)
         scored = [r["score"] for r in results if "score" in r]
@@ -190,6 +262,32 @@ class ServiceMetrics:
             observe_many(self.score, scored)
         for reason in reasons:
             self.record_errors.labels(reason).inc()
+
+
+class _Guard:
+    """``with metrics._guard():`` a failing metric update degrades, never raises."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 _tb: Any) -> bool:
+        if exc is not None and isinstance(exc, Exception):
+            self._metrics.degraded(exc)
+            return True
+        return False
+
+
+def create_service_metrics() -> ServiceMetrics | None:
+    """``ServiceMetrics()``, or None (logged) when its sample file cannot be created."""
+    try:
+        return ServiceMetrics()
+    except OSError as exc:
+        log.error("metrics disabled in this process: %s (scoring goes on)", exc)
+        return None
 
 
 def observe_many(histogram: Histogram, values: list[float]) -> None:

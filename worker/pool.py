@@ -58,13 +58,20 @@ def build_runtime(app: Celery) -> BatchScorer:
         holder = ModelHolder(ModelRegistry(settings.model_dir), settings.reload_interval, metrics)
         holder.load_initial()
         dead_letters: DeadLetters
+        alerts = None
         if settings.redis_url:
             import redis
 
-            dead_letters = RedisDeadLetters(redis.Redis.from_url(settings.redis_url))
+            from .alerts import RedisAlertWriter
+
+            client = redis.Redis.from_url(settings.redis_url)
+            dead_letters = RedisDeadLetters(client)
+            if settings.alerts.enabled:
+                alerts = RedisAlertWriter(client, settings.alerts.maxlen,
+                                          settings.alerts.explain_max, metrics)
         else:
             dead_letters = LoggedDeadLetters()
-        scorer = BatchScorer(holder, dead_letters, metrics)
+        scorer = BatchScorer(holder, dead_letters, metrics, alerts, settings.limits)
         setattr(app, _SCORER_ATTRIBUTE, scorer)
         return scorer
 
@@ -72,8 +79,8 @@ def build_runtime(app: Celery) -> BatchScorer:
 def process_metrics() -> ServiceMetrics | None:
     """This process's ``ServiceMetrics``, or None when multiprocess metrics are not enabled."""
     global _metrics
-    from .metrics import ServiceMetrics, active_multiprocess_dir
+    from .metrics import active_multiprocess_dir, create_service_metrics
 
     if _metrics is None and active_multiprocess_dir() is not None:
-        _metrics = ServiceMetrics()
+        _metrics = create_service_metrics()  # None (logged) if its files cannot be created
     return _metrics

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +30,72 @@ T = TypeVar("T")
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """Per-record limits, enforced by producers and workers (docs/SERVICE.md, "Limits")."""
+
+    max_bytes: int = 1_048_576  # one record's JSON text, in UTF-8 bytes (checked unparsed)
+    max_fields: int = 1_000  # top-level fields of one record
+    max_depth: int = 16  # nesting of lists/objects inside a record
+    max_error_chars: int = 1_000  # error texts in answers and dead letters are cut to this
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Alert events (written by the workers) and their delivery (``nearwatch alerts``)."""
+
+    # Workers write one event per flagged record to nearwatch:alerts (NEARWATCH_ALERTS=0: off).
+    enabled: bool = True
+    maxlen: int = 100_000  # approximate length cap of nearwatch:alerts
+    # explain() costs ~7x the scoring of a record: at most this many per batch are explained.
+    explain_max: int = 20
+    webhook_url: str | None = None
+    alertmanager_url: str | None = None
+    jsonl: str | None = None  # "-": stdout, else a file path; None: no JSONL sink
+    # Events with the same key (these record fields + the model version) within this many
+    # seconds become one notification with a count.
+    window_s: float = 60.0
+    key: tuple[str, ...] = ("service",)
+    rate_limit: float = 30.0  # notifications per minute per sink (0: unlimited)
+    timeout_s: float = 5.0  # per HTTP attempt
+    retries: int = 4  # after the first attempt; exponential backoff with jitter in between
+    backoff_s: float = 0.5  # first retry delay (doubles per retry, capped at 30 s)
+    severity: str = "warning"  # Alertmanager label
+    # Alertmanager's endsAt = the last event + this: a key that stops firing resolves.
+    resolve_s: float = 300.0
+    metrics_port: int = 9809  # /metrics of `nearwatch alerts`
+
+    def validate(self) -> None:
+        positive = {"ALERT_MAXLEN": self.maxlen, "ALERT_WINDOW_S": self.window_s,
+                    "ALERT_TIMEOUT_S": self.timeout_s, "ALERT_RESOLVE_S": self.resolve_s}
+        for name, value in positive.items():
+            if value <= 0:
+                raise SettingsError(f"NEARWATCH_{name} must be positive")
+        non_negative = {"ALERT_EXPLAIN_MAX": self.explain_max, "ALERT_RETRIES": self.retries,
+                        "ALERT_RATE_LIMIT": self.rate_limit, "ALERT_BACKOFF_S": self.backoff_s}
+        for name, value in non_negative.items():
+            if value < 0:
+                raise SettingsError(f"NEARWATCH_{name} must not be negative")
+        for name, url in (("ALERT_WEBHOOK_URL", self.webhook_url),
+                          ("ALERTMANAGER_URL", self.alertmanager_url)):
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise SettingsError(f"NEARWATCH_{name}={url!r}: not an http(s) URL")
+        if not 0 <= self.metrics_port <= 65535:
+            raise SettingsError("NEARWATCH_ALERT_METRICS_PORT must be in 0..65535")
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 @dataclass(frozen=True)
@@ -60,12 +126,20 @@ class Settings:
     # A batch with no answer after this long is submitted again (the client dedupes).
     batch_timeout: float = 60.0
     max_attempts: int = 3
+    # A producer sends a partial batch once its first record has waited this long.
+    linger_ms: float = 5.0
+    # Producers and `ingest` retry Redis/broker operations (backoff) for this many seconds
+    # of an outage, then answer what they could not deliver (or exit, entries kept pending).
+    outage_deadline: float = 120.0
+    limits: RecordLimits = field(default_factory=RecordLimits)
     log_level: str = "INFO"
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         default = cls()  # unset variables keep the dataclass defaults above
+        alert = default.alerts
 
         def get(name: str, parse: Callable[[str], T], fallback: T) -> T:
             raw = env.get(f"NEARWATCH_{name}")
@@ -99,7 +173,33 @@ class Settings:
             max_in_flight=get("MAX_IN_FLIGHT", int, default.max_in_flight),
             batch_timeout=get("BATCH_TIMEOUT", float, default.batch_timeout),
             max_attempts=get("MAX_ATTEMPTS", int, default.max_attempts),
+            linger_ms=get("LINGER_MS", float, default.linger_ms),
+            outage_deadline=get("OUTAGE_DEADLINE", float, default.outage_deadline),
+            limits=RecordLimits(
+                max_bytes=get("RECORD_MAX_BYTES", int, default.limits.max_bytes),
+                max_fields=get("RECORD_MAX_FIELDS", int, default.limits.max_fields),
+                max_depth=get("RECORD_MAX_DEPTH", int, default.limits.max_depth),
+                max_error_chars=get("ERROR_MAX_CHARS", int, default.limits.max_error_chars),
+            ),
             log_level=get("LOG_LEVEL", str, default.log_level).upper(),
+            alerts=AlertSettings(
+                enabled=get("ALERTS", _flag, alert.enabled),
+                maxlen=get("ALERT_MAXLEN", int, alert.maxlen),
+                explain_max=get("ALERT_EXPLAIN_MAX", int, alert.explain_max),
+                webhook_url=get("ALERT_WEBHOOK_URL", str, alert.webhook_url or "") or None,
+                alertmanager_url=get("ALERTMANAGER_URL", str,
+                                     alert.alertmanager_url or "") or None,
+                jsonl=get("ALERT_JSONL", str, alert.jsonl or "") or None,
+                window_s=get("ALERT_WINDOW_S", float, alert.window_s),
+                key=get("ALERT_KEY", _names, alert.key),
+                rate_limit=get("ALERT_RATE_LIMIT", float, alert.rate_limit),
+                timeout_s=get("ALERT_TIMEOUT_S", float, alert.timeout_s),
+                retries=get("ALERT_RETRIES", int, alert.retries),
+                backoff_s=get("ALERT_BACKOFF_S", float, alert.backoff_s),
+                severity=get("ALERT_SEVERITY", str, alert.severity),
+                resolve_s=get("ALERT_RESOLVE_S", float, alert.resolve_s),
+                metrics_port=get("ALERT_METRICS_PORT", int, alert.metrics_port),
+            ),
         )
         settings.validate()
         return settings
@@ -113,12 +213,20 @@ class Settings:
             "MAX_IN_FLIGHT": self.max_in_flight,
             "BATCH_TIMEOUT": self.batch_timeout,
             "MAX_ATTEMPTS": self.max_attempts,
+            "OUTAGE_DEADLINE": self.outage_deadline,
+            "RECORD_MAX_BYTES": self.limits.max_bytes,
+            "RECORD_MAX_FIELDS": self.limits.max_fields,
+            "RECORD_MAX_DEPTH": self.limits.max_depth,
+            "ERROR_MAX_CHARS": self.limits.max_error_chars,
         }
+        if self.linger_ms < 0:
+            raise SettingsError("NEARWATCH_LINGER_MS must not be negative")
         for name, value in positive.items():
             if value <= 0:
                 raise SettingsError(f"NEARWATCH_{name} must be positive")
         if not 0 <= self.metrics_port <= 65535:  # 0: pick a free port
             raise SettingsError("NEARWATCH_METRICS_PORT must be in 0..65535")
+        self.alerts.validate()
         if self.result_backend is None:
             raise SettingsError(
                 "no result backend: set NEARWATCH_RESULT_BACKEND or NEARWATCH_REDIS_URL "
@@ -142,6 +250,9 @@ class ClientOptions:
     poll_interval: float = 0.2
     # The record field the model reads ids from; answers are checked against it.
     id_field: str = "id"
+    linger: float = DEFAULTS.linger_ms / 1000  # seconds before a partial batch is sent
+    outage_deadline: float = DEFAULTS.outage_deadline
+    limits: RecordLimits = DEFAULTS.limits
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ClientOptions:
@@ -149,6 +260,8 @@ class ClientOptions:
         values: dict[str, Any] = {
             "batch_size": settings.batch_size, "max_in_flight": settings.max_in_flight,
             "batch_timeout": settings.batch_timeout, "max_attempts": settings.max_attempts,
+            "linger": settings.linger_ms / 1000, "outage_deadline": settings.outage_deadline,
+            "limits": settings.limits,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -169,3 +282,5 @@ class IngestOptions:
     scores_maxlen: int = 1_000_000
     deadletter_maxlen: int = DEADLETTER_MAXLEN
     stop_when_idle: bool = False  # exit once nothing is new, pending or claimable (tests, jobs)
+    outage_deadline: float = DEFAULTS.outage_deadline  # s of Redis outage ridden out
+    limits: RecordLimits = DEFAULTS.limits

@@ -2,8 +2,11 @@
 
 Ids: a record without an ``id`` gets ``"#<n>"``, ``n`` its 1-based position in the input
 (blank lines are skipped, not counted), so every output line can be traced back to its input
-record. Lines that are not JSON objects are answered in place with an error naming the
-position; nothing is dropped.
+record. Lines that are not JSON objects (or not UTF-8, beyond the size limit, a CSV row
+with the wrong number of cells) are answered in place with an error naming the position;
+nothing is dropped. The format is ``--format`` or, for ``auto``, the file extension; stdin
+is CSV only when its first line (BOM and whitespace ignored) does not start with ``{`` or
+``[`` and has a comma, and the choice is reported on stderr.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
-from nearwatch.detector.io import iter_csv
+from nearwatch.detector.io import UnreadableRecord, iter_csv
 
 from .client import ScoringClient, chunks
+from .flow import linger_chunks
+from .records import INVALID_JSON, RecordRefused, decode_line
+
+FORMATS = ("auto", "jsonl", "csv")
 
 
 @dataclass
@@ -39,45 +46,75 @@ class StreamSummary:
                 f"{self.throughput:,.0f} records/s")
 
 
-def read_input(source: str) -> Iterator[str]:
-    """One JSON text per record, in input order (JSONL lines as they are; CSV rows encoded).
+def read_input(source: str, fmt: str = "auto", notice: Any = None
+               ) -> Iterator[str | RecordRefused]:
+    """One JSON text per record, in input order (JSONL lines as they are; CSV rows encoded),
+    or a ``RecordRefused`` for an input record that cannot be sent (answered in place).
 
     JSONL lines are not parsed here: the workers parse them (in parallel) and answer a line
     that is not a JSON object with an error naming its position.
     """
-    stream: TextIO
-    if source == "-":
-        stream = sys.stdin
-        first = stream.read(1)
-        kind = "jsonl" if first in ("{", "[", "\n", " ", "") else "csv"
-        lines: Iterable[str] = _prepend(first, stream)
-    else:
-        path = Path(source)
-        kind = "csv" if path.suffix.lower() == ".csv" else "jsonl"
-        stream = path.open(newline="")
-        lines = stream
+    stream: IO[bytes] = sys.stdin.buffer if source == "-" \
+        else Path(source).open("rb")  # noqa: SIM115 - closed below
     try:
-        if kind == "csv":
-            for row in iter_csv(_LineStream(lines)):  # type: ignore[arg-type]
-                yield json.dumps(row)
+        lines: Iterator[bytes] = iter(stream)
+        if fmt == "auto" and source != "-":
+            fmt = "csv" if Path(source).suffix.lower() == ".csv" else "jsonl"
+        elif fmt == "auto":
+            head = [line for line in _until_content(lines)]
+            first = head[-1].lstrip(b"\xef\xbb\xbf").strip() if head else b""
+            fmt = "jsonl" if first[:1] in (b"{", b"[", b"") or b"," not in first else "csv"
+            if notice is not None:
+                notice(f"stdin read as {fmt.upper()} (sniffed; --format sets it)")
+            lines = _chain(head, lines)
+        if fmt == "csv":
+            text = (line.decode("utf-8", "surrogateescape") for line in lines)
+            for row in iter_csv(text):
+                if isinstance(row, UnreadableRecord):
+                    yield RecordRefused(INVALID_JSON, row.reason)
+                else:
+                    yield json.dumps(row)
         else:
-            for line in lines:
+            for raw in lines:
+                try:
+                    line = decode_line(raw)
+                except RecordRefused as exc:
+                    yield exc
+                    continue
                 if line.strip():
                     yield line.rstrip("\r\n")
     finally:
-        if stream is not sys.stdin:
+        if source != "-":
             stream.close()
 
 
-def stream_records(client: ScoringClient, lines: Iterable[str], out: TextIO,
-                   progress: Any = None) -> StreamSummary:
-    """Send JSON texts in batches, write one JSON result line per record, in order."""
+def _until_content(lines: Iterator[bytes]) -> Iterator[bytes]:
+    for line in lines:
+        yield line
+        if line.strip().lstrip(b"\xef\xbb\xbf"):
+            return
+
+
+def _chain(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from head
+    yield from rest
+
+
+def stream_records(client: ScoringClient, lines: Iterable[str | RecordRefused], out: TextIO,
+                   progress: Any = None, live: bool = False) -> StreamSummary:
+    """Send JSON texts in batches, write one JSON result line per record, in order.
+
+    ``live`` (stdin, a pipe): a partial batch goes out after ``client.options.linger`` s,
+    and every answered batch is flushed at once."""
     summary = StreamSummary()
     started = time.perf_counter()
 
-    def batches() -> Iterator[tuple[list[str], int]]:
+    size = client.options.batch_size
+    source = linger_chunks(lines, size, client.options.linger) if live else chunks(lines, size)
+
+    def batches() -> Iterator[tuple[list[Any], int]]:
         position = 1
-        for chunk in chunks(lines, client.options.batch_size):
+        for chunk in source:
             yield chunk, position
             position += len(chunk)
 
@@ -89,6 +126,8 @@ def stream_records(client: ScoringClient, lines: Iterable[str], out: TextIO,
             summary.anomalies += _ANOMALY in result or _ANOMALY_SPACED in result
             summary.errors += _ERROR in result
             out.write(result + "\n")
+        if live:
+            out.flush()
         if progress is not None:
             progress.update(len(results))
     summary.unanswered = client.stats.unanswered
@@ -100,20 +139,3 @@ def stream_records(client: ScoringClient, lines: Iterable[str], out: TextIO,
 _ANOMALY = '"is_anomaly":true'
 _ANOMALY_SPACED = '"is_anomaly": true'
 _ERROR = '"error":'
-
-
-class _LineStream:
-    """Adapts an iterable of lines to what csv/JSONL readers iterate over."""
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        self._lines = iter(lines)
-
-    def __iter__(self) -> Iterator[str]:
-        return self._lines
-
-
-def _prepend(first: str, stream: TextIO) -> Iterator[str]:
-    head = first + stream.readline() if first else ""
-    if head:
-        yield head
-    yield from stream

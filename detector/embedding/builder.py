@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from .frozen import FrozenMLPEmbedder
 from .identity import STATE_VERSION, Embedder, IdentityEmbedder
 
 
@@ -27,6 +30,11 @@ def build_embedder(state: dict[str, Any], tensors: dict[str, Any]) -> Embedder:
         return IdentityEmbedder()
     if kind != "metric_mlp":
         raise ValueError(f"unknown embedder kind {kind!r}")
-    from .encoder import build_metric_embedder  # torch: only for learned encoders
+    # numpy inference: loading and serving a learned encoder needs no torch
+    arrays = {name: np.asarray(_as_numpy(value)) for name, value in tensors.items()}
+    return FrozenMLPEmbedder(state, arrays)
 
-    return build_metric_embedder(state, tensors)
+
+def _as_numpy(value: Any) -> Any:
+    """torch tensors (older bundles' encoder.pt) to numpy; arrays pass through."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .builder import build_embedder
+from .frozen import FrozenMLPEmbedder
 from .identity import STATE_VERSION, Embedder, IdentityEmbedder
 
 __all__ = ["STATE_VERSION", "Embedder", "IdentityEmbedder", "MLPEncoder", "MetricEmbedder",
@@ -147,6 +148,14 @@ class MetricEmbedder:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: t.detach().clone() for name, t in self.encoder.state_dict().items()}
+
+    def features_from_embedding(self, vectors: np.ndarray) -> np.ndarray | None:
+        return self.freeze().features_from_embedding(vectors)
+
+    def freeze(self) -> FrozenMLPEmbedder:
+        """The same function in numpy, for fitting's last steps and serving (no torch)."""
+        arrays = {name: tensor.numpy() for name, tensor in self.tensors().items()}
+        return FrozenMLPEmbedder(self.to_state(), arrays)
 
 
 def build_metric_embedder(state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Embedder:

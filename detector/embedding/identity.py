@@ -23,7 +23,8 @@ class Embedder(Protocol):
 
     def embed(self, features: np.ndarray) -> np.ndarray: ...
     def to_state(self) -> dict[str, Any]: ...
-    def tensors(self) -> dict[str, Any]: ...  # name → torch.Tensor; empty without weights
+    def tensors(self) -> dict[str, Any]: ...  # name → array; empty without weights
+    def features_from_embedding(self, vectors: np.ndarray) -> np.ndarray | None: ...
 
 
 class IdentityEmbedder:
@@ -37,3 +38,7 @@ class IdentityEmbedder:
 
     def tensors(self) -> dict[str, Any]:
         return {}
+
+    def features_from_embedding(self, vectors: np.ndarray) -> np.ndarray | None:
+        """The feature rows whose embedding is ``vectors`` (explanations read them back)."""
+        return np.asarray(vectors, dtype=np.float32)

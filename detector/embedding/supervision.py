@@ -110,7 +110,7 @@ def build_embedder_for_fit(
     from .training import TrainingConfig, train_embedder
 
     config = training if training is not None else TrainingConfig(seed=seed)
-    return train_embedder(
+    trained = train_embedder(
         features,
         config=config,
         labels=supervision.labels,
@@ -122,3 +122,6 @@ def build_embedder_for_fit(
         invariant_fields=invariant_fields,
         progress=progress,
     )
+    # From here on (references, calibration, serving) the numpy copy embeds: one function
+    # for fitting and for every loaded bundle, and no torch in the serving processes.
+    return trained.freeze()

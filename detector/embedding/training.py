@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .encoder import MetricEmbedder, MLPEncoder
 from .objectives import Objective, Supervision
+from .runtime import apply_torch_threads
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def train_embedder(
     """
     data = _supervision(features, labels, pairs, triplets, anomalies)
     mode = data.mode(config.mode)
+    apply_torch_threads()  # configure_threads may have run before torch was imported
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # weight initialisation
     encoder = MLPEncoder(

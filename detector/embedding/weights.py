@@ -1,11 +1,35 @@
-"""Encoder weights ↔ bytes, with ``torch.load(weights_only=True)``: no pickle code paths."""
+"""Encoder weights ↔ bytes: numpy ``.npz`` (no pickle: ``allow_pickle=False``), read by any
+process without torch. ``tensors_from_bytes`` reads older bundles' ``encoder.pt`` with
+``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
 
 import io
+import zipfile
 from typing import Any
 
+import numpy as np
+
 from ..errors import BundleError
+
+
+def arrays_to_bytes(arrays: dict[str, Any]) -> bytes:
+    """Named float arrays as an uncompressed ``.npz``."""
+    buffer = io.BytesIO()
+    named: dict[str, Any] = {name: np.asarray(value) for name, value in arrays.items()}
+    np.savez(buffer, **named)
+    return buffer.getvalue()
+
+
+def arrays_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise BundleError(f"encoder weights could not be read: {exc}") from exc
+    if any(array.dtype.kind != "f" for array in arrays.values()):
+        raise BundleError("encoder weights are not all float arrays")
+    return arrays
 
 
 def tensors_to_bytes(tensors: dict[str, Any]) -> bytes:

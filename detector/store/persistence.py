@@ -4,7 +4,7 @@
 Nothing lists the scalar fitted attributes: every public attribute ending in ``_`` that is not
 one of the components below goes into the manifest's ``"fitted"`` object, and one that JSON
 cannot carry unchanged makes saving fail instead of being dropped. The components travel as
-files of the bundle layout (format 2): ``encoder.pt`` (learned encoders only; an identity
+files of the bundle layout (format 2): ``encoder.npz`` (learned encoders only; an identity
 embedder has no weights, so neither torch nor that file is needed), ``index.faiss`` (+
 ``index_1.faiss`` ...), ``reference_counts.npy``, ``calibration.npy``,
 ``reference_features.npy`` and ``reference_ids.json``.
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..calibration import ConformalCalibrator
-from ..embedding.builder import build_embedder
-from ..embedding.weights import tensors_from_bytes, tensors_to_bytes
+from ..embedding.builder import _as_numpy, build_embedder
+from ..embedding.weights import arrays_from_bytes, arrays_to_bytes, tensors_from_bytes
 from ..errors import BundleError, SchemaMismatchError
 from ..features.schema import FeatureEncoder
 from ..index import ReferenceIndex
@@ -38,14 +38,15 @@ from .bundle import (
 if TYPE_CHECKING:
     from ..detector import Detector
 
-ENCODER_FILE = "encoder.pt"
+ENCODER_FILE = "encoder.npz"  # numpy weights; bundles written before: encoder.pt (torch)
+LEGACY_ENCODER_FILE = "encoder.pt"
 INDEX_FILE = "index.faiss"  # part 0 (the calibrated index); part i > 0: index_{i}.faiss
 REFERENCE_COUNTS_FILE = "reference_counts.npy"
 CALIBRATION_FILE = "calibration.npy"
 REFERENCE_FEATURES_FILE = "reference_features.npy"
 REFERENCE_IDS_FILE = "reference_ids.json"  # any JSON ids; integer ids: reference_ids.npy
 REFERENCE_INT_IDS_FILE = "reference_ids.npy"
-REQUIRED_FILES = (INDEX_FILE, CALIBRATION_FILE, REFERENCE_FEATURES_FILE, REFERENCE_COUNTS_FILE)
+REQUIRED_FILES = (INDEX_FILE, CALIBRATION_FILE, REFERENCE_COUNTS_FILE)
 # Fitted attributes that are objects or arrays, each saved by its own to_state / file above.
 COMPONENTS = frozenset({"feature_encoder_", "embedder_", "reference_index_", "calibrator_",
                         "reference_features_", "reference_ids_"})
@@ -92,24 +93,25 @@ def detector_state(detector: Detector) -> tuple[dict[str, Any], dict[str, bytes]
         "references": references.to_state(),
         "calibration": detector.calibrator_.to_state(),
         "fitted": fitted,
-        "data_fingerprint": fingerprint(detector.reference_features_),
+        "data_fingerprint": detector.model_version_ if detector.reference_features_ is None
+        else fingerprint(detector.reference_features_),
     }
     files = {
         REFERENCE_COUNTS_FILE: array_to_bytes(references.counts_),
         CALIBRATION_FILE: array_to_bytes(detector.calibrator_.calibration_scores_),
-        # float16: explanations need the typical value of a field, not 7 digits of it; half the
-        # bytes on disk and in the page cache that every worker process maps.
-        REFERENCE_FEATURES_FILE: array_to_bytes(
-            np.asarray(detector.reference_features_, dtype=np.float16)),
     }
+    if detector.reference_features_ is not None:  # else read back from the index vectors
+        files[REFERENCE_FEATURES_FILE] = array_to_bytes(
+            np.asarray(detector.reference_features_, dtype=np.float16))
     ids = detector.reference_ids_
     if isinstance(ids, np.ndarray):
         files[REFERENCE_INT_IDS_FILE] = array_to_bytes(ids)
     else:
         files[REFERENCE_IDS_FILE] = json.dumps(ids).encode()
     tensors = embedder.tensors()
-    if tensors:  # the identity embedder has none: no encoder.pt, no torch
-        files[ENCODER_FILE] = tensors_to_bytes(tensors)
+    if tensors:  # the identity embedder has none: no encoder weights file
+        files[ENCODER_FILE] = arrays_to_bytes(
+            {name: np.asarray(_as_numpy(value)) for name, value in tensors.items()})
     for part, index in enumerate(references.parts_):
         files[index_file(part)] = index.to_bytes()
     return manifest, files
@@ -158,9 +160,12 @@ def _restore(
     embedder_state = manifest["embedder"]
     tensors: dict[str, Any] = {}
     if embedder_state.get("kind") != "identity":  # older identity bundles: encoder.pt ignored
-        if ENCODER_FILE not in files:
+        if ENCODER_FILE in files:
+            tensors = dict(arrays_from_bytes(files[ENCODER_FILE]))
+        elif LEGACY_ENCODER_FILE in files:  # torch.load(weights_only=True), torch needed
+            tensors = tensors_from_bytes(files[LEGACY_ENCODER_FILE])
+        else:
             raise BundleError(f"bundle lacks {ENCODER_FILE}, which its learned encoder needs")
-        tensors = tensors_from_bytes(files[ENCODER_FILE])
     detector.embedder_ = build_embedder(embedder_state, tensors)
     references = manifest["references"]
     n_parts = len(references["parts"])
@@ -173,7 +178,8 @@ def _restore(
     detector.calibrator_ = ConformalCalibrator.from_state(
         manifest["calibration"], array_from_bytes(files[CALIBRATION_FILE])
     )
-    detector.reference_features_ = _mapped_array(files, REFERENCE_FEATURES_FILE)
+    detector.reference_features_ = (_mapped_array(files, REFERENCE_FEATURES_FILE)
+                                    if REFERENCE_FEATURES_FILE in files else None)
     if REFERENCE_INT_IDS_FILE in files:
         detector.reference_ids_ = _mapped_array(files, REFERENCE_INT_IDS_FILE)
     elif REFERENCE_IDS_FILE in files:
@@ -210,8 +216,11 @@ def _mapped_array(files: Mapping[str, bytes], name: str) -> np.ndarray:
 
 def _check_consistent(detector: Detector) -> None:
     references, calibrator = detector.reference_index_, detector.calibrator_
+    features = detector.reference_features_
     if (len(detector.reference_ids_) != references.n_unique_
-            or len(detector.reference_features_) != references.n_unique_
+            or (features is not None and len(features) != references.n_unique_)
+            or (features is None and detector.embedder_.features_from_embedding(
+                references.reconstruct(np.zeros(1, dtype=np.int64))) is None)
             or detector.n_reference_ != references.n_records_):
         raise BundleError("reference ids, features and counts do not match the index")
     found = (detector.threshold_, detector.fpr_bound_, detector.certified_)

@@ -117,12 +117,14 @@ class ModelRegistry:
         source = Path(bundle_dir)
         if not source.is_dir():
             raise BundleError(f"{source} is not a bundle directory")
+        _refuse_links(source)  # before anything reads a file through a link or a device
         Detector.load(source)  # raises BundleError: a bad bundle never enters the registry
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".adding-", dir=self.root))
         try:
             copied = staging / "bundle"
-            shutil.copytree(source, copied)
+            shutil.copytree(source, copied, symlinks=True)  # a link swapped in is not followed
+            _refuse_links(copied)
             Detector.load(copied)  # the copy, too: catches a bundle changed while copying
             version = self._rename_into_place(copied)
         finally:
@@ -163,3 +165,13 @@ class ModelRegistry:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _refuse_links(root: Path) -> None:
+    """A bundle holds regular files and directories only: a symlink could copy private data
+    into the registry, a device (``/dev/zero``) could fill the disk."""
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            raise BundleError(f"{path} is a symbolic link: a bundle holds regular files only")
+        if not (path.is_file() or path.is_dir()):
+            raise BundleError(f"{path} is not a regular file: a bundle holds regular files only")

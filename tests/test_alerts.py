@@ -1,0 +1,280 @@
+"""Alert events (worker side) and their delivery (`nearwatch alerts`), against a real Redis."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nearwatch.worker.alert_consumer import AlertConsumer
+from nearwatch.worker.alert_sinks import (
+    AlertmanagerSink,
+    DeliveryError,
+    RateLimiter,
+    Retry,
+    WebhookSink,
+    alertmanager_alert,
+)
+from nearwatch.worker.alerts import (
+    ALERTS_DEAD_STREAM,
+    ALERTS_GROUP,
+    ALERTS_STREAM,
+    RedisAlertWriter,
+    build_events,
+)
+from nearwatch.worker.settings import AlertSettings, Settings, SettingsError
+
+from tests.service_fixtures import stream_records_for_test
+
+ALERT_DB = "redis://127.0.0.1:6379/12"  # not the service tests' DB 11: their workers emit too
+
+
+@pytest.fixture()
+def alert_redis() -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(ALERT_DB)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379 (make services)")
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture(scope="module")
+def scored(bundles: tuple[Path, Path]) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    from nearwatch.detector import Detector
+
+    detector = Detector.load(bundles[0])
+    records = stream_records_for_test(800, seed=7, prefix="a")
+    results = detector.score_records(records, 3)
+    assert sum(r["is_anomaly"] for r in results) >= 5
+    return detector, records, results
+
+
+class FakeCounter:
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.alert_events, self.alert_write_failures = FakeCounter(), FakeCounter()
+
+
+def test_events_for_flagged_records_only_with_explanations_capped(scored: Any) -> None:
+    detector, records, results = scored
+    flagged = [r for r in results if r["is_anomaly"]]
+    events = build_events(detector, "v0001", records, results, explain_max=3, now=100.0)
+    assert [e["id"] for e in events] == [r["id"] for r in flagged]
+    first = events[0]
+    assert first["threshold"] == detector.threshold_ and first["fpr_bound"] == detector.fpr_bound_
+    assert first["certified"] is True and first["model_version"] == "v0001"
+    assert first["score"] > first["threshold"] and len(first["neighbours"]) == 3
+    assert first["record"]["id"] == first["id"] and "service" in first["record"]
+    assert len(first["fields"]) == 3 and {"field", "deviation"} <= set(first["fields"][0])
+    assert all(e["fields"] for e in events[:3]) and all(e["fields"] is None for e in events[3:])
+    again = build_events(detector, "v0001", records, results, explain_max=0)
+    assert [e["event_id"] for e in again] == [e["event_id"] for e in events]  # stable id
+    other = build_events(detector, "v0002", records, results, explain_max=0)
+    assert other[0]["event_id"] != events[0]["event_id"]
+
+
+def test_writer_one_entry_per_flagged_record_and_failure_never_raises(
+        scored: Any, alert_redis: Any) -> None:
+    import redis
+
+    detector, records, results = scored
+    metrics = FakeMetrics()
+    writer = RedisAlertWriter(alert_redis, maxlen=1000, explain_max=20, metrics=metrics)  # type: ignore[arg-type]
+    written = writer.emit(detector, "v0001", records, results)
+    assert written == sum(r["is_anomaly"] for r in results) == alert_redis.xlen(ALERTS_STREAM)
+    assert metrics.alert_events.value == written
+    unreachable = redis.Redis(port=1, socket_connect_timeout=0.2,
+                              retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+    down = RedisAlertWriter(unreachable, 1000, 20, metrics)  # type: ignore[arg-type]
+    assert down.emit(detector, "v0001", records, results) == 0
+    assert metrics.alert_write_failures.value == 1
+
+
+def test_retry_backoff_with_jitter_and_only_retryable_failures() -> None:
+    waits: list[float] = []
+    retry = Retry(retries=3, backoff_s=1.0, sleep=waits.append, rng=random.Random(0))
+    calls = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise DeliveryError("HTTP 503", retryable=True)
+
+    retry.run(flaky, lambda: None)
+    assert len(calls) == 3 and len(waits) == 2
+    assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0
+    calls.clear()
+
+    def refused() -> None:
+        calls.append(1)
+        raise DeliveryError("HTTP 400", retryable=False)
+
+    with pytest.raises(DeliveryError, match="HTTP 400"):
+        retry.run(refused, lambda: None)
+    assert len(calls) == 1
+
+
+def test_rate_limiter_refills_per_minute() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    assert [limiter.allow() for _ in range(3)] == [True, True, False]
+    now[0] = 30.0  # 2 per minute: one token back after 30 s
+    assert [limiter.allow(), limiter.allow()] == [True, False]
+    assert all(RateLimiter(0).allow() for _ in range(100))
+
+
+def test_alertmanager_alert_follows_the_conventions() -> None:
+    notification = {"key": {"service": "payments", "model_version": "v0003"}, "count": 4,
+                    "first_seen": "2030-01-01T00:00:00.000Z", "last_seen": "x",
+                    "last_seen_epoch": 1_893_456_000.0, "suppressed": 2,
+                    "events": [{"id": "r1", "score": 9.5, "threshold": 4.0, "p_value": 0.001,
+                                "fpr_bound": 0.009, "fields": [{"field": "latency_ms"}]}]}
+    alert = alertmanager_alert(notification, "critical", resolve_s=300)
+    assert alert["labels"] == {"alertname": "NearwatchAnomalousRecords", "severity": "critical",
+                               "service": "nearwatch", "model_version": "v0003",
+                               "record_service": "payments"}
+    assert alert["annotations"]["summary"].startswith("4 anomalous record(s)")
+    assert "latency_ms" in alert["annotations"]["description"]
+    assert "2 notifications rate-limited" in alert["annotations"]["description"]
+    assert alert["startsAt"] == "2030-01-01T00:00:00.000Z"
+    assert alert["endsAt"] == "2030-01-01T00:05:00.000Z"
+
+
+class Receiver:
+    """A local HTTP receiver answering with the statuses given, then 200."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.bodies: list[Any] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                receiver.bodies.append(json.loads(self.rfile.read(
+                    int(self.headers["Content-Length"]))))
+                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+
+def test_webhook_and_alertmanager_sinks_over_real_http() -> None:
+    receiver = Receiver([500, 503])
+    fast = Retry(retries=3, backoff_s=0.01)
+    WebhookSink(receiver.url + "/hook", 2.0, fast).send({"key": {}, "count": 1})
+    assert len(receiver.bodies) == 3 and receiver.bodies[-1]["count"] == 1
+    refusing = Receiver([400])
+    with pytest.raises(DeliveryError, match="HTTP 400"):
+        WebhookSink(refusing.url, 2.0, fast).send({"count": 1})
+    assert len(refusing.bodies) == 1  # a 4xx is not retried
+    with pytest.raises(DeliveryError, match="127.0.0.1:1"):
+        WebhookSink("http://127.0.0.1:1/", 0.5, Retry(1, 0.01)).send({})
+    am = Receiver([])
+    AlertmanagerSink(am.url + "/", 2.0, fast, "warning", 60).send(
+        {"key": {"model_version": "v1"}, "count": 1, "first_seen": "t", "last_seen": "t",
+         "last_seen_epoch": 0.0, "events": []})
+    assert am.bodies[0][0]["labels"]["model_version"] == "v1"
+
+
+class ListSink:
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name, self.fail = name, fail
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, notification: dict[str, Any]) -> None:
+        if self.fail:
+            raise DeliveryError("receiver down", retryable=True)
+        self.sent.append(notification)
+
+
+def _add(client: Any, event_id: str, service: str, score: float = 5.0) -> str:
+    event = {"event_id": event_id, "time": 1000.0, "id": event_id, "score": score,
+             "model_version": "v0001", "record": {"service": service}}
+    return client.xadd(ALERTS_STREAM, {"event": json.dumps(event)}).decode()
+
+
+def test_consumer_groups_dedupes_dead_letters_and_rate_limits(alert_redis: Any) -> None:
+    now = [0.0]
+    settings = AlertSettings(window_s=10, key=("service",), rate_limit=1)
+    good, bad = ListSink("webhook"), ListSink("alertmanager", fail=True)
+    consumer = AlertConsumer(alert_redis, [good, bad], settings, consumer="c1",
+                             clock=lambda: now[0])
+    consumer.ensure_group()
+    for i in range(5):
+        _add(alert_redis, f"e{i}", "payments", score=float(i))
+    _add(alert_redis, "e0", "payments")  # a redelivered batch wrote e0 again
+    _add(alert_redis, "f0", "search")
+    alert_redis.xadd(ALERTS_STREAM, {"junk": "1"})
+    consumer.fold(consumer._read())
+    consumer.flush()
+    assert good.sent == []  # the window is still open
+    assert consumer.stats.duplicates == 1 and consumer.stats.invalid == 1
+    now[0] = 11.0
+    consumer.flush()
+    # rate limit 1/min: "search" (grouped second) was withheld from both sinks
+    assert [(n["key"]["service"], n["count"]) for n in good.sent] == [("payments", 5)]
+    assert consumer.stats.rate_limited == 2 and consumer.stats.failed == 1
+    assert good.sent[0]["key"]["model_version"] == "v0001"
+    assert [e["score"] for e in good.sent[0]["events"]] == [4.0, 3.0, 2.0, 1.0, 0.0]
+    dead = alert_redis.xrange(ALERTS_DEAD_STREAM)
+    assert len(dead) == 1 and dead[0][1][b"sink"] == b"alertmanager"
+    assert b"receiver down" in dead[0][1][b"error"]
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 0
+    now[0] = 200.0  # the bucket refilled: the next notification reports what was withheld
+    _add(alert_redis, "g0", "payments")
+    consumer.fold(consumer._read())
+    consumer.flush(everything=True)
+    assert good.sent[-1]["suppressed"] == 1 and good.sent[-1]["count"] == 1
+
+
+def test_dead_consumers_events_are_claimed_and_delivered_once(alert_redis: Any) -> None:
+    settings = AlertSettings(window_s=60, rate_limit=0)
+    dead = AlertConsumer(alert_redis, [ListSink("webhook")], settings, consumer="dead")
+    dead.ensure_group()
+    for i in range(3):
+        _add(alert_redis, f"k{i}", "payments")
+    dead.fold(dead._read())  # read and grouped, then the process dies before its window ends
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 3
+    sink = ListSink("webhook")
+    alive = AlertConsumer(alert_redis, [sink], settings, consumer="alive", claim_idle_ms=1,
+                          block_ms=10)
+    stats = alive.run(stop_when_idle=True)
+    assert stats.claimed == 3 and stats.duplicates == 0
+    assert [n["count"] for n in sink.sent] == [3]
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 0
+
+
+def test_alert_settings_from_env_and_their_errors() -> None:
+    settings = Settings.from_env({"NEARWATCH_ALERT_KEY": "service, region",
+                                  "NEARWATCH_ALERTS": "off",
+                                  "NEARWATCH_ALERT_WEBHOOK_URL": "http://h/x"})
+    assert settings.alerts.key == ("service", "region") and settings.alerts.enabled is False
+    assert settings.alerts.webhook_url == "http://h/x" and settings.alerts.window_s == 60.0
+    with pytest.raises(SettingsError, match="NEARWATCH_ALERT_WINDOW_S must be positive"):
+        Settings.from_env({"NEARWATCH_ALERT_WINDOW_S": "0"})
+    with pytest.raises(SettingsError, match="NEARWATCH_ALERTMANAGER_URL='am:9093'"):
+        Settings.from_env({"NEARWATCH_ALERTMANAGER_URL": "am:9093"})
+    with pytest.raises(SettingsError, match="NEARWATCH_ALERTS='maybe'"):
+        Settings.from_env({"NEARWATCH_ALERTS": "maybe"})

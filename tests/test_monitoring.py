@@ -1,0 +1,131 @@
+"""The shipped monitoring stack, checked with the real tools (promtool, amtool) and against
+the metrics a real worker node and a real `nearwatch alerts` export."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.service_fixtures import (
+    CLI,
+    REPO,
+    Proc,
+    WorkerNode,
+    free_port,
+    http_get,
+    service_env,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+DEPLOY = REPO / "deploy"
+PROMETHEUS = DEPLOY / "prometheus"
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "nearwatch.json"
+
+
+def _tool(name: str) -> str:
+    binary = shutil.which(name)
+    if binary is None:
+        pytest.skip(f"{name} is not installed (make services)")
+    return binary
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_accepts_config_and_rules_and_every_alert_is_unit_tested(tmp_path: Path
+                                                                          ) -> None:
+    promtool = _tool("promtool")
+    for argv in (["check", "config", str(PROMETHEUS / "prometheus.yml")],
+                 ["check", "rules", str(PROMETHEUS / "rules.yml")],
+                 ["test", "rules", str(PROMETHEUS / "tests.yml")]):
+        result = _run([promtool, *argv])
+        assert result.returncode == 0, result.stdout + result.stderr
+    rules = (PROMETHEUS / "rules.yml").read_text()
+    tests = (PROMETHEUS / "tests.yml").read_text()
+    alerts = re.findall(r"- alert: (\w+)", rules)
+    assert len(alerts) >= 8
+    cases = [case for test in yaml.safe_load(tests)["tests"] for case in test["alert_rule_test"]]
+    for alert in alerts:  # each alert is expected to fire somewhere and to stay silent somewhere
+        expected = [case.get("exp_alerts") or [] for case in cases if case["alertname"] == alert]
+        assert [] in expected, f"{alert}: no silent case"
+        assert any(expected), f"{alert}: no firing case"
+    runbook = (REPO / "docs" / "RUNBOOK.md").read_text()
+    assert [a for a in alerts if f"## {a}" not in runbook] == []
+    # the unit tests can fail: a flag-rate rule that never fires breaks them
+    (tmp_path / "rules.yml").write_text(rules.replace("> 3.09", "> 1000"))
+    shutil.copy(PROMETHEUS / "tests.yml", tmp_path / "tests.yml")
+    broken = _run([promtool, "test", "rules", str(tmp_path / "tests.yml")])
+    assert broken.returncode != 0 and "NearwatchAnomalyRateAboveTarget" in broken.stderr
+
+
+def test_amtool_accepts_the_alertmanager_config(tmp_path: Path) -> None:
+    amtool = _tool("amtool")
+    result = _run([amtool, "check-config", str(ALERTMANAGER)])
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    broken = tmp_path / "alertmanager.yml"
+    broken.write_text(ALERTMANAGER.read_text().replace("receiver: nearwatch-critical",
+                                                       "receiver: nobody"))
+    failed = _run([amtool, "check-config", str(broken)])
+    assert failed.returncode != 0 and "nobody" in failed.stdout + failed.stderr
+
+
+def named_metrics() -> set[str]:
+    """Every nearwatch_* series name used by a rule or a dashboard panel."""
+    groups = yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
+    texts = [rule["expr"] for group in groups for rule in group["rules"]]
+    if DASHBOARD.exists():
+        panels = json.loads(DASHBOARD.read_text())["panels"]
+        texts += [t["expr"] for p in panels for t in p.get("targets", [])]
+    return {m for text in texts for m in re.findall(r"\bnearwatch_[a-z0-9_]+\b", text)}
+
+
+@pytest.fixture()
+def alerts_consumer(node: WorkerNode, tmp_path: Path) -> Iterator[tuple[Proc, int]]:
+    port = free_port()
+    env = service_env(node.settings.model_dir, NEARWATCH_ALERT_METRICS_PORT=str(port),
+                      NEARWATCH_ALERT_JSONL=str(tmp_path / "alerts.jsonl"))
+    proc = Proc([*CLI, "alerts", "--consumer", "metrics-check"], env, tmp_path / "alerts.log")
+    try:
+        wait_for(lambda: "nearwatch_queue_messages{" in (http_get(
+            f"http://127.0.0.1:{port}/metrics") or ""), 30, f"alerts /metrics ({proc.log_path})")
+        yield proc, port
+    finally:
+        assert proc.stop() == 0, proc.log()[-2000:]
+
+
+def test_every_metric_named_by_rules_and_dashboard_is_exported_and_lint_clean(
+        node: WorkerNode, alerts_consumer: tuple[Proc, int], tmp_path: Path) -> None:
+    promtool = _tool("promtool")
+    worker = http_get(node.metrics_url) or ""
+    consumer = http_get(f"http://127.0.0.1:{alerts_consumer[1]}/metrics") or ""
+    exported = {line.split("{")[0].split(" ")[0] for line in (worker + consumer).splitlines()
+                if line.startswith("nearwatch_")}
+    named = named_metrics()
+    assert {"nearwatch_target_fpr", "nearwatch_records_scored_total",
+            "nearwatch_alert_notifications_total"} <= named
+    assert sorted(named - exported) == []
+    for text in (worker, consumer):
+        lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                              text=True, timeout=60)
+        assert lint.returncode == 0 and lint.stdout + lint.stderr == "", lint.stdout + lint.stderr
+    # and the check can fail: a name no process exports is reported
+    assert "nearwatch_not_a_metric" not in exported
+
+
+def test_alerts_command_refuses_to_start_without_a_sink(node: WorkerNode, tmp_path: Path
+                                                         ) -> None:
+    env: dict[str, Any] = service_env(node.settings.model_dir)
+    result = subprocess.run([*CLI, "alerts", "--stop-when-idle"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "no alert sink configured" in result.stderr

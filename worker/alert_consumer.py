@@ -1,0 +1,285 @@
+"""`nearwatch alerts`: the stream ``nearwatch:alerts`` → de-duplicated notifications → sinks.
+
+Consumer group ``nearwatch-alerts``, as ``nearwatch ingest`` does it: each consumer reads new
+entries with ``XREADGROUP`` and takes over a dead consumer's pending entries with
+``XAUTOCLAIM``. An entry is acknowledged only once the notification that counts it has been
+delivered to every sink or written to ``nearwatch:alerts:dead``, so a consumer killed mid-window
+loses nothing: its entries are claimed and grouped again by another one.
+
+De-duplication, two kinds:
+- the same event twice (a redelivered scoring batch writes its events again): ``SET NX`` of
+  the event id, valued with the entry id, in Redis; a different entry with a seen event id is
+  acknowledged and counted as a duplicate, while the *same* entry (claimed from a dead
+  consumer, whose ``SET`` it finds) is grouped normally;
+- many events, one cause: events with equal key (``AlertSettings.key`` record fields + model
+  version) within ``window_s`` of the first become one notification with a ``count``.
+A sink over its rate limit skips the notification; the next one it gets says how many it missed
+(``suppressed``), and ``nearwatch_alert_notifications_total{outcome="rate_limited"}`` counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .alert_sinks import DeliveryError, RateLimiter, Sink, iso_time
+from .alerts import ALERTS_DEAD_STREAM, ALERTS_GROUP, ALERTS_STREAM, event_from_fields
+from .names import INGEST_GROUP, RECORDS_STREAM, SCORING_QUEUE
+from .settings import AlertSettings
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from .alert_metrics import AlertMetrics
+
+log = logging.getLogger("nearwatch.alerts")
+SEEN_TTL_S = 24 * 3600
+TOP_EVENTS = 5  # events carried by a notification (highest scores first)
+BACKLOG_EVERY_S = 5.0
+
+
+@dataclass
+class AlertStats:
+    events: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    claimed: int = 0
+    notifications: int = 0
+    delivered: int = 0
+    failed: int = 0
+    rate_limited: int = 0
+
+
+@dataclass
+class _Group:
+    key: dict[str, Any]
+    opened: float  # consumer clock
+    first_seen: float  # event time (epoch)
+    last_seen: float
+    count: int = 0
+    top: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _SinkState:
+    sink: Sink
+    limiter: RateLimiter
+    suppressed: int = 0  # notifications skipped by the rate limit since the last delivery
+
+
+def default_claim_idle_ms(window_s: float) -> int:
+    """Our own entries stay pending for a whole window: claim only well after that."""
+    return int(max(60_000, 2 * window_s * 1000 + 30_000))
+
+
+class AlertConsumer:
+    def __init__(self, client: Redis, sinks: list[Sink], settings: AlertSettings,
+                 consumer: str = "", claim_idle_ms: int | None = None, block_ms: int = 500,
+                 batch_size: int = 200, metrics: AlertMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.redis = client
+        self.settings = settings
+        self.sinks = [_SinkState(s, RateLimiter(settings.rate_limit, clock)) for s in sinks]
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle_ms = claim_idle_ms or default_claim_idle_ms(settings.window_s)
+        self.block_ms, self.batch_size = block_ms, batch_size
+        self.metrics, self.clock = metrics, clock
+        self.stats = AlertStats()
+        self.stop = threading.Event()
+        self.groups: dict[tuple[Any, ...], _Group] = {}
+        self._held: set[str] = set()  # entry ids in open groups
+        self._claim_cursor = "0-0"
+        self._last_claim = self._last_backlog = float("-inf")
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(ALERTS_STREAM, ALERTS_GROUP, id="0", mkstream=True)
+        except Exception as exc:  # BUSYGROUP: it exists already
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self, stop_when_idle: bool = False) -> AlertStats:
+        """Consume until ``stop`` is set (or, with ``stop_when_idle``, nothing is left);
+        groups still open then are delivered before returning."""
+        self.ensure_group()
+        while not self.stop.is_set():
+            raw = self._read()
+            self.fold(raw)
+            self.flush()
+            self._observe_backlog()
+            if stop_when_idle and not raw and not self._pending():
+                break
+        self.flush(everything=True)
+        return self.stats
+
+    # ------------------------------------------------------------------ reading
+    def _read(self) -> list[tuple[Any, Any]]:
+        raw = self._claim()
+        if raw:
+            return raw
+        due = [g.opened + self.settings.window_s - self.clock() for g in self.groups.values()]
+        block = int(max(1.0, min([self.block_ms / 1000, *due]) * 1000))
+        answer: Any = self.redis.xreadgroup(ALERTS_GROUP, self.consumer, {ALERTS_STREAM: ">"},
+                                            count=self.batch_size, block=block)
+        return list(answer[0][1]) if answer else []
+
+    def _claim(self) -> list[tuple[Any, Any]]:
+        now = self.clock()
+        if now - self._last_claim < self.claim_idle_ms / 2000 and self._claim_cursor == "0-0":
+            return []
+        self._last_claim = now
+        cursor, claimed, *_ = self.redis.xautoclaim(
+            ALERTS_STREAM, ALERTS_GROUP, self.consumer, min_idle_time=self.claim_idle_ms,
+            start_id=self._claim_cursor, count=self.batch_size)
+        self._claim_cursor = _text(cursor)
+        fresh = [(e, f) for e, f in claimed if f is not None and _text(e) not in self._held]
+        if fresh:
+            log.warning("claimed %d alert events of a stalled consumer", len(fresh))
+            self.stats.claimed += len(fresh)
+        return fresh
+
+    def _pending(self) -> bool:
+        """Anything in Redis that is neither read nor held in our open groups?"""
+        summary = self.redis.xpending(ALERTS_STREAM, ALERTS_GROUP)
+        return int(summary["pending"]) > len(self._held) or _group_lag(
+            self.redis, ALERTS_STREAM, ALERTS_GROUP) > 0
+
+    # ------------------------------------------------------------------ grouping
+    def fold(self, raw: list[tuple[Any, Any]]) -> None:
+        """Add entries to their groups; duplicates and unreadable entries are acknowledged."""
+        parsed: list[tuple[str, dict[str, Any]]] = []
+        done: list[str] = []
+        for entry_id, fields in raw:
+            entry = _text(entry_id)
+            try:
+                parsed.append((entry, event_from_fields(fields)))
+            except ValueError as exc:
+                log.error("alert entry %s is unreadable, acknowledged: %s", entry, exc)
+                done.append(entry)
+                self._count("invalid")
+        pipe = self.redis.pipeline(transaction=False)
+        for entry, event in parsed:
+            key = f"{ALERTS_STREAM}:seen:{event['event_id']}"
+            pipe.set(key, entry, nx=True, ex=SEEN_TTL_S)
+            pipe.get(key)
+        owners = pipe.execute()[1::2] if parsed else []
+        for (entry, event), owner in zip(parsed, owners, strict=True):
+            if owner is not None and _text(owner) != entry:
+                done.append(entry)
+                self._count("duplicate")
+                continue
+            self._group(entry, event)
+            self._count("grouped")
+        if done:
+            self.redis.xack(ALERTS_STREAM, ALERTS_GROUP, *done)
+
+    def _group(self, entry: str, event: dict[str, Any]) -> None:
+        raw = event.get("record")
+        record: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        key = {name: record.get(name) for name in self.settings.key}
+        key["model_version"] = event.get("model_version")
+        ident = tuple(json.dumps(v, sort_keys=True, default=str) for v in key.values())
+        stamp = float(event.get("time") or time.time())
+        group = self.groups.get(ident)
+        if group is None:
+            group = self.groups[ident] = _Group(key, self.clock(), stamp, stamp)
+        group.count += 1
+        group.first_seen, group.last_seen = min(group.first_seen, stamp), max(group.last_seen,
+                                                                               stamp)
+        group.entries.append(entry)
+        self._held.add(entry)
+        group.top.append(event)
+        group.top.sort(key=lambda e: -(e.get("score") or 0.0))
+        del group.top[TOP_EVENTS:]
+
+    # ------------------------------------------------------------------ delivering
+    def flush(self, everything: bool = False) -> None:
+        """Deliver the groups whose window has ended (all of them with ``everything``)."""
+        now = self.clock()
+        for ident, group in list(self.groups.items()):
+            if everything or now - group.opened >= self.settings.window_s:
+                self._deliver(group)
+                del self.groups[ident]
+        if self.metrics is not None:
+            self.metrics.open_groups.set(len(self.groups))
+
+    def _deliver(self, group: _Group) -> None:
+        notification = {
+            "key": group.key, "count": group.count, "window_s": self.settings.window_s,
+            "first_seen": iso_time(group.first_seen), "last_seen": iso_time(group.last_seen),
+            "last_seen_epoch": group.last_seen, "events": group.top,
+        }
+        self.stats.notifications += 1
+        for state in self.sinks:
+            name = state.sink.name
+            if not state.limiter.allow():
+                state.suppressed += 1
+                self._outcome(name, "rate_limited")
+                continue
+            try:
+                state.sink.send({**notification, "suppressed": state.suppressed})
+            except (DeliveryError, OSError) as exc:
+                log.error("alert notification to %s failed, dead-lettered: %s", name, exc)
+                self.redis.xadd(ALERTS_DEAD_STREAM, {
+                    "sink": name, "error": str(exc)[:2000],
+                    "notification": json.dumps(notification, default=str)})
+                self._outcome(name, "failed")
+                if self.metrics is not None:
+                    self.metrics.dead_letters.inc()
+                continue
+            state.suppressed = 0
+            self._outcome(name, "delivered")
+        # Delivered or dead-lettered everywhere: only now is the hand-off complete.
+        self.redis.xack(ALERTS_STREAM, ALERTS_GROUP, *group.entries)
+        self._held.difference_update(group.entries)
+
+    def _outcome(self, sink: str, outcome: str) -> None:
+        setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+        if self.metrics is not None:
+            self.metrics.notifications.labels(sink, outcome).inc()
+
+    def _count(self, outcome: str) -> None:
+        if outcome == "grouped":
+            self.stats.events += 1
+        elif outcome == "duplicate":
+            self.stats.duplicates += 1
+        else:
+            self.stats.invalid += 1
+        if self.metrics is not None:
+            self.metrics.events.labels(outcome).inc()
+
+    def _observe_backlog(self) -> None:
+        """Export the scoring backlog (broker queue, ingest stream) for the stall alert."""
+        now = self.clock()
+        if self.metrics is None or now - self._last_backlog < BACKLOG_EVERY_S:
+            return
+        self._last_backlog = now
+        try:
+            self.metrics.queue_messages.labels(SCORING_QUEUE).set(self.redis.llen(SCORING_QUEUE))
+            backlog = _group_lag(self.redis, RECORDS_STREAM, INGEST_GROUP, pending=True)
+            self.metrics.stream_backlog.labels(RECORDS_STREAM).set(backlog)
+        except Exception as exc:  # a gauge is not worth stopping delivery for
+            log.warning("could not read the scoring backlog: %s", exc)
+
+
+def _group_lag(client: Redis, stream: str, group: str, pending: bool = False) -> int:
+    """Entries of ``stream`` not yet delivered to ``group`` (+ pending ones if asked)."""
+    if not client.exists(stream):
+        return 0
+    for info in client.xinfo_groups(stream):
+        if _text(info["name"]) == group:
+            lag = info.get("lag")
+            return int(lag or 0) + (int(info["pending"]) if pending else 0)
+    return int(client.xlen(stream))  # no group yet: nothing has been read
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,265 @@
+"""Record hygiene shared by the producers and the workers: limits, parsing, strict output.
+
+Every record is answered; these helpers turn what would otherwise crash a batch (a line too
+large, nested too deep, not UTF-8, an id that cannot round-trip through JSON) into a
+``RecordRefused`` with a reason and a short message, which the caller answers in place.
+
+>>> limits = RecordLimits(max_bytes=64, max_fields=3, max_depth=2, max_error_chars=40)
+>>> parse_record('{"id": 123456789012345678901234567890}', limits)
+{'id': 123456789012345678901234567890}
+>>> try:
+...     parse_record('{"id": 1, "x": ' + '[' * 3 + ']' * 3 + '}', limits)
+... except RecordRefused as exc:
+...     print(exc.reason, exc)
+too_large record nested deeper than 2 levels
+>>> dump_result({"id": float("nan"), "score": 1.5})
+'{"id":null,"score":1.5}'
+>>> truncate("x" * 50, 20)
+'xxxxxxxxxx… (50 chars)'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from .settings import RecordLimits
+
+__all__ = ["RecordLimits", "RecordRefused", "check_record", "check_text", "decode_line",
+           "dump_result", "parse_record", "screen_record", "truncate"]
+
+# Reasons (also the `reason` label of nearwatch_record_errors_total).
+TOO_LARGE = "too_large"
+INVALID_ID = "invalid_id"
+INVALID_JSON = "invalid_json"
+# 19+ consecutive digits may be an integer beyond 64 bits: orjson would read it as a float.
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+_RESERVED_ID = re.compile(r"^#\d+$")  # ids `stream` gives records without one
+
+
+class RecordRefused(ValueError):
+    """A record (or line) that is answered with an error before it reaches the model."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(0, limit // 2)]}… ({len(text)} chars)"
+
+
+def decode_line(raw: bytes) -> str:
+    """UTF-8 text of one input line (BOM removed); ``RecordRefused`` if it is not UTF-8."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordRefused(INVALID_JSON, f"not valid UTF-8 (byte {exc.start}: "
+                            f"{raw[exc.start:exc.start + 4]!r})") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def check_text(text: str | bytes, limits: RecordLimits) -> None:
+    """Refuse a record text longer than ``limits.max_bytes`` (before it is parsed)."""
+    size = len(text)
+    if isinstance(text, str) and 4 * size > limits.max_bytes:
+        size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        raise RecordRefused(TOO_LARGE, f"record of {size} bytes exceeds the limit of "
+                            f"{limits.max_bytes} bytes")
+
+
+def parse_record(text: str | bytes, limits: RecordLimits, id_field: str = "id") -> Any:
+    """Parse one record text exactly (big integers stay integers) within ``limits``."""
+    check_text(text, limits)
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    try:
+        if _LONG_DIGITS.search(data):
+            value = json.loads(data)  # exact integers beyond 64 bits
+        else:
+            try:
+                value = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                if "depth" in str(exc):
+                    raise RecordRefused(TOO_LARGE, "record nested deeper than "
+                                        f"{limits.max_depth} levels") from None
+                value = json.loads(data)  # NaN/Infinity literals: json's meaning
+    except RecordRefused:
+        raise
+    except RecursionError:
+        raise RecordRefused(TOO_LARGE, f"record nested deeper than {limits.max_depth} "
+                            "levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordRefused(INVALID_JSON, f"not valid JSON: {truncate(str(exc), 200)}") from None
+    if isinstance(value, dict):
+        check_record(value, limits, id_field)
+    return value
+
+
+def check_record(record: dict[str, Any], limits: RecordLimits, id_field: str = "id") -> None:
+    """Refuse too many fields, too deep nesting, or an id that cannot round-trip."""
+    if len(record) > limits.max_fields:
+        raise RecordRefused(TOO_LARGE, f"record has {len(record)} fields, more than the limit "
+                            f"of {limits.max_fields}")
+    for value in record.values():
+        if isinstance(value, dict | list) and _depth(value, limits.max_depth) > limits.max_depth:
+            raise RecordRefused(TOO_LARGE, f"record nested deeper than {limits.max_depth} "
+                                "levels")
+    check_id(record.get(id_field), id_field)
+
+
+def check_id(value: Any, id_field: str = "id") -> None:
+    if value is None or isinstance(value, str | bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordRefused(INVALID_ID, f"{id_field} {value!r} is not a finite number (JSON "
+                            "has no NaN/Infinity)")
+    if not isinstance(value, int | float):
+        raise RecordRefused(INVALID_ID, f"{id_field} must be a string or a number, got "
+                            f"{type(value).__name__}")
+
+
+def check_reserved_id(record: dict[str, Any], id_field: str) -> None:
+    """`stream` names id-less records "#<n>": a record may not claim such an id itself."""
+    value = record.get(id_field)
+    if isinstance(value, str) and _RESERVED_ID.match(value):
+        raise RecordRefused(INVALID_ID, f"{id_field} {value!r} is reserved (\"#<n>\" names "
+                            "records without an id)")
+
+
+def screen_record(record: Any, limits: RecordLimits, id_field: str = "id") -> None:
+    """The Python client's check before sending a parsed record: JSON types only, within
+    ``limits`` (a record the broker's JSON cannot carry must not fail its batch)."""
+    budget = [limits.max_bytes]
+    _walk(record, limits.max_depth + 1, budget)
+    if isinstance(record, dict):
+        check_record(record, limits, id_field)
+
+
+def _walk(value: Any, depth: int, budget: list[int]) -> None:
+    if depth < 0:
+        raise RecordRefused(TOO_LARGE, "record nested too deep")
+    if isinstance(value, str):
+        budget[0] -= len(value) + 2
+    elif value is None or isinstance(value, bool | int | float):
+        budget[0] -= 8
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise RecordRefused(INVALID_JSON, f"key {truncate(repr(key), 80)} is not a "
+                                    "string")
+            budget[0] -= len(key) + 3
+            _walk(item, depth - 1, budget)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _walk(item, depth - 1, budget)
+    else:
+        raise RecordRefused(INVALID_JSON, f"a {type(value).__name__} is not a JSON value")
+    if budget[0] < 0:
+        raise RecordRefused(TOO_LARGE, "record exceeds the size limit")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of ``value``, counted up to just past ``limit``."""
+    if limit < 0:
+        return 1
+    children = value.values() if isinstance(value, dict) else value
+    deepest = 0
+    for item in children:
+        if isinstance(item, dict | list):
+            deepest = max(deepest, _depth(item, limit - 1))
+            if deepest > limit:
+                break
+    return 1 + deepest
+
+
+def dump_result(result: dict[str, Any]) -> str:
+    """Compact, strict JSON (non-finite numbers become null; big integers stay exact)."""
+    try:
+        return orjson.dumps(result).decode()
+    except TypeError:  # an integer beyond 64 bits (an id): json writes it exactly
+        return json.dumps(_finite(result), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+PRODUCER_REFUSED = "refused by the producer"  # answer to a None stand-in (client replaces it)
+
+
+def prepare_lines(lines: list[Any], first_position: int | None, id_field: str,
+                  limits: RecordLimits, label: Callable[[int], str]
+                  ) -> tuple[list[Any], dict[int, tuple[str, str]]]:
+    """The worker's text path: JSON texts → records, and ``{index: (reason, error)}`` for
+    those refused before scoring. ``None`` is a producer's stand-in for a line it answered
+    itself; with ``first_position`` (`stream`), id-less records get ``"#<position>"``."""
+    records: list[Any] = []
+    refused: dict[int, tuple[str, str]] = {}
+    for i, line in enumerate(lines):
+        record: Any = line
+        try:
+            if line is None:
+                raise RecordRefused(INVALID_JSON, PRODUCER_REFUSED)
+            if not isinstance(line, str | bytes):
+                raise RecordRefused(INVALID_JSON, f"not a JSON text ({type(line).__name__})")
+            record = parse_record(line, limits, id_field)
+            if isinstance(record, dict) and first_position is not None:
+                if record.get(id_field) is None:
+                    record[id_field] = f"#{first_position + i}"
+                else:
+                    check_reserved_id(record, id_field)
+        except RecordRefused as exc:
+            refused[i] = (exc.reason, f"{label(i)}: {exc}")
+        records.append(record)
+    return records, refused
+
+
+def prepare_objects(records: list[Any], id_field: str, limits: RecordLimits,
+                    label: Callable[[int], str]) -> dict[int, tuple[str, str]]:
+    """The worker's object path: ``{index: (reason, error)}`` of records refused."""
+    refused: dict[int, tuple[str, str]] = {}
+    for i, record in enumerate(records):
+        if isinstance(record, dict):
+            try:
+                check_record(record, limits, id_field)
+            except RecordRefused as exc:
+                refused[i] = (exc.reason, f"{label(i)}: {exc}")
+    return refused
+
+
+def answer_id(record: Any, id_field: str) -> Any:
+    """The id an answer carries for ``record``: None unless it is a valid JSON id."""
+    if not isinstance(record, dict):
+        return None
+    try:
+        check_id(record.get(id_field), id_field)
+    except RecordRefused:
+        return None
+    return record.get(id_field)
+
+
+def record_excerpt(record: Any, limit: int = 65_536) -> str:
+    """A dead letter's copy of the record: its JSON (or text) cut to ``limit`` characters."""
+    if isinstance(record, bytes):
+        record = record[: limit * 4].decode("utf-8", "replace")
+    if isinstance(record, str):
+        return record[:limit]
+    try:
+        return json.dumps(record, default=str)[:limit]
+    except (ValueError, RecursionError):
+        return f"<{type(record).__name__} that JSON cannot hold>"
