@@ -35,6 +35,8 @@ BAR_UNLABELLED = 94.5
               help="Also time training on a 100k x 40-field set.")
 @click.option("--exact/--no-exact", default=False, show_default=True,
               help="Also run the Detector with an exact (flat) index on the same splits.")
+@click.option("--peers", default="", help="Comma-separated PyOD peers on the same splits "
+              "(knn,lof,iforest,ecod,copod,autoencoder; needs `pip install pyod`).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def bench_command(
@@ -48,6 +50,7 @@ def bench_command(
     datasets: str,
     timing: bool,
     exact: bool,
+    peers: str,
     threads: int,
     out: Path,
 ) -> None:
@@ -60,6 +63,13 @@ def bench_command(
     from bench.report import overall, summarise_dataset, write_report
 
     configure_threads(threads)  # torch's pool too
+    peer_names = [name for name in peers.split(",") if name]
+    if peer_names:
+        from bench.peers import PEERS, evaluate_peers
+
+        unknown = sorted(set(peer_names) - set(PEERS))
+        if unknown:
+            raise click.BadParameter(f"unknown peers {unknown}: choose from {PEERS}")
     wanted = {name for name in datasets.split(",") if name}
     paths = [p for p in sorted(data_dir.glob("*.npz")) if not wanted or p.stem in wanted]
     if not paths:
@@ -80,6 +90,9 @@ def bench_command(
                     result["nearwatch_exact"] = evaluate_detector(
                         s, seed, alpha, delta, {"encoder": encoder, "index": "flat"})
                 result.update(evaluate_baselines(s, seed))
+                if peer_names:
+                    result.update(evaluate_peers(s.train, s.test, s.test_is_anomaly,
+                                                 peer_names, seed))
                 runs[path.stem].append(result)
                 progress.update()
             per_dataset[path.stem] = summarise_dataset(runs[path.stem], alpha)
@@ -87,7 +100,7 @@ def bench_command(
         "config": {
             "data_dir": str(data_dir), "seeds": seeds, "labelled_anomalies": labelled,
             "alpha": alpha, "delta": delta, "encoder": encoder, "index": index, "threads": threads,
-            "exact": exact,
+            "exact": exact, "peers": peer_names,
             "protocol": "train on a random 50% of normals; test on the other 50% + anomalies",
         },
         "environment": {"python": platform.python_version(), "torch": torch.__version__,

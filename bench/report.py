@@ -42,6 +42,10 @@ def summarise_dataset(runs: list[dict[str, Any]], alpha: float) -> dict[str, Any
                                                  for r in runs]))
     summary["calibration_index"] = runs[0]["nearwatch"].get("calibration_index")
     calibration = pooled_calibration([r["nearwatch"] for r in runs], alpha)
+    summary["records_per_s"] = _mean_std([r["nearwatch"]["records_per_s"] for r in runs])
+    for peer in (key for key in runs[0] if key.startswith("pyod_")):
+        summary[peer] = {metric: _mean_std([r[peer][metric] for r in runs])
+                         for metric in ("auroc", "auprc", "fit_s", "records_per_s")}
     if "nearwatch_exact" in runs[0]:
         exact = [r["nearwatch_exact"] for r in runs]
         summary["nearwatch_exact"] = {
@@ -74,6 +78,30 @@ def pooled_calibration(runs: list[dict[str, Any]], alpha: float) -> dict[str, An
             f"has {runs[0]['n_train']}"
         )
     return calibration
+
+
+def peers_table(report: dict[str, Any]) -> str:
+    """The Detector beside PyOD's detectors on the same splits: AUROC and scoring rate."""
+    names = [key for key in next(iter(report["datasets"].values())) if key.startswith("pyod_")]
+    header = " | ".join(f"{name[5:]} AUROC | {name[5:]} rec/s" for name in names)
+    lines = [f"| dataset | nearwatch AUROC | nearwatch rec/s | {header} |",
+             "|---|" + "---|" * (2 + 2 * len(names))]
+    means: dict[str, list[float]] = {"nearwatch": [], **{name: [] for name in names}}
+    for dataset, d in report["datasets"].items():
+        cells = [f"{d['nearwatch']['auroc']['mean']:.2f}", f"{d['records_per_s']['mean']:,.0f}"]
+        means["nearwatch"].append(d["nearwatch"]["auroc"]["mean"])
+        for name in names:
+            cells += [f"{d[name]['auroc']['mean']:.2f}", f"{d[name]['records_per_s']['mean']:,.0f}"]
+            means[name].append(d[name]["auroc"]["mean"])
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    averages = {name: float(np.mean(values)) for name, values in means.items()}
+    lines.append("| **mean** | **" + f"{averages['nearwatch']:.2f}** | | " + " | ".join(
+        f"{averages[name]:.2f} | " for name in names) + "|")
+    best = max(names, key=lambda name: averages[name]) if names else None
+    summary = "" if best is None else (
+        f"\nBest peer: {best[5:]} ({averages[best]:.2f}); nearwatch is "
+        f"{averages['nearwatch'] - averages[best]:+.2f} points from it.\n")
+    return "\n".join(lines) + "\n" + summary
 
 
 def exact_table(report: dict[str, Any]) -> str:
@@ -169,6 +197,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     table = "\n".join(lines) + "\n\nChecks:\n" + checks + "\n"
     if report["config"].get("exact"):
         table += "\nDefault index vs exact (flat) index, same splits:\n\n" + exact_table(report)
+    if report["config"].get("peers"):
+        table += "\nPyOD peers on the same splits (defaults; records/s while scoring):\n\n"
+        table += peers_table(report)
     return table
 
 

@@ -55,6 +55,7 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEARWATCH_")}
         env.update(NEARWATCH_BROKER_URL=REDIS_URL, NEARWATCH_MODEL_DIR=str(self.model_dir),
                    NEARWATCH_METRICS_PORT=str(port), NEARWATCH_LOG_LEVEL=self.loglevel,
+                   NEARWATCH_METRICS_HOST="127.0.0.1",
                    OMP_NUM_THREADS="1")
         self.log = (self.work / "worker.log").open("wb")
         self.process = subprocess.Popen(

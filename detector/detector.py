@@ -39,24 +39,31 @@ from .embedding.supervision import FitSupervision, build_embedder_for_fit
 from .errors import CalibrationWarning, NotFittedError
 from .estimator import EstimatorAPI, warn_renamed
 from .features.schema import FeatureEncoder
+from .fitted import FittedAttributes
 from .fitting import (
     calibration_split,
     check_params,
     field_groups,
-    model_version,
     numeric_columns,
     reference_ids,
     route_anomaly_flags,
     uncertified_message,
 )
 from .io import take_rows
+from .references import compact_integers
 from .scoring import explain_rows, score_record_batch
-from .store.persistence import detector_state, load_detector, restore_detector, save_detector
+from .store.persistence import (
+    detector_state,
+    load_detector,
+    model_version_of,
+    restore_detector,
+    save_detector,
+)
 
 Records = np.ndarray | Iterable[dict[str, Any]]
 
 
-class Detector(EstimatorAPI):
+class Detector(EstimatorAPI, FittedAttributes):
     """Anomaly detector; every knob is a constructor argument (sklearn conventions).
 
     Parameters
@@ -219,7 +226,7 @@ class Detector(EstimatorAPI):
         # integer ids (or row numbers) as one int64 array: a million of them as Python ints
         # would cost every worker process ~36 MB; an array is mapped from the bundle, shared
         self.reference_ids_: list[Any] | np.ndarray = (
-            np.asarray(representative_ids, dtype=np.int64)
+            compact_integers(np.asarray(representative_ids, dtype=np.int64))
             if all(type(rid) is int for rid in representative_ids) else representative_ids)
         self.n_reference_ = references.n_records_
         self.n_unique_reference_ = references.n_unique_
@@ -231,9 +238,7 @@ class Detector(EstimatorAPI):
         self.threshold_ = calibrator.threshold_
         self.fpr_bound_ = calibrator.fpr_bound_
         self.certified_ = bool(calibrator.certified_)
-        self.model_version_ = model_version(
-            fitted.features, references.counts_, self._config(), embedder
-        )
+        self.model_version_ = model_version_of(self)
         if self.alpha is not None and not self.certified_ and self.fpr_bound_ is not None:
             warnings.warn(uncertified_message(
                 n, needed, self.alpha, self.delta, self.n_calibration_, self.fpr_bound_,
@@ -290,8 +295,8 @@ class Detector(EstimatorAPI):
     def to_state(self) -> tuple[dict[str, Any], dict[str, bytes]]:
         """All fitted state: a JSON-able manifest part and named files (see ``store.bundle``).
 
-        Every public fitted attribute (name ending in ``_``) is included; one that is neither
-        a known component nor JSON-able makes this raise ``TypeError`` rather than be lost.
+        Every public fitted attribute is included; one not declared in ``detector.fitted``
+        or not JSON-able makes this raise ``TypeError`` rather than be lost.
         """
         self._check_fitted()
         return detector_state(self)
@@ -301,17 +306,12 @@ class Detector(EstimatorAPI):
         """Rebuild a fitted Detector from ``to_state()``; ``BundleError`` if inconsistent."""
         return restore_detector(cls, manifest, files)
 
-    def save(self, path: str | Path) -> None:
-        """Write a verified bundle directory (see ``detector.store.bundle``)."""
+    def save(self, path: str | Path, signing_key: bytes | None = None) -> None:
+        """Write a verified bundle directory, HMAC-signed with ``signing_key`` if given."""
         self._check_fitted()
-        save_detector(self, Path(path))
+        save_detector(self, Path(path), signing_key)
 
     @classmethod
-    def load(cls, path: str | Path) -> Detector:
-        """Load a bundle, verifying every file's checksum first."""
-        return load_detector(cls, Path(path))
-
-    def __repr__(self) -> str:
-        fitted = f", n_reference_={self.n_reference_}" if hasattr(self, "n_reference_") else ""
-        return (f"Detector(n_neighbors={self.n_neighbors}, metric={self.metric!r}, "
-                f"alpha={self.alpha}{fitted})")
+    def load(cls, path: str | Path, signing_key: bytes | None = None) -> Detector:
+        """Load a bundle, verifying every checksum (and, with a key, its signature) first."""
+        return load_detector(cls, Path(path), signing_key)

@@ -102,6 +102,14 @@ class EstimatorAPI:
         )
         return config
 
+    def __repr__(self) -> str:
+        params = self.get_params()
+        shown = ", ".join(f"{name}={params[name]!r}" for name in ("n_neighbors", "metric", "alpha")
+                          if name in params)
+        fitted = getattr(self, "n_reference_", None)
+        return f"{type(self).__name__}({shown}" + (
+            f", n_reference_={fitted})" if fitted is not None else ")")
+
     def decision_function(self, X: Any) -> np.ndarray:
         """sklearn/PyOD spelling of ``score``: higher = more anomalous."""
         return self.score(X)  # type: ignore[attr-defined]

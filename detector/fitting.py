@@ -15,8 +15,6 @@ is ignored (``labels`` has one entry per record of ``X``, so flagged rows have o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -247,18 +245,3 @@ def reference_ids(
     """Record ids where the records have them, else the training row number."""
     ids = list(encoder.record_ids(reference_data)) + list(encoder.record_ids(calibration_data))
     return [int(row) if rid is None else rid for rid, row in zip(ids, rows, strict=True)]
-
-
-def model_version(
-    features: np.ndarray, counts: np.ndarray, config: dict[str, Any], embedder: Any
-) -> str:
-    """Content hash of what decides scores: references, configuration and encoder weights."""
-    from .store.bundle import fingerprint
-
-    digest = hashlib.sha256(fingerprint(features).encode())
-    digest.update(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(embedder.tensors().items()):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(tensor, dtype=np.float32).tobytes())
-    return digest.hexdigest()[:12]

@@ -25,8 +25,8 @@ random tanh/relu MLP projections to 16-64 dims, one thread):
   ADBench at efSearch=96, 0.90 here at 48); approximate search can only *over*-estimate
   their distances (median +0-4%), which makes them look more anomalous, not less.
 * Above ``compress_min`` distinct references (200k) ``kind="auto"`` compresses: an inverted-file
-  index with 8-bit scalar-quantised codes (``IndexIVFScalarQuantizer``, nlist = 4 sqrt(n),
-  nprobe 16): a quarter of the memory of float vectors, and built in seconds where an HNSW
+  index with 8-bit scalar-quantised codes (``IndexIVFScalarQuantizer``, nlist = 2 sqrt(n),
+  nprobe 8): a quarter of the memory of float vectors, and built in seconds where an HNSW
   graph over a million vectors takes minutes. Its distances are faiss' (query against decoded
   codes), not recomputed: there are no float vectors to recompute from. Calibration uses the
   same index, so the certificate holds (``detector.calibration``); the AUROC cost is measured
@@ -77,7 +77,7 @@ class ReferenceIndex:
         ef_search: int = 48,
         seed: int = 0,
         compress_min: int = 200_000,
-        nprobe: int = 16,
+        nprobe: int = 8,
     ) -> None:
         self.metric = metric
         self.kind = kind
@@ -261,7 +261,7 @@ class ReferenceIndex:
                 ef_search=params["ef_search"],
                 seed=params["seed"],
                 compress_min=params.get("compress_min", 200_000),
-                nprobe=params.get("nprobe", 16),
+                nprobe=params.get("nprobe", 8),
             )
             obj._check_params()
             kind, n, dim = params["kind"], int(params["n"]), int(params["dim"])

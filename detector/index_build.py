@@ -23,15 +23,22 @@ def build_hnsw(refs: np.ndarray, m: int, ef_construction: int, ef_search: int, s
 
 
 def build_ivf(refs: np.ndarray, seed: int, nprobe: int) -> faiss.Index:
-    """IVF over 8-bit scalar-quantised codes; k-means trained on a seeded sample."""
+    """IVF over 8-bit scalar-quantised codes; k-means trained on a seeded sample.
+
+    nlist = 2 sqrt(n) lists, k-means on 40 points per list for 10 iterations: at 700k
+    references training took 63 s with 4 sqrt(n) lists, 64 points each and faiss' 25
+    iterations, and about 3 s now; nprobe 8 of 2 sqrt(n) lists scans the same share of the
+    codes as 16 of 4 sqrt(n).
+    """
     n, dim = refs.shape
-    nlist = int(min(max(4 * np.sqrt(n), 16), 8192, max(n // 39, 1)))
-    sample_size = min(n, 64 * nlist)  # faiss' own default caps training at 256 per centroid
+    nlist = int(min(max(2 * np.sqrt(n), 16), 4096, max(n // 40, 1)))
+    sample_size = min(n, 40 * nlist)
     sample = refs[np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False))]
     quantizer = faiss.IndexFlatL2(dim)
     index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                           faiss.METRIC_L2)
     index.cp.seed = seed
+    index.cp.niter = 10
     index.train(np.ascontiguousarray(sample))
     index.add(refs)
     index.make_direct_map()  # reconstruct(rows) for explanations

@@ -276,3 +276,14 @@ def _check_counts(counts: np.ndarray | None, n: int) -> np.ndarray:
     if values.shape != (n,) or values.dtype.kind not in "iu" or (values < 1).any():
         raise ValueError(f"counts must be {n} positive integers, got shape {values.shape}")
     return values.astype(np.int64)
+
+
+def compact_integers(values: np.ndarray) -> np.ndarray:
+    """int32 where every value fits (half the bytes on disk and in memory), else int64.
+
+    >>> compact_integers(np.array([1, 2])).dtype, compact_integers(np.array([2**40])).dtype
+    (dtype('int32'), dtype('int64'))
+    """
+    array = np.asarray(values, dtype=np.int64)
+    small = array.size == 0 or (array.min() >= -(2**31) and array.max() < 2**31)
+    return array.astype(np.int32) if small else array

@@ -58,6 +58,7 @@ def service_env(model_dir: Path, **extra: str) -> dict[str, str]:
         "NEARWATCH_MODEL_DIR": str(model_dir), "NEARWATCH_RELOAD_INTERVAL": "0.3",
         "NEARWATCH_VISIBILITY_TIMEOUT": "8", "NEARWATCH_LOG_LEVEL": "INFO",
         "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+        "NEARWATCH_METRICS_HOST": "127.0.0.1",  # tests listen on loopback only
     })
     env.update(extra)
     return env

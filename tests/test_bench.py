@@ -71,3 +71,21 @@ def test_fpr_lower_bound() -> None:
         assert stats.binom.sf(x - 1, n, p) == pytest.approx(0.05, rel=1e-6)
         assert p < x / n
     assert fpr_lower_bound(5, 100, confidence=0.99) < fpr_lower_bound(5, 100)
+
+
+def test_bench_runs_pyod_peers_on_the_same_splits(tmp_path: Path) -> None:
+    pytest.importorskip("pyod")
+    _write_dataset(tmp_path / "blobs.npz", 700, 20, 3)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(bench_command, [
+        "--data-dir", str(tmp_path), "--seeds", "1", "--alpha", "0.05", "--delta", "0.1",
+        "--peers", "knn,ecod", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    blobs = json.loads((out / "report.json").read_text())["datasets"]["blobs"]
+    for peer in ("pyod_knn", "pyod_ecod"):
+        assert 90 <= blobs[peer]["auroc"]["mean"] <= 100
+        assert blobs[peer]["records_per_s"]["mean"] > 0
+    assert "Best peer:" in result.output and "| knn AUROC |" in result.output
+    bad = CliRunner().invoke(bench_command, ["--data-dir", str(tmp_path), "--peers", "svm",
+                                             "--out", str(out)])
+    assert bad.exit_code != 0 and "unknown peers ['svm']" in bad.output

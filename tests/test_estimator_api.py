@@ -263,35 +263,23 @@ def test_every_fitted_attribute_survives_save_and_load(encoder: str, tmp_path: P
     np.testing.assert_array_equal(loaded.score(x), detector.score(x))
 
 
-def test_new_fitted_attributes_are_saved_or_refused_never_dropped() -> None:
+def test_fitted_attributes_must_be_declared_to_be_saved_or_loaded() -> None:
+    """A new fitted attribute is never dropped silently, and a manifest sets no other."""
     detector = Detector(encoder="identity", alpha=0.05, delta=0.1).fit(_flagged_data()[0])
-    detector.drift_baseline_ = 0.25  # a plain value: saved with no list to update
     manifest, files = detector.to_state()
-    assert Detector.from_state(manifest, files).drift_baseline_ == 0.25
-    detector.drift_baseline_ = np.float32(0.25)  # JSON cannot carry its type
-    with pytest.raises(TypeError, match="fitted attribute drift_baseline_ .*cannot be saved"):
+    detector.drift_baseline_ = 0.25
+    with pytest.raises(TypeError, match=r"\['drift_baseline_'\] are not declared"):
         detector.to_state()
-
-
-def test_older_bundle_state_still_loads() -> None:
-    """Bundles written before the rename: config keys k/seed, no certified_ & co."""
-    detector = Detector(encoder="identity", alpha=0.05, delta=0.1, n_neighbors=4,
-                        random_state=5).fit(_flagged_data()[0])
-    manifest, files = detector.to_state()
-    config = dict(manifest["config"])
-    config["k"], config["seed"] = config.pop("n_neighbors"), config.pop("random_state")
-    del config["strict"]
-    fitted = {name: value for name, value in manifest["fitted"].items()
-              if name not in ("certified_", "n_features_in_", "n_known_anomalies_")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        old = Detector.from_state({**manifest, "config": config, "fitted": fitted}, files)
-    assert (old.n_neighbors, old.random_state) == (4, 5)
-    assert (old.certified_, old.n_features_in_, old.n_known_anomalies_) == (True, 3, None)
-    tampered = {**manifest, "fitted": {**manifest["fitted"], "certified_": False}}
-    with pytest.raises(BundleError, match="do not match the calibration state"):
-        Detector.from_state(tampered, files)
-
+    extra = {**manifest, "fitted": {**manifest["fitted"], "predict_": "anything"}}
+    with pytest.raises(BundleError, match="fitted state names .*predict_"):
+        Detector.from_state(extra, files)
+    wrong_type = {**manifest, "fitted": {**manifest["fitted"], "n_reference_": "many"}}
+    with pytest.raises(BundleError, match="fitted n_reference_ is 'many'"):
+        Detector.from_state(wrong_type, files)
+    del detector.drift_baseline_
+    detector.n_reference_ = np.int64(5)  # JSON cannot carry its type unchanged
+    with pytest.raises(TypeError, match="fitted attribute n_reference_ .*cannot be saved"):
+        detector.to_state()
 
 def test_identity_detector_needs_no_torch(tmp_path: Path) -> None:
     script = f"""

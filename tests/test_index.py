@@ -239,8 +239,10 @@ def test_compressed_ivf_finds_the_exact_neighbours_and_round_trips(tmp_path: Pat
     exact_distances, exact_rows = exact.search(queries, 5)
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(rows, exact_rows, strict=True)])
     assert recall >= 0.9, recall
-    # 8-bit codes: distances within the quantisation error of the exact ones, never far below
-    assert np.all(distances >= exact_distances - 0.05)
+    # 8-bit codes: a decoded vector is within half a quantisation step per dimension of the
+    # true one, so distances can fall below the exact ones by at most that vector's norm
+    half_step = (refs.max(axis=0) - refs.min(axis=0)) / 255 / 2
+    assert np.all(distances >= exact_distances - 1.5 * np.linalg.norm(half_step))
     np.testing.assert_allclose(compressed.reconstruct(exact_rows[:3]), refs[exact_rows[:3]],
                                atol=0.05)
     restored = ReferenceIndex.from_bytes(compressed.to_bytes(), compressed.to_state())

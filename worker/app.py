@@ -10,8 +10,12 @@ The queue and task names come from ``names.py``; each pool process's scorer is b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -96,15 +100,20 @@ def _pool_process_exit(**_: Any) -> None:
 def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None = None) -> None:
     """One worker node: metrics endpoint in this (parent) process, prefork pool for scoring."""
     from nearwatch.detector.index import configure_threads
-    from nearwatch.detector.store.registry import ModelRegistry
 
     from .metrics import prepare_multiprocess_dir, serve_metrics
+    from .remote_registry import location_of, open_registry
 
-    registry = ModelRegistry(settings.model_dir)
+    cache: Path | None = None
+    if settings.model_store is not None and settings.model_cache is None:
+        # one cache per node, made before the fork: its pool processes share the files
+        cache = Path(tempfile.mkdtemp(prefix="nearwatch-models-"))
+        settings = dataclasses.replace(settings, model_cache=cache)
+    registry = open_registry(settings)
     if registry.current_version() is None:
         log.warning("no current model in %s yet: batches fail (and are retried by the "
                     "clients) until `nearwatch models add BUNDLE_DIR --promote`",
-                    settings.model_dir)
+                    location_of(registry))
     configure_threads(settings.threads_per_process)  # before fork: children inherit it
     directory = prepare_multiprocess_dir(settings.metrics_dir)
     try:
@@ -116,9 +125,17 @@ def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None =
                 settings.metrics_host, port, directory)
     app = create_app(settings)
     app.set_current()
+    try:
+        _run_pool(app, concurrency, loglevel or settings.log_level)
+    finally:
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def _run_pool(app: Celery, concurrency: int, loglevel: str) -> None:
     app.worker_main([
         "worker", "--queues", SCORING_QUEUE, "--pool", "prefork",
-        "--concurrency", str(concurrency), "--loglevel", loglevel or settings.log_level,
+        "--concurrency", str(concurrency), "--loglevel", loglevel,
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--hostname", f"nearwatch-{os.getpid()}@%h",
     ])

@@ -105,14 +105,17 @@ def train_command(
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)
-    detector.save(out_dir)
+    from .settings import Settings
+
+    signing_key = Settings.from_env().bundle_key  # NEARWATCH_BUNDLE_KEY: sign the bundle
+    detector.save(out_dir, signing_key=signing_key)
     click.echo(
         f"trained on {len(normal_rows)} normal records ({detector.training_mode_}, "
         f"{len(anomaly_rows)} known anomalies): {detector.n_reference_} references, "
         f"threshold {detector.threshold_:.4g} (target FPR {alpha}; certified_="
         f"{detector.certified_}: FPR <= {detector.fpr_bound_:.4g} with probability "
         f"{1 - delta:.2f}{'' if detector.certified_ else ', too few normal records'}); "
-        f"saved to {out_dir}"
+        f"saved to {out_dir}{' (signed)' if signing_key else ''}"
     )
 
 
@@ -135,8 +138,9 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
 
     configure_threads(1)
     try:
-        limits = Settings.from_env().limits
-        detector = Detector.load(model_dir)
+        settings = Settings.from_env()
+        limits = settings.limits
+        detector = Detector.load(model_dir, signing_key=settings.bundle_key)
         records = read_records(data_path, max_line_bytes=limits.max_bytes).records
     except (ValueError, OSError) as exc:  # SettingsError, BundleError, an unreadable header
         raise click.ClickException(str(exc)) from exc

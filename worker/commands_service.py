@@ -1,11 +1,10 @@
-"""Service commands: worker, stream, ingest, models add/list, demo.
+"""Service commands: worker, stream, ingest, alerts, demo (models: commands_registry.py).
 
 Each command reads ``Settings.from_env()`` once (the edge) and passes it down.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path
@@ -13,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .commands_registry import models_group
 from .demo import STREAM_RECORDS
 from .names import RECORDS_STREAM
 from .settings import DEFAULTS, IngestOptions, Settings, SettingsError
 
 if TYPE_CHECKING:
     from celery import Celery
-    from nearwatch.detector import Detector
 
 _INGEST = IngestOptions()  # option defaults of `nearwatch ingest`
 
@@ -193,75 +192,6 @@ def alerts_command(consumer: str, claim_idle_ms: int | None, jsonl: str | None,
         run_alerts(settings, consumer, claim_idle_ms, jsonl, stop_when_idle)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-@click.group("models")
-def models_group() -> None:
-    """The model registry under NEARWATCH_MODEL_DIR."""
-
-
-@models_group.command("add")
-@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--promote", is_flag=True, help="Make it the current model.")
-def models_add(bundle_dir: Path, promote: bool) -> None:
-    """Verify BUNDLE_DIR and copy it into the registry under a new version."""
-    from nearwatch.detector.store.registry import ModelRegistry
-
-    registry = ModelRegistry(_settings().model_dir)
-    try:
-        version = registry.add(bundle_dir, promote=promote)
-    except ValueError as exc:  # BundleError: tampered, truncated, wrong format
-        raise click.ClickException(f"refused {bundle_dir}: {exc}") from exc
-    click.echo(f"added {version}{' (current)' if promote else ''} to {registry.root}")
-
-
-@models_group.command("list")
-def models_list() -> None:
-    """Registered versions; * marks the current one."""
-    from nearwatch.detector.store.registry import ModelRegistry
-
-    registry = ModelRegistry(_settings().model_dir)
-    listed = registry.list()
-    if not listed:
-        click.echo(f"no models in {registry.root}")
-    for entry in listed:
-        click.echo(f"{'*' if entry.current else ' '} {entry.version}  "
-                   f"model {entry.model_version or '?'}  created {entry.created_at or '?'}")
-
-
-@models_group.command("show")
-@click.argument("version", required=False)
-def models_show(version: str | None) -> None:
-    """Facts of VERSION (default: the current one), verified like a worker loads it."""
-    from nearwatch.detector.store.registry import ModelRegistry
-
-    registry = ModelRegistry(_settings().model_dir)
-    version = version or registry.current_version()
-    if version is None:
-        raise click.ClickException(f"no current model in {registry.root}")
-    try:
-        detector = registry.load(version)
-    except (ValueError, KeyError) as exc:
-        raise click.ClickException(f"cannot load {version}: {exc}") from exc
-    click.echo(json.dumps(model_facts(version, detector), indent=2))
-
-
-def model_facts(version: str, detector: Detector) -> dict[str, Any]:
-    """What an operator needs to judge a model: its guarantee and what it was built from."""
-    return {
-        "version": version,
-        "model_version": detector.model_version_,
-        "training_mode": detector.training_mode_,
-        "alpha": detector.alpha, "delta": detector.delta, "n_neighbors": detector.n_neighbors,
-        "threshold": detector.threshold_, "fpr_bound": detector.fpr_bound_,
-        "n_calibration": detector.n_calibration_,
-        "calibration_index": detector.calibration_index_,
-        "index_parts": detector.reference_index_.kinds_,
-        "n_reference_records": detector.n_reference_,
-        "n_distinct_references": detector.n_unique_reference_,
-        "duplicate_factor": round(float(detector.duplicate_factor_), 4),
-        "schema_version": detector.schema_version_,
-    }
 
 
 @click.command("demo")

@@ -41,6 +41,7 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = TRAIN_RECORDS,
     from nearwatch.detector.synthetic import LABEL_FIELD, generate_records
 
     from .client import ClientOptions, ScoringClient
+    from .remote_registry import open_registry
 
     configure_threads(settings.threads_per_process)
     started = time.perf_counter()
@@ -59,15 +60,17 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = TRAIN_RECORDS,
 
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nearwatch-")))
-        detector.save(workdir / "bundle")
-        registry = ModelRegistry(settings.model_dir if settings.broker_configured
-                                 else workdir / "models")
+        detector.save(workdir / "bundle", signing_key=settings.bundle_key)
+        # real workers: the configured registry (a directory or Redis); else a private one
+        registry = (open_registry(settings, workdir / "cache") if settings.broker_configured
+                    else ModelRegistry(workdir / "models"))
         version = registry.add(workdir / "bundle", promote=True)
         if settings.broker_configured:
             app, metrics_url = _real_workers(settings)
         else:
             app, metrics_url = stack.enter_context(_embedded_worker(settings, registry.root))
-        echo(f"3. model {version} promoted in {registry.root}; "
+        where = settings.model_store or registry.root
+        echo(f"3. model {version} promoted in {where}; "
              f"broker {app.conf.broker_url.split('@')[-1]}")
         client = ScoringClient(app, ClientOptions.from_settings(settings, batch_size=BATCH_SIZE))
         if settings.broker_configured:

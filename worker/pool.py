@@ -44,8 +44,8 @@ def scorer_for(app: Celery) -> BatchScorer:
 def build_runtime(app: Celery) -> BatchScorer:
     """Load the current model and wire the scorer of this process (once per process)."""
     from nearwatch.detector.index import configure_threads
-    from nearwatch.detector.store.registry import ModelRegistry
 
+    from .remote_registry import open_registry
     from .runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
 
     with _lock:
@@ -55,7 +55,8 @@ def build_runtime(app: Celery) -> BatchScorer:
         settings = settings_of(app)
         configure_threads(settings.threads_per_process)
         metrics = process_metrics()
-        holder = ModelHolder(ModelRegistry(settings.model_dir), settings.reload_interval, metrics)
+        # a directory, or Redis mirrored into the node's cache (NEARWATCH_MODEL_DIR)
+        holder = ModelHolder(open_registry(settings), settings.reload_interval, metrics)
         holder.load_initial()
         dead_letters: DeadLetters
         alerts = None

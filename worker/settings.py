@@ -109,6 +109,13 @@ class Settings:
     # Redis for the dead-letter and ingest streams; None: no Redis (dead letters are logged).
     redis_url: str | None = DEFAULT_BROKER_URL
     model_dir: Path = Path("models")
+    # NEARWATCH_MODEL_DIR=redis://...: the registry lives in Redis (worker/remote_store.py),
+    # cached per node in model_cache (NEARWATCH_MODEL_CACHE; None: a fresh temp dir per node).
+    model_store: str | None = None
+    model_cache: Path | None = None
+    # NEARWATCH_BUNDLE_KEY: bundles are HMAC-signed by `train` and must be signed to be added
+    # or served. None: checksums only (they catch corruption, not deliberate tampering).
+    bundle_key: bytes | None = field(default=None, repr=False)
     metrics_port: int = 9808
     metrics_host: str = "0.0.0.0"
     # prometheus_client multiprocess directory; None: a fresh temporary one per worker node.
@@ -156,12 +163,18 @@ class Settings:
         backend_default = redis_url or ("cache+memory://" if broker_url == "memory://" else "")
         backend = get("RESULT_BACKEND", str, backend_default)
         metrics_dir = get("METRICS_DIR", str, "")
+        model_location = get("MODEL_DIR", str, str(default.model_dir))
+        remote_models = model_location.startswith(("redis://", "rediss://", "unix://"))
+        model_cache = get("MODEL_CACHE", str, "")
         settings = cls(
             broker_url=broker_url,
             broker_configured="NEARWATCH_BROKER_URL" in env,
             result_backend=backend or None,
             redis_url=redis_url or None,
-            model_dir=get("MODEL_DIR", Path, default.model_dir),
+            model_dir=default.model_dir if remote_models else Path(model_location),
+            model_store=model_location if remote_models else None,
+            model_cache=Path(model_cache) if model_cache else None,
+            bundle_key=get("BUNDLE_KEY", str, "").encode() or None,
             metrics_port=get("METRICS_PORT", int, default.metrics_port),
             metrics_host=get("METRICS_HOST", str, default.metrics_host),
             metrics_dir=Path(metrics_dir) if metrics_dir else None,

@@ -50,13 +50,19 @@ class MarginalCorruption:
         self.groups = groups
         self.always = always
 
-    def __call__(self, x: torch.Tensor, pool: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, pool: torch.Tensor, g: torch.Generator,
+                 pool_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``pool_rows``: donors are ``pool[pool_rows]`` (indexing, not a copy of the pool:
+        copying a million-row matrix every step cost 90 % of training time)."""
         groups = torch.arange(x.shape[1]) if self.groups is None else self.groups
         n_groups = int(groups.max()) + 1
         corrupt = torch.rand((len(x), n_groups), generator=g) < self.rate
         if self.always is not None:
             corrupt = corrupt | self.always
-        donor_rows = torch.randint(0, len(pool), (len(x), n_groups), generator=g)
+        n_pool = len(pool) if pool_rows is None else len(pool_rows)
+        donor_rows = torch.randint(0, n_pool, (len(x), n_groups), generator=g)
+        if pool_rows is not None:
+            donor_rows = pool_rows[donor_rows]
         donors = pool[donor_rows[:, groups], torch.arange(x.shape[1])]
         return torch.where(corrupt[:, groups], donors, x)
 

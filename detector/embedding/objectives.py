@@ -147,8 +147,8 @@ class Objective:
         g: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of two marginal-corruption views of ``x`` (marginals from ``rows``)."""
-        pool = data.features[rows]
-        return encoder(self.view(x, pool, g)), encoder(self.view(x, pool, g))
+        return (encoder(self.view(x, data.features, g, rows)),
+                encoder(self.view(x, data.features, g, rows)))
 
     def _weak_loss(
         self, encoder: nn.Module, data: Supervision, batch_size: int, g: torch.Generator

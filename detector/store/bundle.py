@@ -15,6 +15,7 @@ before any file is parsed, so a tampered or truncated bundle is refused up front
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -32,9 +33,12 @@ from ..errors import BundleError
 
 __all__ = ["tensors_from_bytes", "tensors_to_bytes"]  # moved to embedding.weights
 
-FORMAT_VERSION = 2  # 2: distinct references with counts, index in parts
+# 2: distinct references with counts, index in parts; 3: content-hash model version, checked
+# fitted state, numpy encoder weights, optional HMAC signature
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
-MANIFEST_DIGEST = "manifest_sha256"  # digest of the manifest's own content, minus this key
+MANIFEST_DIGEST = "manifest_sha256"  # digest of the manifest's own content, minus these two keys
+SIGNATURE = "signature_hmac_sha256"  # optional: HMAC of that digest
 
 
 def nearwatch_version() -> str:
@@ -50,11 +54,14 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_bundle(path: str | Path, manifest: dict[str, Any], files: dict[str, bytes]) -> None:
+def write_bundle(path: str | Path, manifest: dict[str, Any], files: Mapping[str, bytes],
+                 signing_key: bytes | None = None) -> None:
     """Write ``files`` and a manifest (extended with checksums and versions) into ``path``.
 
     The directory is assembled next to the target and renamed into place, so a reader never
-    sees a half-written bundle.
+    sees a half-written bundle. With ``signing_key`` the manifest carries an HMAC-SHA256 of its
+    digest: checksums catch corruption, only a signature catches deliberate tampering (anyone
+    can recompute a checksum).
     """
     target = Path(path)
     if MANIFEST in files:
@@ -66,7 +73,10 @@ def write_bundle(path: str | Path, manifest: dict[str, Any], files: dict[str, by
         **manifest,
         "files": {name: sha256_hex(data) for name, data in sorted(files.items())},
     }
+    full_manifest.pop(SIGNATURE, None)
     full_manifest[MANIFEST_DIGEST] = _manifest_digest(full_manifest)
+    if signing_key is not None:
+        full_manifest[SIGNATURE] = sign_digest(full_manifest[MANIFEST_DIGEST], signing_key)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -112,14 +122,22 @@ class BundleFiles(Mapping[str, bytes]):
     def __len__(self) -> int:
         return len(self._checksums)
 
+    @property
+    def checksums(self) -> dict[str, str]:
+        return dict(self._checksums)
+
     def path(self, name: str) -> Path:
         if name not in self._checksums:
             raise KeyError(name)
         return self.folder / name
 
 
-def read_bundle(path: str | Path) -> tuple[dict[str, Any], BundleFiles]:
-    """Return the manifest and the verified files it lists (see ``BundleFiles``)."""
+def read_bundle(path: str | Path, signing_key: bytes | None = None
+                ) -> tuple[dict[str, Any], BundleFiles]:
+    """Return the manifest and the verified files it lists (see ``BundleFiles``).
+
+    With ``signing_key``, an unsigned bundle or one whose signature does not match is refused.
+    """
     folder = Path(path)
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
@@ -135,6 +153,15 @@ def read_bundle(path: str | Path) -> tuple[dict[str, Any], BundleFiles]:
         )
     if manifest.get(MANIFEST_DIGEST) != _manifest_digest(manifest):
         raise BundleError(f"{manifest_path}: checksum mismatch for {MANIFEST}: it was modified")
+    if signing_key is not None:
+        signature = manifest.get(SIGNATURE)
+        if not isinstance(signature, str):
+            raise BundleError(f"{folder} is not signed, and this service requires signed "
+                              "bundles (a signing key is configured)")
+        if not hmac.compare_digest(signature, sign_digest(manifest[MANIFEST_DIGEST],
+                                                          signing_key)):
+            raise BundleError(f"{folder}: the signature does not match: the bundle was "
+                              "tampered with, or signed with another key")
     checksums = manifest.get("files")
     if not isinstance(checksums, dict):
         raise BundleError(f"{manifest_path} has no file checksums")
@@ -159,8 +186,14 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sign_digest(digest: str, key: bytes) -> str:
+    """HMAC-SHA256 of the manifest digest (which covers every file's checksum)."""
+    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
+
+
 def _manifest_digest(manifest: dict[str, Any]) -> str:
-    content = {key: value for key, value in manifest.items() if key != MANIFEST_DIGEST}
+    content = {key: value for key, value in manifest.items()
+               if key not in (MANIFEST_DIGEST, SIGNATURE)}
     return sha256_hex(json.dumps(content, sort_keys=True).encode())
 
 

@@ -4,7 +4,7 @@
 Nothing lists the scalar fitted attributes: every public attribute ending in ``_`` that is not
 one of the components below goes into the manifest's ``"fitted"`` object, and one that JSON
 cannot carry unchanged makes saving fail instead of being dropped. The components travel as
-files of the bundle layout (format 2): ``encoder.npz`` (learned encoders only; an identity
+files of the bundle layout (format 3): ``encoder.npz`` (learned encoders only; an identity
 embedder has no weights, so neither torch nor that file is needed), ``index.faiss`` (+
 ``index_1.faiss`` ...), ``reference_counts.npy``, ``calibration.npy``,
 ``reference_features.npy`` and ``reference_ids.json``.
@@ -12,8 +12,9 @@ embedder has no weights, so neither torch nor that file is needed), ``index.fais
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +25,17 @@ from ..embedding.builder import _as_numpy, build_embedder
 from ..embedding.weights import arrays_from_bytes, arrays_to_bytes, tensors_from_bytes
 from ..errors import BundleError, SchemaMismatchError
 from ..features.schema import FeatureEncoder
+from ..fitted import COMPONENTS, TRAINING_MODES, declared_fitted
+from ..fitting import check_params
 from ..index import ReferenceIndex
-from ..references import ReferenceSet
+from ..references import ReferenceSet, compact_integers
 from .bundle import (
     BundleFiles,
     array_from_bytes,
     array_to_bytes,
     fingerprint,
     read_bundle,
+    sha256_hex,
     write_bundle,
 )
 
@@ -47,15 +51,6 @@ REFERENCE_FEATURES_FILE = "reference_features.npy"
 REFERENCE_IDS_FILE = "reference_ids.json"  # any JSON ids; integer ids: reference_ids.npy
 REFERENCE_INT_IDS_FILE = "reference_ids.npy"
 REQUIRED_FILES = (INDEX_FILE, CALIBRATION_FILE, REFERENCE_COUNTS_FILE)
-# Fitted attributes that are objects or arrays, each saved by its own to_state / file above.
-COMPONENTS = frozenset({"feature_encoder_", "embedder_", "reference_index_", "calibrator_",
-                        "reference_features_", "reference_ids_"})
-# Fitted attributes added after bundle format 2 was first written: derived for older bundles.
-BACKFILL: dict[str, Callable[[Detector], Any]] = {
-    "certified_": lambda detector: bool(detector.calibrator_.certified_),
-    "n_features_in_": lambda detector: len(detector.feature_encoder_.fields_),
-    "n_known_anomalies_": lambda detector: None,  # not recorded by older versions
-}
 RENAMED_CONFIG = {"k": "n_neighbors", "seed": "random_state"}  # older bundles' config keys
 
 
@@ -68,12 +63,13 @@ def is_fitted_name(name: str) -> bool:
     return name.endswith("_") and not name.startswith("_")
 
 
-def save_detector(detector: Detector, path: Path) -> None:
-    write_bundle(path, *detector.to_state())
+def save_detector(detector: Detector, path: Path, signing_key: bytes | None = None) -> None:
+    write_bundle(path, *detector.to_state(), signing_key=signing_key)
 
 
-def load_detector(cls: type[Detector], path: Path) -> Detector:
-    manifest, files = read_bundle(path)
+def load_detector(cls: type[Detector], path: Path, signing_key: bytes | None = None
+                  ) -> Detector:
+    manifest, files = read_bundle(path, signing_key=signing_key)
     try:
         return cls.from_state(manifest, files)
     except BundleError as exc:
@@ -82,8 +78,13 @@ def load_detector(cls: type[Detector], path: Path) -> Detector:
 
 def detector_state(detector: Detector) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The manifest part and the files of a fitted detector (see the module docstring)."""
+    declared = declared_fitted(type(detector))
     fitted = {name: _json_value(name, value) for name, value in vars(detector).items()
               if is_fitted_name(name) and name not in COMPONENTS}
+    undeclared = sorted(set(fitted) - set(declared))
+    if undeclared:
+        raise TypeError(f"fitted attributes {undeclared} are not declared in "
+                        "detector.fitted.FittedAttributes: declare them to save them")
     embedder, references = detector.embedder_, detector.reference_index_
     manifest = {
         "config": detector._config(),
@@ -93,11 +94,10 @@ def detector_state(detector: Detector) -> tuple[dict[str, Any], dict[str, bytes]
         "references": references.to_state(),
         "calibration": detector.calibrator_.to_state(),
         "fitted": fitted,
-        "data_fingerprint": detector.model_version_ if detector.reference_features_ is None
-        else fingerprint(detector.reference_features_),
+        "data_fingerprint": fingerprint(references.counts_),
     }
     files = {
-        REFERENCE_COUNTS_FILE: array_to_bytes(references.counts_),
+        REFERENCE_COUNTS_FILE: array_to_bytes(compact_integers(references.counts_)),
         CALIBRATION_FILE: array_to_bytes(detector.calibrator_.calibration_scores_),
     }
     if detector.reference_features_ is not None:  # else read back from the index vectors
@@ -125,7 +125,7 @@ def _json_value(name: str, value: Any) -> Any:
     if not same or (value is not None and type(value) not in (bool, int, float, str, list, dict)):
         raise TypeError(
             f"fitted attribute {name} ({type(value).__name__}) cannot be saved as JSON "
-            "unchanged: store a plain value, or add it to detector.store.persistence.COMPONENTS "
+            "unchanged: store a plain value, or add it to detector.fitted.COMPONENTS "
             "with its own file"
         )
     return value
@@ -186,15 +186,53 @@ def _restore(
         detector.reference_ids_ = json.loads(files[REFERENCE_IDS_FILE])
     else:
         raise BundleError(f"bundle lacks {REFERENCE_IDS_FILE} (or {REFERENCE_INT_IDS_FILE})")
-    for name, value in manifest["fitted"].items():
-        if not is_fitted_name(name) or name in COMPONENTS:
-            raise BundleError(f"the manifest's fitted state names {name!r}, not a fitted value")
+    declared = declared_fitted(cls)
+    fitted = manifest["fitted"]
+    if not isinstance(fitted, dict) or set(fitted) != set(declared):
+        found = sorted(fitted) if isinstance(fitted, dict) else fitted
+        raise BundleError(f"the manifest's fitted state names {found}, expected exactly "
+                          f"{sorted(declared)}")
+    for name, value in fitted.items():
+        kind = declared[name]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _members(kind)):
+            raise BundleError(f"fitted {name} is {value!r}, not a {kind}")
         setattr(detector, name, value)
-    for name, derive in BACKFILL.items():
-        if name not in manifest["fitted"]:
-            setattr(detector, name, derive(detector))
     _check_consistent(detector)
+    recomputed = content_version(manifest, _checksums(files))
+    if recomputed != detector.model_version_:
+        raise BundleError(f"the manifest's model_version_ {detector.model_version_} does not "
+                          f"match the bundle's content ({recomputed}): it was edited")
     return detector
+
+
+def model_version_of(detector: Detector) -> str:
+    """``content_version`` of a fitted detector's state (what ``fit`` records)."""
+    manifest, files = detector_state(detector)
+    return content_version(manifest, {name: sha256_hex(data) for name, data in files.items()})
+
+
+def content_version(manifest: dict[str, Any], checksums: Mapping[str, str]) -> str:
+    """The model version: a hash of everything that decides scores and answers.
+
+    Computed from the manifest's component states and the files' checksums, so it is the same
+    when ``fit`` computes it and when a load recomputes it from a verified bundle.
+    """
+    decisive = {key: manifest[key] for key in ("config", "schema", "embedder", "references",
+                                                "calibration")}
+    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, allow_nan=False).encode())
+    for name in sorted(checksums):
+        digest.update(f"{name}:{checksums[name]};".encode())
+    return digest.hexdigest()[:12]
+
+
+def _checksums(files: Mapping[str, bytes]) -> dict[str, str]:
+    if isinstance(files, BundleFiles):
+        return files.checksums
+    return {name: sha256_hex(data) for name, data in files.items()}
+
+
+def _members(kind: Any) -> tuple[Any, ...]:
+    return tuple(getattr(kind, "__args__", (kind,)))
 
 
 def _index_part(files: Mapping[str, bytes], name: str, params: dict[str, Any]) -> ReferenceIndex:
@@ -216,6 +254,25 @@ def _mapped_array(files: Mapping[str, bytes], name: str) -> np.ndarray:
 
 def _check_consistent(detector: Detector) -> None:
     references, calibrator = detector.reference_index_, detector.calibrator_
+    check_params(detector.get_params())  # e.g. n_neighbors=0 would fail every record
+    if detector.n_neighbors > references.n_records_:
+        raise BundleError(f"n_neighbors={detector.n_neighbors} exceeds the "
+                          f"{references.n_records_} reference records")
+    facts = {
+        "n_unique_reference_": (detector.n_unique_reference_, references.n_unique_),
+        "n_calibration_": (detector.n_calibration_, calibrator.n_calibration_),
+        "calibration_index_": (detector.calibration_index_, references.kind_),
+        "n_features_": (detector.n_features_, detector.feature_encoder_.n_features_),
+        "schema_version_": (detector.schema_version_, detector.feature_encoder_.version_),
+    }
+    wrong = {name: pair for name, pair in facts.items() if pair[0] != pair[1]}
+    if not np.isclose(detector.duplicate_factor_,
+                      references.n_records_ / references.n_unique_):
+        wrong["duplicate_factor_"] = (detector.duplicate_factor_, None)
+    if detector.training_mode_ not in TRAINING_MODES:
+        wrong["training_mode_"] = (detector.training_mode_, None)
+    if wrong:
+        raise BundleError(f"fitted facts contradict the bundle's components: {wrong}")
     features = detector.reference_features_
     if (len(detector.reference_ids_) != references.n_unique_
             or (features is not None and len(features) != references.n_unique_)

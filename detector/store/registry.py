@@ -43,10 +43,14 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    """Versions under ``root``; ``root`` is created on the first ``add``."""
+    """Versions under ``root``; ``root`` is created on the first ``add``.
 
-    def __init__(self, root: str | Path) -> None:
+    ``signing_key``: every bundle added or loaded must carry a matching HMAC signature.
+    """
+
+    def __init__(self, root: str | Path, signing_key: bytes | None = None) -> None:
         self.root = Path(root)
+        self.signing_key = signing_key
 
     # ------------------------------------------------------------------ reading
     def versions(self) -> list[str]:
@@ -78,7 +82,7 @@ class ModelRegistry:
         """Load (and verify) one version; raises ``BundleError`` if it was tampered with."""
         from ..detector import Detector
 
-        return Detector.load(self.path(version))
+        return Detector.load(self.path(version), signing_key=self.signing_key)
 
     def load_current(self) -> tuple[str, Detector]:
         """``(version, detector)`` for the current version."""
@@ -118,7 +122,8 @@ class ModelRegistry:
         if not source.is_dir():
             raise BundleError(f"{source} is not a bundle directory")
         _refuse_links(source)  # before anything reads a file through a link or a device
-        Detector.load(source)  # raises BundleError: a bad bundle never enters the registry
+        # raises BundleError: a bad (or, with a key, unsigned) bundle never enters the registry
+        Detector.load(source, signing_key=self.signing_key)
         self.root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".adding-", dir=self.root))
         try:

@@ -1,0 +1,135 @@
+"""`nearwatch models`: the model registry, a directory or Redis (``NEARWATCH_MODEL_DIR``).
+
+Every command goes through ``open_registry``: with ``NEARWATCH_MODEL_DIR=redis://...`` a
+version is verified locally before it is uploaded, and downloaded and verified exactly like a
+worker does before it is promoted or shown.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from nearwatch.detector import Detector
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group("models")
+def models_group() -> None:
+    """The model registry: NEARWATCH_MODEL_DIR, a directory or redis://host:port/db."""
+
+
+@models_group.command("add")
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--promote", is_flag=True, help="Make it the current model.")
+def models_add(bundle_dir: Path, promote: bool) -> None:
+    """Verify BUNDLE_DIR and copy it into the registry under a new version."""
+    from redis.exceptions import RedisError
+
+    from .remote_registry import location_of, registry_session
+
+    with registry_session(_settings()) as registry:
+        try:
+            version = registry.add(bundle_dir, promote=promote)
+        except ValueError as exc:  # BundleError: tampered, truncated, wrong format
+            raise click.ClickException(f"refused {bundle_dir}: {exc}") from exc
+        except RedisError as exc:
+            raise click.ClickException(f"cannot reach {location_of(registry)}: {exc}") from exc
+        click.echo(f"added {version}{' (current)' if promote else ''} to "
+                   f"{location_of(registry)}")
+
+
+@models_group.command("promote")
+@click.argument("version")
+def models_promote(version: str) -> None:
+    """Make VERSION the current model (also to roll back); it is verified first."""
+    from redis.exceptions import RedisError
+
+    from .remote_registry import location_of, registry_session
+
+    with registry_session(_settings()) as registry:
+        try:
+            registry.promote(version)
+        except ValueError as exc:  # BundleError
+            raise click.ClickException(f"refused {version}: {exc}") from exc
+        except RedisError as exc:
+            raise click.ClickException(f"cannot reach {location_of(registry)}: {exc}") from exc
+        click.echo(f"{version} is the current model of {location_of(registry)}")
+
+
+@models_group.command("list")
+def models_list() -> None:
+    """Registered versions; * marks the current one."""
+    from .remote_registry import location_of, registry_session
+
+    with registry_session(_settings()) as registry:
+        listed = registry.list()
+        if not listed:
+            click.echo(f"no models in {location_of(registry)}")
+    for entry in listed:
+        click.echo(f"{'*' if entry.current else ' '} {entry.version}  "
+                   f"model {entry.model_version or '?'}  created {entry.created_at or '?'}")
+
+
+@models_group.command("sign")
+@click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def models_sign(bundle_dir: Path) -> None:
+    """Verify BUNDLE_DIR's checksums and sign it in place with NEARWATCH_BUNDLE_KEY."""
+    from nearwatch.detector.store.bundle import read_bundle, write_bundle
+
+    key = _settings().bundle_key
+    if key is None:
+        raise click.ClickException("set NEARWATCH_BUNDLE_KEY to the signing key")
+    try:
+        manifest, files = read_bundle(bundle_dir)
+        write_bundle(bundle_dir, manifest, files, signing_key=key)
+    except ValueError as exc:  # BundleError: corrupt bundles are not signed
+        raise click.ClickException(f"refused {bundle_dir}: {exc}") from exc
+    click.echo(f"signed {bundle_dir}")
+
+
+@models_group.command("show")
+@click.argument("version", required=False)
+def models_show(version: str | None) -> None:
+    """Facts of VERSION (default: the current one), verified like a worker loads it."""
+    from .remote_registry import location_of, registry_session
+
+    with registry_session(_settings()) as registry:
+        version = version or registry.current_version()
+        if version is None:
+            raise click.ClickException(f"no current model in {location_of(registry)}")
+        try:
+            detector = registry.load(version)
+        except (ValueError, KeyError) as exc:
+            raise click.ClickException(f"cannot load {version}: {exc}") from exc
+        click.echo(json.dumps(model_facts(version, detector), indent=2))
+
+
+def model_facts(version: str, detector: Detector) -> dict[str, Any]:
+    """What an operator needs to judge a model: its guarantee and what it was built from."""
+    return {
+        "version": version,
+        "model_version": detector.model_version_,
+        "training_mode": detector.training_mode_,
+        "alpha": detector.alpha, "delta": detector.delta, "n_neighbors": detector.n_neighbors,
+        "threshold": detector.threshold_, "fpr_bound": detector.fpr_bound_,
+        "n_calibration": detector.n_calibration_,
+        "calibration_index": detector.calibration_index_,
+        "index_parts": detector.reference_index_.kinds_,
+        "n_reference_records": detector.n_reference_,
+        "n_distinct_references": detector.n_unique_reference_,
+        "duplicate_factor": round(float(detector.duplicate_factor_), 4),
+        "schema_version": detector.schema_version_,
+    }
