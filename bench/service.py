@@ -62,9 +62,12 @@ run with the training records, 2% anomalies)."""
 @click.option("--latency-samples", default=400, show_default=True, type=int)
 @click.option("--repeat", default=3, show_default=True, type=int,
               help="Runs per size; the table shows the median of each figure.")
+@click.option("--alerts/--no-alerts", default=True, show_default=True,
+              help="Workers write alert events for flagged records (NEARWATCH_ALERTS).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path))
 def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_flight: int,
-         concurrency: int, latency_samples: int, repeat: int, out_dir: Path | None) -> None:
+         concurrency: int, latency_samples: int, repeat: int, alerts: bool,
+         out_dir: Path | None) -> None:
     """Measure the scoring service end to end (see the module docstring)."""
     from nearwatch.detector.index import configure_threads
 
@@ -72,14 +75,15 @@ def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_fli
     rows = []
     for n_refs in ref_sizes:
         rows.append(_bench_one(n_refs, n_records, batch_size, max_in_flight, concurrency,
-                               latency_samples, max(1, repeat)))
+                               latency_samples, max(1, repeat), alerts))
         click.echo(_table(rows[-1:]), err=True)
     report = {
         "command": " ".join(["python -m bench.service", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_end": os.getloadavg()},
         "settings": {"records": n_records, "batch": batch_size, "in_flight": max_in_flight,
-                     "concurrency": concurrency, "fields": 40, "repeat": repeat},
+                     "concurrency": concurrency, "fields": 40, "repeat": repeat,
+                     "alerts": alerts},
         "results": rows,
     }
     click.echo(_table(rows))
@@ -92,7 +96,8 @@ def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_fli
 
 
 def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
-               concurrency: int, latency_samples: int, repeat: int) -> dict[str, Any]:
+               concurrency: int, latency_samples: int, repeat: int, alerts: bool = True
+               ) -> dict[str, Any]:
     from nearwatch.detector import Detector
     from nearwatch.detector.store.registry import ModelRegistry
     from nearwatch.detector.synthetic import LABEL_FIELD
@@ -112,7 +117,8 @@ def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
         data = work / "records.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in records))
         runs = []
-        node = _worker_node(registry.root, concurrency, work)
+        node = _worker_node(registry.root, concurrency, work,
+                            extra_env={"NEARWATCH_ALERTS": "1" if alerts else "0"})
         with node as app:  # idle while the in-process rates are measured
             for _ in range(repeat):
                 runs.append(_measure(detector, records, data, node, app, batch_size,
@@ -122,7 +128,7 @@ def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
         row["e2e_unanswered"] = max(run["e2e_unanswered"] for run in runs)
         return {
             "refs": n_refs, "index": detector.reference_index_.kind_,
-            "ef_search": detector.reference_index_.ef_search,
+            "ef_search": detector.reference_index_.parts_[0].ef_search,
             "embedder": type(detector.embedder_).__name__, "fit_s": round(fit_s, 1),
             "runs": repeat, "e2e_rps_runs": [run["e2e_rps"] for run in runs], **row,
         }

@@ -39,9 +39,10 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
     """``nearwatch worker`` in a subprocess on Redis DB 12; yields a client app."""
 
     def __init__(self, model_dir: Path, concurrency: int, work: Path,
-                 loglevel: str = "WARNING") -> None:
+                 loglevel: str = "WARNING", extra_env: dict[str, str] | None = None) -> None:
         self.model_dir, self.concurrency, self.work = model_dir, concurrency, work
         self.loglevel = loglevel
+        self.extra_env = dict(extra_env or {})
 
     def __enter__(self) -> Any:
         import redis
@@ -57,6 +58,7 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
                    NEARWATCH_METRICS_PORT=str(port), NEARWATCH_LOG_LEVEL=self.loglevel,
                    NEARWATCH_METRICS_HOST="127.0.0.1",
                    OMP_NUM_THREADS="1")
+        env.update(self.extra_env)
         self.log = (self.work / "worker.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from nearwatch.worker.cli import main; main()", "worker",
