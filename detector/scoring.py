@@ -123,17 +123,22 @@ def explain_rows(
     scores, distances, rows = neighbour_search(detector, features, n_neighbours)
     p_values = detector.calibrator_.p_value(scores)
     encoder = detector.feature_encoder_
-    explanations = []
+    # the k nearest *records* of each query: a distinct reference counts as often as taken
     taken = detector.reference_index_.records_taken(rows, detector.n_neighbors)
+    nearest_records = np.repeat(rows.ravel(), taken.ravel()).reshape(len(rows), -1)
+    typical = np.median(reference_features(detector, nearest_records), axis=1)
+    # per-field Euclidean deviation for every record at once: squared differences summed
+    # over each field's columns (a column -> field membership matrix)
+    field_names = list(encoder.field_columns_)
+    membership = np.zeros((features.shape[1], len(field_names)), dtype=np.float32)
+    for position, columns in enumerate(encoder.field_columns_.values()):
+        membership[columns, position] = 1.0
+    deviations = np.sqrt(((features - typical) ** 2) @ membership)
+    ranked = np.argsort(-deviations, axis=1, kind="stable")[:, :n_fields]
+    ids = neighbour_reference_ids(detector.reference_ids_, rows[:, :n_neighbours])
+    counts = detector.reference_index_.counts_[rows[:, :n_neighbours]].tolist()
+    explanations = []
     for i in range(len(features)):
-        # the k nearest *records*: a distinct reference counts as many times as it is taken
-        nearest_records = np.repeat(rows[i], taken[i])
-        typical = np.median(reference_features(detector, nearest_records), axis=0)
-        field_deviations = []
-        for field, columns in encoder.field_columns_.items():
-            deviation = float(np.linalg.norm(features[i, columns] - typical[columns]))
-            field_deviations.append((deviation, field, columns))
-        field_deviations.sort(key=lambda item: -item[0])
         explanations.append({
             "score": float(scores[i]),
             "p_value": float(p_values[i]),
@@ -141,18 +146,14 @@ def explain_rows(
             if detector.threshold_ is None
             else bool(scores[i] > detector.threshold_),
             "neighbours": [
-                {"id": rid, "distance": float(distance),
-                 "copies": int(detector.reference_index_.counts_[row])}
-                for distance, row, rid in zip(
-                    distances[i, :n_neighbours], rows[i, :n_neighbours],
-                    neighbour_reference_ids(detector.reference_ids_, rows[i : i + 1,
-                                                                          :n_neighbours])[0],
-                    strict=True,
-                )
+                {"id": rid, "distance": float(distance), "copies": int(copies)}
+                for distance, rid, copies in zip(
+                    distances[i, :n_neighbours], ids[i], counts[i], strict=True)
             ],
             "fields": [
-                _field_detail(encoder, field, deviation, features[i], typical)
-                for deviation, field, columns in field_deviations[:n_fields]
+                _field_detail(encoder, field_names[j], float(deviations[i, j]), features[i],
+                              typical[i])
+                for j in ranked[i].tolist()
             ],
         })
     return explanations
