@@ -251,8 +251,15 @@ def test_kubernetes_containers_get_a_broker_url_with_the_secret_password() -> No
                   and d["metadata"]["name"] == "nearwatch-worker")
     resources = _containers(worker)[0]["resources"]
     assert resources["requests"]["memory"] == "512Mi" and "memory" in resources["limits"]
-    assert {"ReadWriteMany"} == {a for d in docs if d["kind"] == "PersistentVolumeClaim"
-                                 for a in d["spec"]["accessModes"]}
+    # no shared filesystem: the registry is in Redis, each pod caches on its own scratch volume
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    model_env = {e["name"]: e.get("value") for e in _containers(worker)[0]["env"]}
+    model_url = model_env["NEARWATCH_MODEL_DIR"].replace("$(REDIS_PASSWORD)", password)
+    remote = Settings.from_env({"NEARWATCH_BROKER_URL": url.replace("$(REDIS_PASSWORD)",
+                                                                      password),
+                                "NEARWATCH_MODEL_DIR": model_url,
+                                "NEARWATCH_MODEL_CACHE": model_env["NEARWATCH_MODEL_CACHE"]})
+    assert remote.model_store == model_url and remote.model_cache is not None
 
 
 # --- (c) every command is one the CLI has ------------------------------------------------------
