@@ -36,8 +36,8 @@ EF_VALUES = (16, 24, 32, 40, 48, 64, 96)
 def main(n_refs: int, n_queries: int, out_dir: Path | None) -> None:
     """Sweep efSearch on a trained detector's embeddings (see the module docstring)."""
     from nearwatch.detector import Detector
-    from nearwatch.detector.index import configure_threads
     from nearwatch.detector.synthetic import LABEL_FIELD
+    from nearwatch.detector.threads import configure_threads
 
     configure_threads(1)
     train, pool = _workload(n_refs, n_queries)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from nearwatch.detector.index import configure_threads
+from nearwatch.detector.threads import configure_threads
 from tqdm.auto import tqdm
 
 BAR_UNLABELLED = 94.5

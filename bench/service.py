@@ -69,7 +69,7 @@ def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_fli
          concurrency: int, latency_samples: int, repeat: int, alerts: bool,
          out_dir: Path | None) -> None:
     """Measure the scoring service end to end (see the module docstring)."""
-    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.threads import configure_threads
 
     configure_threads(1)
     rows = []

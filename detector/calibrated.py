@@ -73,7 +73,12 @@ def stored_reference_features(
     they are read back from the index and not stored twice; otherwise float16 copies: an
     explanation needs a field's typical value, not 7 digits of it.
     """
-    probe = references.reconstruct(np.zeros(1, dtype=np.int64))
-    if metric == "euclidean" and embedder.features_from_embedding(probe) is not None:
+    if metric == "euclidean" and features_recoverable(embedder, references):
         return None
     return features.astype(np.float16)
+
+
+def features_recoverable(embedder: Any, references: ReferenceSet) -> bool:
+    """Whether the embedder turns the indexed vectors back into feature rows."""
+    probe = references.reconstruct(np.zeros(1, dtype=np.int64))
+    return embedder.features_from_embedding(probe) is not None

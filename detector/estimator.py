@@ -31,6 +31,26 @@ def warn_renamed(old: str, stacklevel: int = 3) -> None:
     )
 
 
+class RenamedParameter:
+    """A deprecated attribute name that reads and writes its new name, with a warning."""
+
+    def __init__(self, current: str) -> None:
+        self.current = current
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.old = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        warn_renamed(self.old)
+        return getattr(obj, self.current)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        warn_renamed(self.old)
+        setattr(obj, self.current, value)
+
+
 class EstimatorAPI:
     """Mixin: parameters by name, sklearn's score spellings and ``fit_predict``.
 
@@ -41,27 +61,8 @@ class EstimatorAPI:
     n_neighbors: int
     random_state: int
 
-    @property
-    def k(self) -> int:
-        """Deprecated: ``n_neighbors``."""
-        warn_renamed("k")
-        return self.n_neighbors
-
-    @k.setter
-    def k(self, value: int) -> None:
-        warn_renamed("k")
-        self.n_neighbors = value
-
-    @property
-    def seed(self) -> int:
-        """Deprecated: ``random_state``."""
-        warn_renamed("seed")
-        return self.random_state
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        warn_renamed("seed")
-        self.random_state = value
+    k = RenamedParameter("n_neighbors")  # deprecated spellings (DeprecationWarning)
+    seed = RenamedParameter("random_state")
 
     @classmethod
     def _param_names(cls) -> list[str]:

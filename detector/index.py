@@ -47,9 +47,6 @@ import numpy as np
 
 from .errors import BundleError, NotFittedError
 from .index_build import build_hnsw, build_ivf
-from .threads import BLAS_THRESHOLD, configure_threads
-
-__all__ = ["BLAS_THRESHOLD", "ReferenceIndex", "configure_threads"]  # threads: moved
 
 METRICS = ("euclidean", "cosine")
 KINDS = ("auto", "flat", "hnsw", "ivf")

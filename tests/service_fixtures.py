@@ -259,3 +259,17 @@ def wait_broker_idle(redis_client: Any, timeout: float = 60.0) -> None:
     killed node's batch has come back after the visibility timeout and been scored."""
     wait_for(lambda: redis_client.llen("scoring") == 0 and redis_client.hlen("unacked") == 0,
              timeout, "the broker to have no queued or unacknowledged batch", interval=0.2)
+
+
+def flushed_redis(url: str) -> Iterator[Any]:
+    """A Redis client on ``url``'s database, flushed before and after (skip without Redis)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379 (make services)")
+    client.flushdb()
+    yield client
+    client.flushdb()

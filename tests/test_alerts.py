@@ -29,23 +29,14 @@ from nearwatch.worker.alerts import (
 )
 from nearwatch.worker.settings import AlertSettings, Settings, SettingsError
 
-from tests.service_fixtures import stream_records_for_test
+from tests.service_fixtures import flushed_redis, stream_records_for_test
 
 ALERT_DB = "redis://127.0.0.1:6379/12"  # not the service tests' DB 11: their workers emit too
 
 
 @pytest.fixture()
 def alert_redis() -> Iterator[Any]:
-    import redis
-
-    client = redis.Redis.from_url(ALERT_DB)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379 (make services)")
-    client.flushdb()
-    yield client
-    client.flushdb()
+    yield from flushed_redis(ALERT_DB)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import faiss
 import numpy as np
 import pytest
 from nearwatch.detector.errors import BundleError, NotFittedError
-from nearwatch.detector.index import BLAS_THRESHOLD, ReferenceIndex, configure_threads
+from nearwatch.detector.index import ReferenceIndex
+from nearwatch.detector.threads import BLAS_THRESHOLD, configure_threads
 
 K = 5
 

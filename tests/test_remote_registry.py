@@ -24,6 +24,8 @@ from nearwatch.worker.remote_store import RedisModelStore
 from nearwatch.worker.runtime import ModelHolder
 from nearwatch.worker.settings import Settings
 
+from tests.service_fixtures import flushed_redis
+
 URL = "redis://127.0.0.1:6379/13"
 KEY = b"remote-registry-test-key"
 CHUNK = 1024  # small chunks: every file spans several
@@ -31,16 +33,7 @@ CHUNK = 1024  # small chunks: every file spans several
 
 @pytest.fixture
 def client() -> Iterator[Any]:
-    import redis
-
-    connection = redis.Redis.from_url(URL)
-    try:
-        connection.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379 (make services)")
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
+    yield from flushed_redis(URL)
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def _pool_process_exit(**_: Any) -> None:
 
 def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None = None) -> None:
     """One worker node: metrics endpoint in this (parent) process, prefork pool for scoring."""
-    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.threads import configure_threads
 
     from .metrics import prepare_multiprocess_dir, serve_metrics
     from .remote_registry import location_of, open_registry

@@ -71,7 +71,7 @@ def train_command(
     """Train a detector on normal records and save it as a verified bundle."""
     from nearwatch.detector import Detector
     from nearwatch.detector.errors import CalibrationWarning
-    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.threads import configure_threads
 
     configure_threads(1)
     data = read_records(data_path, label_field=label_field)
@@ -130,7 +130,7 @@ def train_command(
 def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: int) -> None:
     """Score records: one JSON result per input record, in input order."""
     from nearwatch.detector import Detector
-    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.threads import configure_threads
     from tqdm import tqdm
 
     from .records import dump_result

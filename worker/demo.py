@@ -36,9 +36,9 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = TRAIN_RECORDS,
              n_stream: int = STREAM_RECORDS, seed: int = 0) -> int:
     """Returns the process exit status (non-zero if a record went unanswered)."""
     from nearwatch.detector import Detector
-    from nearwatch.detector.index import configure_threads
     from nearwatch.detector.store.registry import ModelRegistry
     from nearwatch.detector.synthetic import LABEL_FIELD, generate_records
+    from nearwatch.detector.threads import configure_threads
 
     from .client import ClientOptions, ScoringClient
     from .remote_registry import open_registry

@@ -43,7 +43,7 @@ def scorer_for(app: Celery) -> BatchScorer:
 
 def build_runtime(app: Celery) -> BatchScorer:
     """Load the current model and wire the scorer of this process (once per process)."""
-    from nearwatch.detector.index import configure_threads
+    from nearwatch.detector.threads import configure_threads
 
     from .remote_registry import open_registry
     from .runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters

@@ -17,8 +17,8 @@ acting on those columns *is* a learned embedding table for each categorical fiel
 >>> embedder = MetricEmbedder(MLPEncoder(3, hidden=(8,), embedding_dim=2), embedding_weight=0.5)
 >>> embedder.embed(np.zeros((4, 3), dtype=np.float32)).shape
 (4, 5)
->>> clone = build_metric_embedder(embedder.to_state(), embedder.tensors())
->>> bool(np.allclose(clone.embed(np.ones((2, 3))), embedder.embed(np.ones((2, 3)))))
+>>> frozen = embedder.freeze()  # what a fitted Detector and every loaded bundle embed with
+>>> bool(np.allclose(frozen.embed(np.ones((2, 3))), embedder.embed(np.ones((2, 3)))))
 True
 """
 
@@ -37,7 +37,7 @@ from .frozen import FrozenMLPEmbedder
 from .identity import STATE_VERSION, Embedder, IdentityEmbedder
 
 __all__ = ["STATE_VERSION", "Embedder", "IdentityEmbedder", "MLPEncoder", "MetricEmbedder",
-           "build_embedder", "build_metric_embedder"]
+           "build_embedder"]
 EMBED_BATCH = 8192  # rows per forward pass: bounded memory, still vectorised
 
 
@@ -156,23 +156,3 @@ class MetricEmbedder:
         """The same function in numpy, for fitting's last steps and serving (no torch)."""
         arrays = {name: tensor.numpy() for name, tensor in self.tensors().items()}
         return FrozenMLPEmbedder(self.to_state(), arrays)
-
-
-def build_metric_embedder(state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Embedder:
-    """Rebuild a ``MetricEmbedder`` from ``to_state()`` and ``tensors()``.
-
-    Raises ``ValueError`` for state or tensors that do not fit the architecture.
-    """
-    if state.get("kind") != "metric_mlp" or state.get("version") != STATE_VERSION:
-        raise ValueError(f"not a metric embedder state: {state.get('kind')!r}")
-    encoder = MLPEncoder(
-        int(state["n_features"]),
-        [int(h) for h in state["hidden"]],
-        int(state["embedding_dim"]),
-        bool(state["normalize"]),
-    )
-    try:
-        encoder.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:  # wrong keys or shapes
-        raise ValueError(f"encoder tensors do not match the architecture: {exc}") from exc
-    return MetricEmbedder(encoder, state["raw_weight"], state["embedding_weight"])

@@ -28,10 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding.weights import tensors_from_bytes, tensors_to_bytes
 from ..errors import BundleError
-
-__all__ = ["tensors_from_bytes", "tensors_to_bytes"]  # moved to embedding.weights
 
 # 2: distinct references with counts, index in parts; 3: content-hash model version, checked
 # fitted state, numpy encoder weights, optional HMAC signature

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..calibrated import features_recoverable
 from ..calibration import ConformalCalibrator
 from ..embedding.builder import _as_numpy, build_embedder
 from ..embedding.weights import arrays_from_bytes, arrays_to_bytes, tensors_from_bytes
@@ -276,8 +277,8 @@ def _check_consistent(detector: Detector) -> None:
     features = detector.reference_features_
     if (len(detector.reference_ids_) != references.n_unique_
             or (features is not None and len(features) != references.n_unique_)
-            or (features is None and detector.embedder_.features_from_embedding(
-                references.reconstruct(np.zeros(1, dtype=np.int64))) is None)
+            or (features is None
+                and not features_recoverable(detector.embedder_, references))
             or detector.n_reference_ != references.n_records_):
         raise BundleError("reference ids, features and counts do not match the index")
     found = (detector.threshold_, detector.fpr_bound_, detector.certified_)
