@@ -41,15 +41,14 @@ from .estimator import EstimatorAPI, warn_renamed
 from .features.schema import FeatureEncoder
 from .fitted import FittedAttributes
 from .fitting import (
-    calibration_split,
     check_params,
     field_groups,
     numeric_columns,
     reference_ids,
     route_anomaly_flags,
+    split_for_fit,
     uncertified_message,
 )
-from .io import take_rows
 from .references import compact_integers
 from .scoring import explain_rows, score_record_batch
 from .store.persistence import (
@@ -156,6 +155,7 @@ class Detector(EstimatorAPI, FittedAttributes):
         pairs: Sequence[Sequence[Any]] | None = None,
         triplets: Sequence[Sequence[int]] | None = None,
         anomalies: Records | None = None,
+        calibration: Records | None = None,
     ) -> Detector:
         """Learn normal behaviour from the normal records of ``X``; returns ``self``.
 
@@ -165,7 +165,8 @@ class Detector(EstimatorAPI, FittedAttributes):
         flagged rows are ignored); pairs: ``(i, j, similar)`` index triples; triplets:
         ``(anchor, positive, negative)`` indices: all index positions in ``X``, and a pair or
         triplet naming a flagged row is a ``ValueError``. anomalies: a few known anomalous
-        records, used as hard negatives by a learned encoder.
+        records, used as hard negatives by a learned encoder. calibration: normal records to
+        calibrate on instead of a random share of ``X`` (all of ``X`` then becomes references).
         """
         check_params(self.get_params())
         data = X if isinstance(X, np.ndarray) else list(X)
@@ -173,12 +174,12 @@ class Detector(EstimatorAPI, FittedAttributes):
             else list(anomalies)
         inputs = route_anomaly_flags(data, y, labels, pairs, triplets, anomaly_data)
         n = len(inputs.normals)
-        reference_rows, calibration_rows, needed = calibration_split(
-            n, self.n_neighbors, self.alpha, self.delta, self.calibration_fraction,
-            self.random_state, self.strict,
-        )
-        reference_data = take_rows(inputs.normals, reference_rows)
-        calibration_data = take_rows(inputs.normals, calibration_rows)
+        split = split_for_fit(
+            inputs, calibration if calibration is None or isinstance(calibration, np.ndarray)
+            else list(calibration), self.n_neighbors, self.alpha, self.delta,
+            self.calibration_fraction, self.random_state, self.strict)
+        reference_data, calibration_data = split.reference_data, split.calibration_data
+        reference_rows, needed = split.reference_rows, split.needed
         label_fields = self.label_fields
         feature_encoder = FeatureEncoder(
             id_field=self.id_field, max_onehot=self.max_onehot, hash_buckets=self.hash_buckets,
@@ -209,10 +210,7 @@ class Detector(EstimatorAPI, FittedAttributes):
             calibrator=ConformalCalibrator(self.alpha, self.delta, strict=self.strict),
         )
         references, calibrator = fitted.references, fitted.calibrator
-        ids = reference_ids(
-            feature_encoder, reference_data, calibration_data,
-            inputs.rows[np.concatenate([reference_rows, calibration_rows])],
-        )
+        ids = reference_ids(feature_encoder, reference_data, calibration_data, split.id_rows)
         self.feature_encoder_: FeatureEncoder = feature_encoder
         self.embedder_ = embedder
         self.training_mode_ = supervision.mode

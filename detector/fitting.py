@@ -200,6 +200,49 @@ def calibration_split(
     return np.sort(order[n_calibration:]), np.sort(order[:n_calibration]), needed
 
 
+@dataclass(frozen=True)
+class FitSplit:
+    """The normal records of a fit, split into references R and calibration records C."""
+
+    reference_data: Data
+    calibration_data: Data
+    reference_rows: np.ndarray  # positions of R among the normal records
+    id_rows: np.ndarray  # row numbers that stand in for ids, R then C
+    needed: int  # calibration records alpha/delta need
+
+
+def split_for_fit(
+    inputs: FitInputs, calibration: Data | None, n_neighbors: int, alpha: float | None,
+    delta: float, fraction: float, random_state: int, strict: bool,
+) -> FitSplit:
+    """A random split of the normal records, or R = all of them and C = ``calibration``.
+
+    An explicit ``calibration`` (``Detector.fit(..., calibration=C)``) is for callers that
+    hold records exchangeable with the ones to be served, e.g. retraining, which calibrates on
+    a held-out window of recent traffic. Its row numbers continue after X's.
+    """
+    n = len(inputs.normals)
+    if calibration is None:
+        reference_rows, calibration_rows, needed = calibration_split(
+            n, n_neighbors, alpha, delta, fraction, random_state, strict)
+        return FitSplit(take_rows(inputs.normals, reference_rows),
+                        take_rows(inputs.normals, calibration_rows), reference_rows,
+                        inputs.rows[np.concatenate([reference_rows, calibration_rows])], needed)
+    n_calibration = len(calibration)
+    needed = 1 if alpha is None else required_calibration_size(alpha, delta)
+    if n_calibration < 1 or (strict and n_calibration < needed):
+        raise CalibrationError(
+            f"alpha={alpha} with delta={delta} needs at least {needed} calibration records; "
+            f"calibration= holds {n_calibration}")
+    if n < n_neighbors:
+        raise ValueError(f"need at least {n_neighbors} normal records for "
+                         f"n_neighbors={n_neighbors}")
+    first = int(inputs.rows.max()) + 1 if n else 0
+    return FitSplit(inputs.normals, calibration, np.arange(n),
+                    np.concatenate([inputs.rows, np.arange(first, first + n_calibration)]),
+                    needed)
+
+
 def uncertified_message(
     n: int, needed: int, alpha: float, delta: float, n_calibration: int, fpr_bound: float
 ) -> str:

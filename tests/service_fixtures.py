@@ -24,7 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/11"
-CLI = [sys.executable, "-c", "from nearwatch.worker.cli import main; main()"]
+CLI = [sys.executable, "-c", "from nearwatch.cli import main; main()"]
 
 
 def free_port() -> int:

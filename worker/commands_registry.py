@@ -69,6 +69,37 @@ def models_promote(version: str) -> None:
         click.echo(f"{version} is the current model of {location_of(registry)}")
 
 
+@models_group.command("rollback")
+def models_rollback() -> None:
+    """Go back to the version promoted before the current one (verified first)."""
+    from redis.exceptions import RedisError
+
+    from .remote_registry import location_of, registry_session
+
+    with registry_session(_settings()) as registry:
+        try:
+            version = registry.rollback()
+        except ValueError as exc:  # BundleError: nothing to roll back to, or it won't load
+            raise click.ClickException(f"cannot roll back: {exc}") from exc
+        except RedisError as exc:
+            raise click.ClickException(f"cannot reach {location_of(registry)}: {exc}") from exc
+        click.echo(f"rolled back: {version} is the current model of {location_of(registry)}")
+
+
+@models_group.command("history")
+def models_history() -> None:
+    """Promotions, oldest first (what `models rollback` goes back through)."""
+    from datetime import UTC, datetime
+
+    from .remote_registry import registry_session
+
+    with registry_session(_settings()) as registry:
+        for entry in registry.history():
+            when = datetime.fromtimestamp(float(entry.get("time", 0)), UTC)
+            click.echo(f"{when.isoformat(timespec='seconds')}  {entry['version']}  "
+                       f"{entry.get('reason', '')}")
+
+
 @models_group.command("list")
 def models_list() -> None:
     """Registered versions; * marks the current one."""
@@ -78,9 +109,12 @@ def models_list() -> None:
         listed = registry.list()
         if not listed:
             click.echo(f"no models in {location_of(registry)}")
+        outcomes = {entry.version: (registry.decision(entry.version) or {}).get("outcome")
+                    for entry in listed}
     for entry in listed:
+        gate = f"  retrain: {outcomes[entry.version]}" if outcomes[entry.version] else ""
         click.echo(f"{'*' if entry.current else ' '} {entry.version}  "
-                   f"model {entry.model_version or '?'}  created {entry.created_at or '?'}")
+                   f"model {entry.model_version or '?'}  created {entry.created_at or '?'}{gate}")
 
 
 @models_group.command("sign")
@@ -114,7 +148,11 @@ def models_show(version: str | None) -> None:
             detector = registry.load(version)
         except (ValueError, KeyError) as exc:
             raise click.ClickException(f"cannot load {version}: {exc}") from exc
-        click.echo(json.dumps(model_facts(version, detector), indent=2))
+        facts = model_facts(version, detector)
+        decision = registry.decision(version)
+        if decision is not None:  # added by a retraining: the gate's decision and figures
+            facts["retraining"] = decision
+        click.echo(json.dumps(facts, indent=2, default=str))
 
 
 def model_facts(version: str, detector: Detector) -> dict[str, Any]:

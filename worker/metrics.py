@@ -169,6 +169,9 @@ class ServiceMetrics:
         self.alert_write_failures = Counter(
             "nearwatch_alert_write_failures",
             "Scored batches whose alert events could not be written", registry=r)
+        self.buffer_write_failures = Counter(
+            "nearwatch_buffer_write_failures", "Batches not added to the reference buffer "
+            "(Redis unreachable)", registry=r)
         # Every reason exists from the start (at 0): rules and dashboards see the series.
         for reason in ERROR_REASONS:
             self.record_errors.labels(reason)

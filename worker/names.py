@@ -18,3 +18,11 @@ SCORES_STREAM = "nearwatch:scores"
 INGEST_GROUP = "nearwatch"
 DEADLETTER_STREAM = "nearwatch:deadletter"
 DEADLETTER_MAXLEN = 100_000
+
+# Maintenance work (retraining, drift checks, feedback) runs on its own queue, consumed by
+# the one `nearwatch beat` node: a retraining never delays scoring batches.
+MAINTENANCE_QUEUE = "maintenance"
+RETRAIN = "nearwatch.retrain"
+DRIFT_CHECK = "nearwatch.drift_check"
+FEEDBACK = "nearwatch.feedback"
+MAINTENANCE_TASKS = (RETRAIN, DRIFT_CHECK, FEEDBACK)

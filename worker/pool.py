@@ -59,7 +59,7 @@ def build_runtime(app: Celery) -> BatchScorer:
         holder = ModelHolder(open_registry(settings), settings.reload_interval, metrics)
         holder.load_initial()
         dead_letters: DeadLetters
-        alerts = None
+        alerts = buffer = None
         if settings.redis_url:
             import redis
 
@@ -70,9 +70,13 @@ def build_runtime(app: Celery) -> BatchScorer:
             if settings.alerts.enabled:
                 alerts = RedisAlertWriter(client, settings.alerts.maxlen,
                                           settings.alerts.explain_max, metrics)
+            if settings.buffer.enabled:
+                from .reference_buffer import BufferWriter
+
+                buffer = BufferWriter(client, settings.buffer, metrics)
         else:
             dead_letters = LoggedDeadLetters()
-        scorer = BatchScorer(holder, dead_letters, metrics, alerts, settings.limits)
+        scorer = BatchScorer(holder, dead_letters, metrics, alerts, settings.limits, buffer)
         setattr(app, _SCORER_ATTRIBUTE, scorer)
         return scorer
 

@@ -10,16 +10,17 @@ refusal of a bad bundle and memory-mapping work exactly as with a directory regi
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nearwatch.detector.errors import BundleError
 from nearwatch.detector.store.registry import ModelRegistry, ModelVersion
@@ -110,10 +111,29 @@ class MirroredRegistry(ModelRegistry):
     def add(self, bundle_dir: str | Path, promote: bool = False) -> str:
         return self.store.add(bundle_dir, promote)
 
-    def promote(self, version: str) -> None:
+    def promote(self, version: str, reason: str = "manual",
+                guard: Callable[[], None] | None = None) -> None:
         """Download and verify ``version`` like a worker, then move the pointer in Redis."""
         self.load(version)
-        self.store.set_current(version)
+        if guard is not None:
+            guard()
+        self.store.set_current(version, reason)
+
+    def rollback(self) -> str:
+        expected = self.store.current_version()
+        target, dropped = self.store.rollback_target()
+        self.load(target)  # verified before the pointer moves
+        self.store.apply_rollback(target, dropped, expected)
+        return target
+
+    def history(self) -> builtins.list[dict[str, Any]]:
+        return self.store.history()
+
+    def record_decision(self, version: str, decision: dict[str, Any]) -> None:
+        self.store.record_decision(version, decision)
+
+    def decision(self, version: str) -> dict[str, Any] | None:
+        return self.store.decision(version)
 
     def _fetch(self, version: str) -> None:
         """Download into a staging directory, then rename into place (one process per node

@@ -5,6 +5,8 @@
     :next                      counter that numbers versions (INCR: concurrent adds never clash)
     :versions                  sorted set of the *complete* versions (score: the number)
     :current                   "v0002": the version workers serve
+    :history                   list of promotions (JSON), oldest first: for rollback
+    :v0002:decision            JSON: the retraining gate's decision and figures
     :v0002:index               JSON: every file's size, sha256 and chunk count, model facts
     :v0002:<file>:<n>          the file's n-th chunk (4 MiB)
 
@@ -22,6 +24,7 @@ import builtins
 import hashlib
 import json
 import re
+import time
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from nearwatch.detector.errors import BundleError
 from nearwatch.detector.store.bundle import MANIFEST
-from nearwatch.detector.store.registry import ModelVersion
+from nearwatch.detector.store.registry import HISTORY_KEEP, ModelVersion
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
@@ -162,6 +165,7 @@ class RedisModelStore:
                     raise BundleError(f"{source}: {name} changed while it was uploaded")
             fitted = manifest.get("fitted") if isinstance(manifest.get("fitted"), dict) else {}
             index = {"files": entries, "model_version": fitted.get("model_version_"),
+                     "schema_version": fitted.get("schema_version_"),
                      "created_at": manifest.get("created_at"),
                      "uploaded_at": datetime.now(UTC).isoformat(timespec="seconds")}
             with self.client.pipeline(transaction=True) as pipe:
@@ -169,6 +173,8 @@ class RedisModelStore:
                 pipe.zadd(self.key("versions"), {version: number})
                 if promote:
                     pipe.set(self.key("current"), version)
+                    pipe.rpush(self.key("history"), json.dumps(
+                        {"version": version, "time": time.time(), "reason": "added"}))
                 pipe.execute()
         except BaseException:
             with suppress(RedisError):  # best effort: an unfinished version is never listed
@@ -177,10 +183,70 @@ class RedisModelStore:
             raise
         return version
 
-    def set_current(self, version: str) -> None:
-        """Move the pointer (callers verify the version first: ``MirroredRegistry.promote``)."""
+    def set_current(self, version: str, reason: str = "manual") -> None:
+        """Move the pointer and record the promotion (callers verify the version first:
+        ``MirroredRegistry.promote``); one transaction."""
         self.index(version)  # it exists and is complete
-        self.client.set(self.key("current"), version)
+        entry = json.dumps({"version": version, "time": time.time(), "reason": reason})
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.key("current"), version)
+            pipe.rpush(self.key("history"), entry)
+            pipe.ltrim(self.key("history"), -HISTORY_KEEP, -1)
+            pipe.execute()
+
+    def history(self) -> builtins.list[dict[str, Any]]:
+        entries = []
+        for raw in self.client.lrange(self.key("history"), 0, -1):
+            with suppress(ValueError):
+                entry = json.loads(raw)
+                if isinstance(entry, dict) and "version" in entry:
+                    entries.append(entry)
+        return entries
+
+    def rollback_target(self) -> tuple[str, int]:
+        """The version promoted before the current one, and how many history entries the
+        rollback drops (the current version's promotions at the end of the history)."""
+        current = self.current_version()
+        history = self.history()
+        dropped = 0
+        while history and history[-1].get("version") == current:
+            history.pop()
+            dropped += 1
+        if not history:
+            raise BundleError(f"model registry {self.location}: no earlier promotion of a "
+                              f"version other than {current} to roll back to")
+        return str(history[-1]["version"]), dropped
+
+    def apply_rollback(self, target: str, dropped: int, expected_current: str | None) -> None:
+        """Point at ``target`` and drop ``dropped`` history entries, unless the pointer moved
+        meanwhile (``WATCH``): then ``BundleError``, nothing changed."""
+        from redis.exceptions import WatchError
+
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self.key("current"), self.key("history"))
+                if self.current_version() != expected_current:
+                    raise BundleError("the current model changed during the rollback: retry")
+                pipe.multi()
+                pipe.set(self.key("current"), target)
+                for _ in range(dropped):
+                    pipe.rpop(self.key("history"))
+                pipe.execute()
+            except WatchError as exc:
+                raise BundleError("the current model changed during the rollback: "
+                                  "retry") from exc
+
+    def record_decision(self, version: str, decision: dict[str, Any]) -> None:
+        self.index(version)
+        self.client.set(self.key(version, "decision"), json.dumps(decision))
+
+    def decision(self, version: str) -> dict[str, Any] | None:
+        raw = self.client.get(self.key(version, "decision"))
+        try:
+            loaded = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+        return loaded if isinstance(loaded, dict) else None
 
     def _upload(self, version: str, path: Path, written: builtins.list[str]
                 ) -> dict[str, Any]:

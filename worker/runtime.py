@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from .alerts import RedisAlertWriter
     from .metrics import ServiceMetrics
+    from .reference_buffer import BufferWriter
 
 log = logging.getLogger("nearwatch.worker")
 _DEDUP_TTL_S = 7 * 24 * 3600
@@ -165,12 +166,14 @@ class BatchScorer:
     def __init__(self, holder: ModelHolder, dead_letters: DeadLetters,
                  metrics: ServiceMetrics | None = None,
                  alerts: RedisAlertWriter | None = None,
-                 limits: RecordLimits | None = None) -> None:
+                 limits: RecordLimits | None = None,
+                 buffer: BufferWriter | None = None) -> None:
         self.holder = holder
         self.limits = limits or RecordLimits()
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.alerts = alerts  # flagged records -> nearwatch:alerts (worker/alerts.py)
+        self.buffer = buffer  # scored records -> the reference buffer (reference_buffer.py)
 
     def score_batch(self, records: list[Any]) -> list[dict[str, Any]]:
         """Records (parsed JSON) → one result dict per record, same order."""
@@ -229,6 +232,8 @@ class BatchScorer:
                 result["model_version"] = version
         if self.alerts is not None:  # one pipelined write per batch; never raises
             self.alerts.emit(detector, version, records, results)
+        if self.buffer is not None:  # one round trip per batch; never raises
+            self.buffer.write(detector, version, records, results)
         if self.metrics is not None:
             self.metrics.batch_scored(results, list(reasons.values()),
                                       time.perf_counter() - started)

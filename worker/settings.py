@@ -23,67 +23,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .names import DEADLETTER_MAXLEN, DEADLETTER_STREAM, INGEST_GROUP, RECORDS_STREAM, SCORES_STREAM
+from .settings_sections import (
+    AlertSettings,
+    BufferSettings,
+    RecordLimits,
+    RetrainSettings,
+    SettingsError,
+)
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 T = TypeVar("T")
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the service cannot use."""
-
-
-@dataclass(frozen=True)
-class RecordLimits:
-    """Per-record limits, enforced by producers and workers (docs/SERVICE.md, "Limits")."""
-
-    max_bytes: int = 1_048_576  # one record's JSON text, in UTF-8 bytes (checked unparsed)
-    max_fields: int = 1_000  # top-level fields of one record
-    max_depth: int = 16  # nesting of lists/objects inside a record
-    max_error_chars: int = 1_000  # error texts in answers and dead letters are cut to this
-
-
-@dataclass(frozen=True)
-class AlertSettings:
-    """Alert events (written by the workers) and their delivery (``nearwatch alerts``)."""
-
-    # Workers write one event per flagged record to nearwatch:alerts (NEARWATCH_ALERTS=0: off).
-    enabled: bool = True
-    maxlen: int = 100_000  # approximate length cap of nearwatch:alerts
-    # explain() costs ~7x the scoring of a record: at most this many per batch are explained.
-    explain_max: int = 20
-    webhook_url: str | None = None
-    alertmanager_url: str | None = None
-    jsonl: str | None = None  # "-": stdout, else a file path; None: no JSONL sink
-    # Events with the same key (these record fields + the model version) within this many
-    # seconds become one notification with a count.
-    window_s: float = 60.0
-    key: tuple[str, ...] = ("service",)
-    rate_limit: float = 30.0  # notifications per minute per sink (0: unlimited)
-    timeout_s: float = 5.0  # per HTTP attempt
-    retries: int = 4  # after the first attempt; exponential backoff with jitter in between
-    backoff_s: float = 0.5  # first retry delay (doubles per retry, capped at 30 s)
-    severity: str = "warning"  # Alertmanager label
-    # Alertmanager's endsAt = the last event + this: a key that stops firing resolves.
-    resolve_s: float = 300.0
-    metrics_port: int = 9809  # /metrics of `nearwatch alerts`
-
-    def validate(self) -> None:
-        positive = {"ALERT_MAXLEN": self.maxlen, "ALERT_WINDOW_S": self.window_s,
-                    "ALERT_TIMEOUT_S": self.timeout_s, "ALERT_RESOLVE_S": self.resolve_s}
-        for name, value in positive.items():
-            if value <= 0:
-                raise SettingsError(f"NEARWATCH_{name} must be positive")
-        non_negative = {"ALERT_EXPLAIN_MAX": self.explain_max, "ALERT_RETRIES": self.retries,
-                        "ALERT_RATE_LIMIT": self.rate_limit, "ALERT_BACKOFF_S": self.backoff_s}
-        for name, value in non_negative.items():
-            if value < 0:
-                raise SettingsError(f"NEARWATCH_{name} must not be negative")
-        for name, url in (("ALERT_WEBHOOK_URL", self.webhook_url),
-                          ("ALERTMANAGER_URL", self.alertmanager_url)):
-            if url is not None and not url.startswith(("http://", "https://")):
-                raise SettingsError(f"NEARWATCH_{name}={url!r}: not an http(s) URL")
-        if not 0 <= self.metrics_port <= 65535:
-            raise SettingsError("NEARWATCH_ALERT_METRICS_PORT must be in 0..65535")
 
 
 def _flag(raw: str) -> bool:
@@ -141,12 +90,14 @@ class Settings:
     limits: RecordLimits = field(default_factory=RecordLimits)
     log_level: str = "INFO"
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    buffer: BufferSettings = field(default_factory=BufferSettings)
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         default = cls()  # unset variables keep the dataclass defaults above
-        alert = default.alerts
+        alert, buffer, retrain = default.alerts, default.buffer, default.retrain
 
         def get(name: str, parse: Callable[[str], T], fallback: T) -> T:
             raw = env.get(f"NEARWATCH_{name}")
@@ -213,6 +164,34 @@ class Settings:
                 resolve_s=get("ALERT_RESOLVE_S", float, alert.resolve_s),
                 metrics_port=get("ALERT_METRICS_PORT", int, alert.metrics_port),
             ),
+            buffer=BufferSettings(
+                enabled=get("BUFFER", _flag, buffer.enabled),
+                capacity=get("BUFFER_RECORDS", int, buffer.capacity),
+                max_bytes=get("BUFFER_BYTES", int, buffer.max_bytes),
+                max_record_bytes=get("BUFFER_RECORD_BYTES", int, buffer.max_record_bytes),
+                window_s=get("BUFFER_WINDOW_S", float, buffer.window_s),
+                buckets=get("BUFFER_BUCKETS", int, buffer.buckets),
+                min_p=get("BUFFER_MIN_P", float, buffer.min_p),
+                golden_records=get("GOLDEN_RECORDS", int, buffer.golden_records),
+                golden_fraction=get("GOLDEN_FRACTION", float, buffer.golden_fraction),
+            ),
+            retrain=RetrainSettings(
+                schedule=get("RETRAIN_SCHEDULE", str, retrain.schedule or "") or None,
+                expires_s=get("RETRAIN_EXPIRES_S", float, 0.0) or retrain.expires_s,
+                lock_ttl_s=get("RETRAIN_LOCK_TTL_S", float, retrain.lock_ttl_s),
+                min_records=get("RETRAIN_MIN_RECORDS", int, retrain.min_records),
+                holdout_fraction=get("RETRAIN_HOLDOUT", float, retrain.holdout_fraction),
+                max_flag_rate=get("RETRAIN_MAX_FLAG_RATE", float, retrain.max_flag_rate),
+                auroc_margin=get("RETRAIN_AUROC_MARGIN", float, retrain.auroc_margin),
+                recall_margin=get("RETRAIN_RECALL_MARGIN", float, retrain.recall_margin),
+                feedback_max=get("FEEDBACK_MAX", int, retrain.feedback_max),
+                drift_threshold=get("DRIFT_THRESHOLD", float, retrain.drift_threshold),
+                drift_window=get("DRIFT_WINDOW", int, retrain.drift_window),
+                drift_check_s=get("DRIFT_CHECK_S", float, retrain.drift_check_s),
+                drift_min_interval_s=get("DRIFT_MIN_INTERVAL_S", float,
+                                         retrain.drift_min_interval_s),
+                metrics_port=get("BEAT_METRICS_PORT", int, retrain.metrics_port),
+            ),
         )
         settings.validate()
         return settings
@@ -240,6 +219,8 @@ class Settings:
         if not 0 <= self.metrics_port <= 65535:  # 0: pick a free port
             raise SettingsError("NEARWATCH_METRICS_PORT must be in 0..65535")
         self.alerts.validate()
+        self.buffer.validate()
+        self.retrain.validate()
         if self.result_backend is None:
             raise SettingsError(
                 "no result backend: set NEARWATCH_RESULT_BACKEND or NEARWATCH_REDIS_URL "

@@ -5,6 +5,8 @@ Layout::
     <root>/v0001/        a bundle directory (manifest.json + checksummed files)
     <root>/v0002/
     <root>/CURRENT       "v0002\\n": the version workers serve
+    <root>/HISTORY       JSON list of promotions, oldest first: what ``rollback`` goes back to
+    <root>/v0002.decision.json   the retraining gate's decision and figures for v0002
 
 Bundles are verified (``Detector.load``) before they are copied in, copied to a temporary
 directory and renamed into place, so a reader never sees a half-copied version. ``CURRENT``
@@ -14,13 +16,19 @@ sees either the old or the new version, never a torn write. Pure library: no env
 
 from __future__ import annotations
 
+import builtins
+import fcntl
+import json
 import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BundleError
 
@@ -28,6 +36,8 @@ if TYPE_CHECKING:
     from ..detector import Detector
 
 POINTER = "CURRENT"
+HISTORY = "HISTORY"
+HISTORY_KEEP = 100  # promotions remembered for rollback
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -135,13 +145,76 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if promote:
-            self.promote(version)
+            self.promote(version, reason="added")
         return version
 
-    def promote(self, version: str) -> None:
-        """Point ``CURRENT`` at ``version`` (which must load and verify)."""
+    def promote(self, version: str, reason: str = "manual",
+                guard: Callable[[], None] | None = None) -> None:
+        """Point ``CURRENT`` at ``version`` (which must load and verify) and record it in the
+        history. ``guard`` runs last before the pointer moves and may raise to stop it (the
+        retraining's fencing check)."""
         self.load(version)
-        self._write_pointer(version)
+        with self._history_lock():
+            if guard is not None:
+                guard()
+            history = self.history()
+            history.append({"version": version, "time": time.time(), "reason": reason})
+            self._write_text(HISTORY, json.dumps(history[-HISTORY_KEEP:]))
+            self._write_pointer(version)
+
+    def rollback(self) -> str:
+        """Go back to the version promoted before the current one; returns it.
+
+        The current version's promotion leaves the history, so a second rollback goes one
+        further back. The target is verified first; nothing changes if it does not load.
+        """
+        with self._history_lock():
+            current = self.current_version()
+            history = self.history()
+            while history and history[-1].get("version") == current:
+                history.pop()
+            if not history:
+                raise BundleError(f"model registry {self.root}: no earlier promotion of a "
+                                  f"version other than {current} to roll back to")
+            target = str(history[-1]["version"])
+            self.load(target)
+            self._write_text(HISTORY, json.dumps(history))
+            self._write_pointer(target)
+        return target
+
+    def history(self) -> builtins.list[dict[str, Any]]:
+        """Promotions, oldest first: ``{"version", "time", "reason"}``."""
+        try:
+            entries = json.loads((self.root / HISTORY).read_text())
+        except FileNotFoundError:
+            return []
+        except ValueError as exc:
+            raise BundleError(f"{self.root / HISTORY} is corrupt: {exc}") from exc
+        return [e for e in entries if isinstance(e, dict) and "version" in e]
+
+    def record_decision(self, version: str, decision: dict[str, Any]) -> None:
+        """Store the retraining gate's decision for ``version`` next to its bundle."""
+        self.path(version)
+        self._write_text(f"{version}.decision.json", json.dumps(decision, indent=2))
+
+    def decision(self, version: str) -> dict[str, Any] | None:
+        """The gate's decision for ``version``; None for versions added by hand."""
+        try:
+            loaded = json.loads((self.path(version).parent
+                                 / f"{version}.decision.json").read_text())
+        except FileNotFoundError:
+            return None
+        return loaded if isinstance(loaded, dict) else None
+
+    @contextmanager
+    def _history_lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".history.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _rename_into_place(self, copied: Path) -> str:
         # Another `add` may race for the same number: rename fails on a non-empty target,
@@ -160,13 +233,17 @@ class ModelRegistry:
         raise BundleError(f"could not allocate a version number in {self.root}")
 
     def _write_pointer(self, version: str) -> None:
-        fd, temporary = tempfile.mkstemp(prefix=".CURRENT-", dir=self.root)
+        self._write_text(POINTER, version + "\n")
+
+    def _write_text(self, name: str, text: str) -> None:
+        """Replace ``root/name`` atomically: readers see the old or the new text."""
+        fd, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=self.root)
         try:
             with os.fdopen(fd, "w") as stream:
-                stream.write(version + "\n")
+                stream.write(text)
                 stream.flush()
                 os.fsync(stream.fileno())
-            os.replace(temporary, self.root / POINTER)
+            os.replace(temporary, self.root / name)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise

@@ -1,0 +1,73 @@
+"""The maintenance node: Celery beat and the ``maintenance`` queue in one `nearwatch beat`.
+
+Run exactly one (the beat schedule must fire once; the retraining lock would stop a second
+node from training twice, but its drift checks would be doubled). It is a solo-pool worker
+with the beat embedded: retraining, drift checks and feedback never take a scoring process.
+The schedule lives in memory (``celery.beat:Scheduler``): the default persistent scheduler
+keeps a ``shelve`` file, which is pickle; every entry has ``expires`` instead, so runs missed
+while the node was down are not replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Celery
+from kombu import Queue
+from nearwatch.worker.app import create_app
+from nearwatch.worker.names import MAINTENANCE_QUEUE, SCORING_QUEUE
+from nearwatch.worker.settings import Settings
+
+from .schedule import beat_schedule
+
+log = logging.getLogger("nearwatch.scheduler")
+IN_MEMORY_SCHEDULER = "celery.beat:Scheduler"
+
+
+def create_scheduler_app(settings: Settings) -> Celery:
+    """The scoring app plus the maintenance queue, tasks and beat schedule."""
+    app = create_app(settings)
+    app.conf.update(
+        task_queues=(Queue(SCORING_QUEUE), Queue(MAINTENANCE_QUEUE)),
+        imports=("nearwatch.worker.tasks", "nearwatch.scheduler.tasks"),
+        beat_schedule=beat_schedule(settings.retrain),
+        beat_scheduler=IN_MEMORY_SCHEDULER,
+        timezone="UTC",
+    )
+    return app
+
+
+def run_beat_node(settings: Settings, loglevel: str | None = None) -> None:
+    """Serve /metrics (retraining, drift, buffer, feedback) and run beat + maintenance."""
+    import prometheus_client
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import SchedulerCollector
+
+    if not settings.redis_url:
+        raise RuntimeError("nearwatch beat needs Redis (NEARWATCH_REDIS_URL): the buffer, "
+                           "the feedback and the retraining lock live there")
+    registry = CollectorRegistry()
+    registry.register(SchedulerCollector(redis.Redis.from_url(settings.redis_url), settings))
+    try:
+        server, _ = prometheus_client.start_http_server(
+            settings.retrain.metrics_port, addr=settings.metrics_host, registry=registry)
+    except OSError as exc:
+        raise RuntimeError(f"cannot serve metrics on {settings.metrics_host}:"
+                           f"{settings.retrain.metrics_port}: {exc} "
+                           "(NEARWATCH_BEAT_METRICS_PORT)") from exc
+    log.warning("beat metrics on http://%s:%d/metrics; schedule: retrain %s, drift check "
+                "every %gs", settings.metrics_host, server.server_port,
+                settings.retrain.schedule or "by hand and on drift only",
+                settings.retrain.drift_check_s)
+    app = create_scheduler_app(settings)
+    app.set_current()
+    app.worker_main([
+        "worker", "--beat", "--scheduler", IN_MEMORY_SCHEDULER,
+        "--queues", MAINTENANCE_QUEUE, "--pool", "solo", "--concurrency", "1",
+        "--loglevel", loglevel or settings.log_level,
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--hostname", f"nearwatch-beat-{os.getpid()}@%h",
+    ])

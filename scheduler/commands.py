@@ -1,0 +1,135 @@
+"""`nearwatch beat`, `retrain`, `feedback` and `golden`: the retraining loop's commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from nearwatch.worker.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _redis(settings: Settings) -> Any:
+    import redis
+
+    if not settings.redis_url:
+        raise click.ClickException("set NEARWATCH_REDIS_URL: the buffer, the feedback and the "
+                                   "retraining lock live in Redis")
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise click.ClickException(f"cannot reach Redis ({exc}): `make services`") from exc
+    return client
+
+
+@click.command("beat")
+@click.option("--schedule", default=None,
+              help="Retraining schedule: 3600, 30m, 6h, 1d or a cron line (UTC); default "
+                   "NEARWATCH_RETRAIN_SCHEDULE; none: by hand and on drift only.")
+@click.option("--config", "config_path", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML file whose [retrain] table overrides the retraining settings.")
+@click.option("--loglevel", default=None, help="Celery log level (default NEARWATCH_LOG_LEVEL).")
+def beat_command(schedule: str | None, config_path: Path | None, loglevel: str | None) -> None:
+    """The maintenance node (run exactly one): beat schedule, retraining, drift, feedback."""
+    from .app import run_beat_node
+    from .schedule import beat_schedule, settings_from_file
+
+    settings = _settings()
+    try:
+        retrain = settings.retrain
+        if config_path is not None:
+            retrain = settings_from_file(config_path, retrain)
+        if schedule is not None:
+            retrain = dataclasses.replace(retrain, schedule=schedule)
+        beat_schedule(retrain)  # a bad schedule fails here, before anything starts
+        run_beat_node(dataclasses.replace(settings, retrain=retrain), loglevel)
+    except (SettingsError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("retrain")
+@click.option("--trigger", default="manual", show_default=True, hidden=True)
+def retrain_command(trigger: str) -> None:
+    """Run one retraining now and print its decision and figures (exit 1 if it failed)."""
+    from nearwatch.worker.remote_registry import registry_session
+
+    from .retrain import retrain_once
+
+    settings = _settings()
+    client = _redis(settings)
+    with registry_session(settings) as registry:
+        result = retrain_once(client, registry, settings, trigger)
+    click.echo(json.dumps(result.to_json(), indent=2, default=str))
+    if result.outcome == "failed":
+        raise SystemExit(1)
+
+
+def _parse_id(text: str) -> Any:
+    """``--id 7`` is the integer 7, ``--id '"7"'`` the string "7", ``--id t12`` "t12"."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@click.command("feedback")
+@click.option("--id", "record_id", required=True,
+              help="The record's id (JSON: 7 is a number, '\"7\"' a string; else text).")
+@click.option("--label", required=True, type=click.Choice(["normal", "anomaly"]))
+@click.option("--record", "record_json", default=None,
+              help="The record as JSON, when it is not in nearwatch:alerts, the buffer or "
+                   "the dead letters.")
+def feedback_command(record_id: str, label: str, record_json: str | None) -> None:
+    """Tell the next retraining that a record is normal (a false alarm) or an anomaly."""
+    from .tasks import give_feedback
+
+    record = None
+    if record_json is not None:
+        try:
+            record = json.loads(record_json)
+        except ValueError as exc:
+            raise click.ClickException(f"--record is not JSON: {exc}") from exc
+    settings = _settings()
+    try:
+        stored = give_feedback(_redis(settings), settings, _parse_id(record_id), label, record)
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"recorded: id {json.dumps(stored['id'])} is {stored['label']} "
+               f"(record from {stored['source']})")
+
+
+@click.command("golden")
+@click.option("--data", "data_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The original normal training records (JSONL or CSV).")
+@click.option("--records", "capacity", default=None, type=click.IntRange(min=1),
+              help="Sample size (default NEARWATCH_GOLDEN_RECORDS).")
+@click.option("--seed", default=0, show_default=True, type=int)
+def golden_command(data_path: Path, capacity: int | None, seed: int) -> None:
+    """Pin a sample of the original training data beside the buffer (replaces the last)."""
+    from nearwatch.detector.io import read_records
+
+    from .buffer import pin_golden
+
+    settings = _settings()
+    loaded = read_records(data_path)
+    records = [r for r in loaded.records if isinstance(r, dict)]
+    if not records:
+        raise click.ClickException(f"{data_path}: no readable records (JSON objects)")
+    pinned = pin_golden(_redis(settings), records, capacity or settings.buffer.golden_records,
+                        seed)
+    click.echo(f"pinned {pinned} golden records of {len(records)} from {data_path}")
+
+
+scheduler_commands = [beat_command, retrain_command, feedback_command, golden_command]

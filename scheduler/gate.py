@@ -1,0 +1,150 @@
+"""The promotion gate: a challenger replaces the champion only when it is at least as good.
+
+Both models are judged on the same records: the held-out *gate window* of recent traffic
+(records neither model trained or calibrated on) and the labelled anomalies (analyst
+verdicts and known anomalies). A challenger passes when
+
+1. its threshold is certified (``certified_``) whenever the champion's is;
+2. its realised false-positive rate on the window's presumed normals is within its certified
+   bound: the gate fails only when the one-sided 95 % Clopper-Pearson *lower* bound of the
+   realised rate exceeds ``fpr_bound_`` (evidence, not noise, that the bound is broken).
+   Presumed normals are the window's records that no verdict calls anomalous and that the
+   champion did not flag: the stream also carries anomalies, which would otherwise count as
+   false positives. Leaving out the champion's flags can understate the challenger's rate by
+   at most the champion's own false-positive rate; the rate on the whole window (anomalies
+   included, an overstatement) is reported beside it;
+3. with labelled anomalies: its AUROC (labelled anomalies against the presumed normals) and
+   its recall at threshold are not below the champion's by more than the configured margins.
+
+Pure functions of the two fitted detectors and the records: no Redis, no Celery.
+
+>>> clopper_pearson_lower(0, 100), round(clopper_pearson_lower(10, 100), 4)
+(0.0, 0.0553)
+>>> auroc(np.array([0.1, 0.2]), np.array([0.3, 0.15]))
+0.75
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import beta as beta_distribution
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class GateMargins:
+    """How much worse than the champion the challenger may be on labelled anomalies."""
+
+    auroc: float = 0.01
+    recall: float = 0.05
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reasons: list[str]  # why it failed (empty when it passed)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def clopper_pearson_lower(successes: int, trials: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided lower confidence bound of a binomial proportion (exact)."""
+    if successes <= 0 or trials <= 0:
+        return 0.0
+    return float(beta_distribution.ppf(1.0 - confidence, successes, trials - successes + 1))
+
+
+def auroc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
+    """P(anomaly score > normal score), ties counted half (Mann-Whitney)."""
+    if len(normal_scores) == 0 or len(anomaly_scores) == 0:
+        return float("nan")
+    combined = np.concatenate([normal_scores, anomaly_scores])
+    order = combined.argsort(kind="mergesort")
+    ranks = np.empty(len(combined))
+    sorted_values = combined[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_values, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(average, counts)
+    anomaly_rank_sum = ranks[len(normal_scores):].sum()
+    n_anomaly, n_normal = len(anomaly_scores), len(normal_scores)
+    return float((anomaly_rank_sum - n_anomaly * (n_anomaly + 1) / 2) / (n_anomaly * n_normal))
+
+
+def _scores(detector: Any, records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and flags of ``records`` (a record the model cannot read scores +inf)."""
+    if not records:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    results = detector.score_records(list(records), n_neighbours=0)
+    scores = np.array([r.get("score", np.inf) if "error" not in r else np.inf
+                       for r in results], dtype=float)
+    flags = np.array([bool(r.get("is_anomaly", True)) if "error" not in r else True
+                      for r in results])
+    return scores, flags
+
+
+def judge(champion: Any, challenger: Any, window: Sequence[Any], anomalies: Sequence[Any],
+          margins: GateMargins) -> GateDecision:
+    """Compare the two fitted detectors on the gate ``window`` and labelled ``anomalies``."""
+    reasons: list[str] = []
+    champion_scores, champion_flags = _scores(champion, window)
+    challenger_scores, challenger_flags = _scores(challenger, window)
+    presumed_normal = ~champion_flags
+    n_normal = int(presumed_normal.sum())
+    false_positives = int(challenger_flags[presumed_normal].sum())
+    bound = challenger.fpr_bound_
+    lower = clopper_pearson_lower(false_positives, n_normal)
+    figures: dict[str, Any] = {
+        "window_records": len(window),
+        "window_presumed_normal": n_normal,
+        "champion_flag_rate_window": _rate(int(champion_flags.sum()), len(window)),
+        "challenger_flag_rate_window": _rate(int(challenger_flags.sum()), len(window)),
+        "challenger_fpr_realised": _rate(false_positives, n_normal),
+        "challenger_fpr_lower95": lower,
+        "challenger_fpr_bound": bound,
+        "champion_fpr_bound": champion.fpr_bound_,
+        "challenger_certified": bool(challenger.certified_),
+        "champion_certified": bool(champion.certified_),
+        "challenger_threshold": challenger.threshold_,
+        "labelled_anomalies": len(anomalies),
+    }
+    if champion.certified_ and not challenger.certified_:
+        reasons.append("the challenger's threshold is not certified (too few calibration "
+                       "records) while the champion's is")
+    if bound is not None and n_normal and lower > bound:
+        reasons.append(f"realised false-positive rate {false_positives}/{n_normal} on the gate "
+                       f"window: its 95 % lower bound {lower:.4g} exceeds the certified "
+                       f"bound {bound:.4g}")
+    if anomalies:
+        champion_anomaly_scores, champion_hits = _scores(champion, anomalies)
+        challenger_anomaly_scores, challenger_hits = _scores(challenger, anomalies)
+        figures.update({
+            "champion_auroc": auroc(champion_scores[presumed_normal], champion_anomaly_scores),
+            "challenger_auroc": auroc(challenger_scores[presumed_normal],
+                                      challenger_anomaly_scores),
+            "champion_recall": float(champion_hits.mean()),
+            "challenger_recall": float(challenger_hits.mean()),
+        })
+        if figures["challenger_auroc"] < figures["champion_auroc"] - margins.auroc:
+            reasons.append(f"AUROC on {len(anomalies)} labelled anomalies fell from "
+                           f"{figures['champion_auroc']:.4f} to "
+                           f"{figures['challenger_auroc']:.4f} (margin {margins.auroc})")
+        if figures["challenger_recall"] < figures["champion_recall"] - margins.recall:
+            reasons.append(f"recall at threshold on {len(anomalies)} labelled anomalies fell "
+                           f"from {figures['champion_recall']:.3f} to "
+                           f"{figures['challenger_recall']:.3f} (margin {margins.recall})")
+    return GateDecision(passed=not reasons, reasons=reasons, figures=_finite(figures))
+
+
+def _rate(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def _finite(figures: dict[str, Any]) -> dict[str, Any]:
+    """Strict JSON: NaN (no normals to rank against) becomes None."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in figures.items()}

@@ -1,0 +1,240 @@
+"""One retraining: buffer + golden records → challenger → gate → promote or keep the champion.
+
+``retrain_once`` is the body of the ``nearwatch.retrain`` task and of ``nearwatch retrain``:
+
+1. single flight (``scheduler/lock.py``): a retraining that finds the lock held is *skipped*;
+2. the champion (the registry's current version) and its recent traffic: the buffer of its
+   schema version (``scheduler/buffer.py``), the pinned golden sample of the original training
+   data, and the analyst verdicts (``scheduler/feedback.py``);
+3. the buffer is shuffled and split: a held-out part (half calibrates the challenger, half is
+   the gate window) and the training part, of which only records with
+   ``p_value >= min_p`` become references: flagged and near-threshold records never become
+   "normal". Calibration uses held-out records of *every* p-value, since leaving the champion's
+   tail out would set the challenger's threshold too low (its certified rate would be a rate on
+   the truncated traffic). Records with an anomaly verdict are removed everywhere;
+4. a challenger with the champion's parameters (α, δ, k, encoder, ...) is fitted on training
+   + golden records (golden share ``golden_fraction``) + records labelled normal, with
+   records labelled anomalous as known anomalies (hard negatives), and a false positive's
+   nearest normal references as positive pairs when the encoder learns;
+5. the gate (``scheduler/gate.py``) compares challenger and champion; the challenger is
+   added to the registry either way, with the decision and every figure beside it, and
+   promoted (pointer swap; workers hot-reload) only when it passed and the lock is still ours.
+
+Any failure leaves the champion serving and is counted (``failed``). Outcomes, durations and
+the last result are kept in Redis, where ``scheduler/metrics.py`` exports them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from nearwatch.worker.reference_buffer import record_schema
+from nearwatch.worker.settings import Settings
+
+from .buffer import BufferEntry, golden_records, read_buffer
+from .feedback import FeedbackStore, Verdict
+from .gate import GateMargins, judge
+from .lock import LockLost, SingleFlight
+
+if TYPE_CHECKING:
+    from nearwatch.detector import Detector
+    from nearwatch.detector.store.registry import ModelRegistry
+    from redis import Redis
+
+log = logging.getLogger("nearwatch.retrain")
+LOCK_KEY = "nearwatch:retrain:lock"
+OUTCOMES_KEY = "nearwatch:retrain:outcomes"  # hash: outcome -> count
+DURATION_KEY = "nearwatch:retrain:duration"  # hash: sum, count (seconds)
+LAST_KEY = "nearwatch:retrain:last"  # JSON of the last RetrainResult
+OUTCOMES = ("promoted", "rejected", "failed", "skipped")
+PAIRS_PER_FALSE_POSITIVE = 3
+
+
+@dataclass
+class RetrainResult:
+    outcome: str  # one of OUTCOMES
+    trigger: str
+    champion: str | None = None
+    version: str | None = None  # the challenger's registry version, once added
+    reasons: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    started_at: float = 0.0
+    duration_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def retrain_once(client: Redis, registry: ModelRegistry, settings: Settings,
+                 trigger: str = "manual") -> RetrainResult:
+    """Run one retraining (see the module docstring); never raises."""
+    result = RetrainResult(outcome="failed", trigger=trigger, started_at=time.time())
+    started = time.perf_counter()
+    lock = SingleFlight(client, LOCK_KEY, settings.retrain.lock_ttl_s)
+    try:
+        if lock.acquire() is None:
+            result.outcome = "skipped"
+            result.reasons = [f"another retraining holds the lock (token {lock.holder()})"]
+        else:
+            _retrain(client, registry, settings, lock, result)
+    except Exception as exc:  # the champion keeps serving; the failure is counted
+        log.exception("retraining failed")
+        result.outcome = "failed"
+        result.reasons.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        lock.release()
+        result.duration_s = time.perf_counter() - started
+        _account(client, registry, result)
+    log.warning("retraining (%s): %s %s %s", trigger, result.outcome, result.version or "",
+                "; ".join(result.reasons))
+    return result
+
+
+def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: SingleFlight,
+             result: RetrainResult) -> None:
+    result.champion, champion = registry.load_current()
+    verdicts = FeedbackStore(client, settings.retrain.feedback_max).all()
+    anomaly_ids = {_id_key(v.record_id) for v in verdicts if v.label == "anomaly"}
+    entries = [e for e in read_buffer(client, record_schema(champion), settings.buffer)
+               if _id_key(e.record_id) not in anomaly_ids]
+    result.figures["buffer_records"] = len(entries)
+    if len(entries) < settings.retrain.min_records:
+        result.outcome = "skipped"
+        result.reasons.append(f"{len(entries)} buffer records, fewer than "
+                              f"NEARWATCH_RETRAIN_MIN_RECORDS={settings.retrain.min_records}")
+        return
+    rng = np.random.default_rng(int(lock.token or 0))
+    shuffled = [entries[i] for i in rng.permutation(len(entries)).tolist()]
+    n_held = int(len(shuffled) * settings.retrain.holdout_fraction)
+    calibration = [e.record for e in shuffled[: n_held // 2]]
+    window = [e.record for e in shuffled[n_held // 2: n_held]]
+    training = [e for e in shuffled[n_held:] if e.p_value >= settings.buffer.min_p]
+    flag_rate = _flag_rate(champion, window)
+    result.figures.update(champion_window_flag_rate=flag_rate, calibration_records=len(
+        calibration), gate_records=len(window))
+    if flag_rate > settings.retrain.max_flag_rate:
+        result.outcome = "skipped"
+        result.reasons.append(f"the champion flags {flag_rate:.1%} of the recent window, above "
+                              f"NEARWATCH_RETRAIN_MAX_FLAG_RATE="
+                              f"{settings.retrain.max_flag_rate}: not learning from it")
+        return
+    references, pairs, anomalies = _training_set(client, champion, training, verdicts,
+                                                 settings, result.figures)
+    challenger = _fit_challenger(champion, references, calibration, pairs, anomalies,
+                                 result.figures)
+    labelled = [v.record for v in verdicts if v.label == "anomaly"]
+    decision = judge(champion, challenger, window, labelled,
+                     GateMargins(settings.retrain.auroc_margin, settings.retrain.recall_margin))
+    result.figures.update(decision.figures)
+    result.reasons.extend(decision.reasons)
+    with tempfile.TemporaryDirectory(prefix="nearwatch-challenger-") as directory:
+        bundle = Path(directory) / "bundle"
+        challenger.save(bundle, signing_key=settings.bundle_key)
+        result.version = registry.add(bundle)
+    result.outcome = "promoted" if decision.passed else "rejected"
+    registry.record_decision(result.version, _decision(result))
+    if decision.passed:
+        try:
+            registry.promote(result.version, reason=f"retrain ({result.trigger})",
+                             guard=lock.check)
+        except LockLost as exc:
+            result.outcome = "failed"
+            result.reasons.append(str(exc))
+            registry.record_decision(result.version, _decision(result))
+
+
+def _training_set(client: Redis, champion: Detector, training: list[BufferEntry],
+                  verdicts: list[Verdict], settings: Settings, figures: dict[str, Any]
+                  ) -> tuple[list[Any], list[tuple[int, int, int]] | None, list[Any] | None]:
+    """References (buffer + golden + records labelled normal), pairs, known anomalies."""
+    records = [e.record for e in training]
+    fraction = settings.buffer.golden_fraction
+    golden = golden_records(client)
+    wanted = int(round(len(records) * fraction / (1.0 - fraction))) if fraction else 0
+    if golden and wanted:
+        chosen = np.random.default_rng(len(records)).permutation(len(golden))[:wanted]
+        golden = [golden[i] for i in chosen.tolist()]
+    else:
+        golden = []
+    normals = [v.record for v in verdicts if v.label == "normal"]
+    anomalies = [v.record for v in verdicts if v.label == "anomaly"]
+    references = records + golden + normals
+    pairs = None
+    if normals and champion.encoder != "identity":
+        pairs = _nearest_pairs(champion, records + golden, normals, len(records) + len(golden))
+    figures.update(buffer_training_records=len(records), golden_records=len(golden),
+                   feedback_normal=len(normals), feedback_anomaly=len(anomalies),
+                   feedback_pairs=0 if pairs is None else len(pairs))
+    return references, pairs, anomalies or None
+
+
+def _nearest_pairs(champion: Detector, normal: list[Any], false_positives: list[Any],
+                   offset: int) -> list[tuple[int, int, int]] | None:
+    """(false positive, one of its nearest normal references, similar): the supervision that
+    pulls a false positive's kind towards normal. Positions index the references list."""
+    try:
+        embed = champion.embedder_.embed
+        reference = embed(champion.feature_encoder_.transform(normal))
+        queries = embed(champion.feature_encoder_.transform(false_positives))
+    except ValueError:
+        log.warning("feedback records the champion cannot read: no pairs from them")
+        return None
+    pairs: list[tuple[int, int, int]] = []
+    for i, query in enumerate(queries):
+        distances = ((reference - query) ** 2).sum(axis=1)
+        nearest = np.argsort(distances)[:PAIRS_PER_FALSE_POSITIVE]
+        pairs.extend((offset + i, int(j), 1) for j in nearest.tolist())
+    return pairs
+
+
+def _fit_challenger(champion: Detector, references: list[Any], calibration: list[Any],
+                    pairs: list[tuple[int, int, int]] | None, anomalies: list[Any] | None,
+                    figures: dict[str, Any]) -> Detector:
+    from nearwatch.detector import Detector
+
+    started = time.perf_counter()
+    challenger = Detector(**champion.get_params())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an uncertified threshold is judged by the gate
+        challenger.fit(references, pairs=pairs, anomalies=anomalies, calibration=calibration)
+    figures.update(training_records=len(references), fit_seconds=round(
+        time.perf_counter() - started, 3), challenger_model=challenger.model_version_)
+    return challenger
+
+
+def _flag_rate(detector: Detector, records: list[Any]) -> float:
+    if not records:
+        return 0.0
+    results = detector.score_records(records, n_neighbours=0)
+    return float(np.mean([r.get("is_anomaly") is True or "error" in r for r in results]))
+
+
+def _decision(result: RetrainResult) -> dict[str, Any]:
+    return {"outcome": result.outcome, "champion": result.champion,
+            "trigger": result.trigger, "time": result.started_at,
+            "reasons": list(result.reasons), "figures": dict(result.figures)}
+
+
+def _account(client: Redis, registry: ModelRegistry, result: RetrainResult) -> None:
+    """Count the outcome in Redis (exported by scheduler/metrics.py); best effort."""
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(OUTCOMES_KEY, result.outcome, 1)
+            pipe.hincrbyfloat(DURATION_KEY, "sum", result.duration_s)
+            pipe.hincrby(DURATION_KEY, "count", 1)
+            pipe.set(LAST_KEY, json.dumps(result.to_json(), default=str))
+            pipe.execute()
+    except Exception:
+        log.exception("could not record the retraining outcome in Redis")
+
+
+def _id_key(record_id: Any) -> str:
+    return json.dumps(record_id, sort_keys=True, default=str)

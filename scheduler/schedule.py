@@ -1,0 +1,89 @@
+"""The beat schedule, from configuration: retraining (cron or interval) and drift checks.
+
+``NEARWATCH_RETRAIN_SCHEDULE`` (or ``nearwatch beat --schedule``, or ``schedule`` in the
+``[retrain]`` table of ``nearwatch beat --config FILE.toml``) is an interval (``"3600"``
+seconds, ``"30m"``, ``"6h"``, ``"1d"``) or a five-field cron line (``"0 3 * * *"``, UTC).
+Every entry carries ``expires``: a run that no worker started in time is dropped, so runs
+missed while the maintenance node was down do not pile up and train back to back.
+
+>>> parse_schedule("6h").run_every.total_seconds()
+21600.0
+>>> parse_schedule("0 3 * * *")._orig_hour
+'3'
+>>> entries = beat_schedule(RetrainSettings(schedule="30m"))
+>>> sorted(entries), entries["retrain"]["options"]["expires"]
+(['drift-check', 'retrain'], 1800.0)
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from celery.schedules import crontab, schedule
+from nearwatch.worker.names import DRIFT_CHECK, MAINTENANCE_QUEUE, RETRAIN
+from nearwatch.worker.settings import RetrainSettings, SettingsError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_INTERVAL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+CRON_EXPIRES_S = 3600.0  # a cron run not started within an hour is dropped
+
+
+def parse_schedule(spec: str) -> schedule:
+    """An interval or a cron line (see the module docstring); ``SettingsError`` otherwise."""
+    text = spec.strip()
+    match = _INTERVAL.match(text)
+    if match:
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        if seconds <= 0:
+            raise SettingsError(f"retraining schedule {spec!r}: the interval must be positive")
+        return schedule(run_every=timedelta(seconds=seconds))
+    parts = text.split()
+    if len(parts) != 5:
+        raise SettingsError(
+            f"retraining schedule {spec!r}: expected an interval (3600, 30m, 6h, 1d) or a "
+            "cron line of five fields (minute hour day-of-month month day-of-week)")
+    try:
+        cron = crontab(minute=parts[0], hour=parts[1], day_of_month=parts[2],
+                       month_of_year=parts[3], day_of_week=parts[4])
+        cron.remaining_estimate(cron.now())  # parses every field now, not at the first tick
+    except (ValueError, KeyError) as exc:
+        raise SettingsError(f"retraining schedule {spec!r}: {exc}") from exc
+    return cron
+
+
+def beat_schedule(settings: RetrainSettings) -> dict[str, dict[str, Any]]:
+    """Celery ``beat_schedule`` entries: the drift check always, retraining when scheduled."""
+    entries: dict[str, dict[str, Any]] = {
+        "drift-check": {
+            "task": DRIFT_CHECK, "schedule": timedelta(seconds=settings.drift_check_s),
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.drift_check_s},
+        },
+    }
+    if settings.schedule:
+        when = parse_schedule(settings.schedule)
+        expires = settings.expires_s or (when.run_every.total_seconds()
+                                         if not isinstance(when, crontab) else CRON_EXPIRES_S)
+        entries["retrain"] = {"task": RETRAIN, "schedule": when, "args": ["schedule"],
+                              "options": {"queue": MAINTENANCE_QUEUE, "expires": expires}}
+    return entries
+
+
+def settings_from_file(path: Path, base: RetrainSettings) -> RetrainSettings:
+    """``base`` with the keys of the ``[retrain]`` table of a TOML file (same names as the
+    ``RetrainSettings`` fields); an unknown key is an error, not ignored."""
+    try:
+        table = tomllib.loads(path.read_text()).get("retrain", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{path}: {exc}") from exc
+    known = {f.name for f in fields(RetrainSettings)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise SettingsError(f"{path}: unknown [retrain] keys {unknown}; known: {sorted(known)}")
+    updated = replace(base, **table)
+    updated.validate()
+    return updated

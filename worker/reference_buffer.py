@@ -1,0 +1,215 @@
+"""The reference buffer, write side: every worker adds its scored records to Redis, per batch.
+
+Retraining (``scheduler/buffer.py`` reads it) needs a recent, bounded and unbiased sample of
+the traffic. ``BufferWriter.write`` runs right after the alert writer in
+``BatchScorer._score`` and, like it, costs one round trip per batch and never raises: a
+failure is logged and counted (``metrics.buffer_write_failures`` when the metrics have it)
+and scoring goes on.
+
+Layout (``schema`` is ``record_schema(detector)``: the fields the model reads and their kinds;
+records of another schema cannot train this model; ``b = floor(now / settings.bucket_s)``;
+``{prefix}:current-schema`` names the schema written last, for the metrics):
+
+- ``{prefix}:{schema}:{b}``: a list of entries, each the JSON text
+  ``{"t": unix time, "p": p_value, "id": id, "v": model version, "r": record}``;
+- ``{prefix}:{schema}:{b}:meta``: a hash, ``seen`` (records offered to the bucket) and
+  ``bytes`` (the list's total entry size).
+
+Each bucket is a reservoir (Algorithm R) of ``ceil(capacity / buckets)`` entries and
+``max_bytes / buckets`` bytes, so the buffer is bounded in records and in bytes, and the
+buckets together span the window instead of holding only its last minutes. Both keys expire
+``window_s + bucket_s`` after their last write. Every record answered without error with a
+finite p-value is offered, flagged ones included: the reader decides by p-value. A record whose
+JSON exceeds ``max_record_bytes`` is not offered (the reservoir is uniform over the others).
+
+The same script counts, for the drift monitor, the records scored and flagged per model
+version (``{drift_prefix}:counts:{version}``: ``scored``, ``flagged``, ``bound`` =
+``fpr_bound_``) when the model has an FPR bound; the monitor reads and deletes the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .settings_sections import BufferSettings
+
+if TYPE_CHECKING:
+    from nearwatch.detector import Detector
+    from redis import Redis
+
+log = logging.getLogger("nearwatch.buffer")
+
+BUFFER_PREFIX = "nearwatch:buffer"
+DRIFT_PREFIX = "nearwatch:drift"
+CURRENT_SCHEMA = "current-schema"  # {prefix}:current-schema: the last written record schema
+
+# KEYS: list, meta hash, drift hash, current-schema key. ARGV: cap, byte budget, ttl,
+# skipped (echoed back), drift on (1/0), scored, flagged, bound, record schema, then
+# (u, entry) pairs, u uniform in [0, 1).
+_WRITE_SCRIPT = """
+local cap, budget, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('SET', KEYS[4], ARGV[9])
+if ARGV[5] == '1' then
+  redis.call('HINCRBY', KEYS[3], 'scored', ARGV[6])
+  redis.call('HINCRBY', KEYS[3], 'flagged', ARGV[7])
+  redis.call('HSET', KEYS[3], 'bound', ARGV[8])
+end
+if #ARGV < 10 then
+  return {0, tonumber(ARGV[4])}
+end
+local meta = redis.call('HMGET', KEYS[2], 'seen', 'bytes')
+local seen, bytes = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+local len = redis.call('LLEN', KEYS[1])
+local kept = 0
+for i = 10, #ARGV, 2 do
+  local entry = ARGV[i + 1]
+  local size = string.len(entry)
+  seen = seen + 1
+  if len < cap and bytes + size <= budget then
+    redis.call('RPUSH', KEYS[1], entry)
+    len, bytes, kept = len + 1, bytes + size, kept + 1
+  else
+    local j = math.floor(tonumber(ARGV[i]) * seen)
+    if j < len then
+      local after = bytes - string.len(redis.call('LINDEX', KEYS[1], j)) + size
+      if after <= budget then
+        redis.call('LSET', KEYS[1], j, entry)
+        bytes, kept = after, kept + 1
+      end
+    end
+  end
+end
+redis.call('HSET', KEYS[2], 'seen', seen, 'bytes', bytes)
+if len > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+redis.call('EXPIRE', KEYS[2], ttl)
+return {kept, tonumber(ARGV[4])}
+"""
+
+
+def record_schema(detector: Detector) -> str:
+    """The buffer's key: the record fields the model reads and their kinds.
+
+    Not ``schema_version_``, which also hashes fitted scalings and vocabularies and so changes
+    at every retraining: the buffer must outlive a promotion, and records with the same
+    fields can train the next model whatever their values.
+    """
+    fields = [[spec["name"], spec["kind"]] for spec in detector.feature_encoder_.fields_]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact JSON of ``value`` (orjson; ``json`` with ``default=str`` for >64-bit ints)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, default=str, separators=(",", ":")).encode()
+
+
+def bucket_of(now: float, settings: BufferSettings) -> int:
+    """The bucket number of time ``now``.
+
+    >>> bucket_of(7_300.0, BufferSettings(window_s=86_400.0, buckets=24))
+    2
+    """
+    return math.floor(now / settings.bucket_s)
+
+
+def bucket_key(prefix: str, schema_version: str, bucket: int) -> str:
+    """The list of one bucket (its ``seen``/``bytes`` hash is this plus ``:meta``).
+
+    >>> bucket_key("nearwatch:buffer", "3fc0", 19)
+    'nearwatch:buffer:3fc0:19'
+    """
+    return f"{prefix}:{schema_version}:{bucket}"
+
+
+def bucket_capacity(settings: BufferSettings) -> tuple[int, int]:
+    """(records, bytes) one bucket may hold: the window's bounds split over its buckets.
+
+    >>> bucket_capacity(BufferSettings(capacity=100, max_bytes=1_000, buckets=3))
+    (34, 333)
+    """
+    return math.ceil(settings.capacity / settings.buckets), settings.max_bytes // settings.buckets
+
+
+def _offered(result: dict[str, Any]) -> bool:
+    p_value = result.get("p_value")
+    return ("error" not in result and isinstance(p_value, int | float)
+            and not isinstance(p_value, bool) and math.isfinite(p_value))
+
+
+class BufferWriter:
+    """Adds a scored batch to the reference buffer in one EVALSHA; never raises."""
+
+    def __init__(self, client: Redis, settings: BufferSettings, metrics: Any | None = None,
+                 prefix: str = BUFFER_PREFIX, drift_prefix: str = DRIFT_PREFIX,
+                 rng: random.Random | None = None) -> None:
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.prefix = prefix
+        self.drift_prefix = drift_prefix
+        self.rng = rng or random.Random()  # the reservoir's draws (seeded in tests)
+        self.cap, self.budget = bucket_capacity(settings)
+        self.ttl = math.ceil(settings.window_s + settings.bucket_s)
+        self._script = client.register_script(_WRITE_SCRIPT)
+
+    def write(self, detector: Detector, version: str, records: list[Any],
+              results: list[dict[str, Any]], now: float | None = None) -> int:
+        """Offer the batch's records to the buffer (records[i] is the record of results[i]);
+        the number offered (too large ones are not), 0 on failure or for an empty batch."""
+        if not results:
+            return 0
+        try:
+            stamp = time.time() if now is None else now
+            args, offered, skipped = self._entries(version, records, results, stamp)
+            bound = detector.fpr_bound_
+            if not offered and bound is None:
+                return 0
+            scored = sum(1 for r in results if "error" not in r)
+            flagged = sum(1 for r in results if r.get("is_anomaly") is True)
+            schema = record_schema(detector)
+            key = bucket_key(self.prefix, schema, bucket_of(stamp, self.settings))
+            head = [self.cap, self.budget, self.ttl, skipped, 0 if bound is None else 1,
+                    scored, flagged, repr(float(bound)) if bound is not None else "", schema]
+            self._script(keys=[key, f"{key}:meta", f"{self.drift_prefix}:counts:{version}",
+                               f"{self.prefix}:{CURRENT_SCHEMA}"], args=head + args)
+        except Exception as exc:  # scoring goes on: the buffer only feeds retraining
+            log.error("could not write the reference buffer (%s): %s", type(exc).__name__, exc)
+            counter = getattr(self.metrics, "buffer_write_failures", None)
+            if counter is not None:
+                counter.inc()
+            return 0
+        return offered
+
+    def _entries(self, version: str, records: list[Any], results: list[dict[str, Any]],
+                 stamp: float) -> tuple[list[Any], int, int]:
+        """Script arguments (u, entry) for the records to offer; their count; too large."""
+        args: list[Any] = []
+        offered = skipped = 0
+        limit = self.settings.max_record_bytes
+        draw = self.rng.random
+        for record, result in zip(records, results, strict=True):
+            if not _offered(result):
+                continue
+            body = dump_json(record)
+            if len(body) > limit:
+                skipped += 1
+                continue
+            head = dump_json({"t": stamp, "p": result["p_value"], "id": result.get("id"),
+                              "v": version})
+            entry = head[:-1] + b',"r":' + body + b"}"
+            args.append(draw())
+            args.append(entry)
+            offered += 1
+        return args, offered, skipped
