@@ -64,9 +64,11 @@ run with the training records, 2% anomalies)."""
               help="Runs per size; the table shows the median of each figure.")
 @click.option("--alerts/--no-alerts", default=True, show_default=True,
               help="Workers write alert events for flagged records (NEARWATCH_ALERTS).")
+@click.option("--buffer/--no-buffer", default=True, show_default=True,
+              help="Workers add scored records to the reference buffer (NEARWATCH_BUFFER).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path))
 def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_flight: int,
-         concurrency: int, latency_samples: int, repeat: int, alerts: bool,
+         concurrency: int, latency_samples: int, repeat: int, alerts: bool, buffer: bool,
          out_dir: Path | None) -> None:
     """Measure the scoring service end to end (see the module docstring)."""
     from nearwatch.detector.threads import configure_threads
@@ -75,7 +77,7 @@ def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_fli
     rows = []
     for n_refs in ref_sizes:
         rows.append(_bench_one(n_refs, n_records, batch_size, max_in_flight, concurrency,
-                               latency_samples, max(1, repeat), alerts))
+                               latency_samples, max(1, repeat), alerts, buffer))
         click.echo(_table(rows[-1:]), err=True)
     report = {
         "command": " ".join(["python -m bench.service", *sys.argv[1:]]),
@@ -83,7 +85,7 @@ def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_fli
                     "load_average_at_end": os.getloadavg()},
         "settings": {"records": n_records, "batch": batch_size, "in_flight": max_in_flight,
                      "concurrency": concurrency, "fields": 40, "repeat": repeat,
-                     "alerts": alerts},
+                     "alerts": alerts, "buffer": buffer},
         "results": rows,
     }
     click.echo(_table(rows))
@@ -96,8 +98,8 @@ def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_fli
 
 
 def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
-               concurrency: int, latency_samples: int, repeat: int, alerts: bool = True
-               ) -> dict[str, Any]:
+               concurrency: int, latency_samples: int, repeat: int, alerts: bool = True,
+               buffer: bool = True) -> dict[str, Any]:
     from nearwatch.detector import Detector
     from nearwatch.detector.store.registry import ModelRegistry
     from nearwatch.detector.synthetic import LABEL_FIELD
@@ -118,7 +120,8 @@ def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
         data.write_text("".join(json.dumps(r) + "\n" for r in records))
         runs = []
         node = _worker_node(registry.root, concurrency, work,
-                            extra_env={"NEARWATCH_ALERTS": "1" if alerts else "0"})
+                            extra_env={"NEARWATCH_ALERTS": "1" if alerts else "0",
+                                       "NEARWATCH_BUFFER": "1" if buffer else "0"})
         with node as app:  # idle while the in-process rates are measured
             for _ in range(repeat):
                 runs.append(_measure(detector, records, data, node, app, batch_size,

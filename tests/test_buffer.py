@@ -175,9 +175,34 @@ def test_oversized_records_are_skipped(client: Any) -> None:
     records, results = fake_batch(range(10))
     for record in records[:3]:
         record["blob"] = "y" * 400
-    assert BufferWriter(client, limits).write(model(), "v1", records, results, now=T0) == 7
+    # offered (and counted by the reservoir), but never kept
+    assert BufferWriter(client, limits).write(model(), "v1", records, results, now=T0) == 10
     kept = sorted(e.record_id for e in read_buffer(client, S1, limits, now=T0))
     assert kept == list(range(3, 10))
+
+
+def test_a_full_bucket_is_not_sent_the_records_it_would_reject(client: Any) -> None:
+    """Once a bucket holds its capacity and has seen n records, a record enters with
+    probability cap / n; the writer drops the others before serialising them, using the
+    count it last read (never above the true one), so the sample stays Algorithm R's."""
+    limits = settings(capacity=400, buckets=4)  # 100 per bucket
+    writer = BufferWriter(client, limits, rng=random.Random(5))
+    sent: list[int] = []
+    script = writer._script
+
+    def counting(keys: list[str], args: list[Any]) -> Any:
+        sent.append((len(args) - 10) // 3)
+        return script(keys=keys, args=args)
+
+    writer._script = counting  # type: ignore[assignment]
+    for start in range(0, 10_000, 500):
+        writer.write(model(), "v1", *fake_batch(range(start, start + 500)), now=T0)
+    # the first batch: the first 100 fill the bucket, then about 100 * ln(500 / 100) more
+    assert 200 <= sent[0] <= 330
+    # the last batch: records 9500..9999 of a 100-record reservoir, about 100 * ln(10000/9500)
+    assert sent[-1] <= 20
+    meta = client.hgetall(f"nearwatch:buffer:{S1}:{bucket_of(T0, limits)}:meta")
+    assert int(meta[b"seen"]) == 10_000
 
 
 def test_window_buckets_and_expiry(client: Any) -> None:

@@ -20,7 +20,9 @@ Each bucket is a reservoir (Algorithm R) of ``ceil(capacity / buckets)`` entries
 buckets together span the window instead of holding only its last minutes. Both keys expire
 ``window_s + bucket_s`` after their last write. Every record answered without error with a
 finite p-value is offered, flagged ones included: the reader decides by p-value. A record whose
-JSON exceeds ``max_record_bytes`` is not offered (the reservoir is uniform over the others).
+JSON exceeds ``max_record_bytes`` counts as offered but is never kept (rare by design: a slight
+bias towards records already kept, in exchange for not serialising records the reservoir
+rejects).
 
 The same script counts, for the drift monitor, the records scored and flagged per model
 version (``{drift_prefix}:counts:{version}``: ``scored``, ``flagged``, ``bound`` =
@@ -52,8 +54,8 @@ DRIFT_PREFIX = "nearwatch:drift"
 CURRENT_SCHEMA = "current-schema"  # {prefix}:current-schema: the last written record schema
 
 # KEYS: list, meta hash, drift hash, current-schema key. ARGV: cap, byte budget, ttl,
-# skipped (echoed back), drift on (1/0), scored, flagged, bound, record schema, then
-# (u, entry) pairs, u uniform in [0, 1).
+# skipped (echoed back), drift on (1/0), scored, flagged, bound, record schema, records offered,
+# then (u, position in the batch, entry) triples, u uniform in [0, 1).
 _WRITE_SCRIPT = """
 local cap, budget, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('SET', KEYS[4], ARGV[9])
@@ -62,22 +64,18 @@ if ARGV[5] == '1' then
   redis.call('HINCRBY', KEYS[3], 'flagged', ARGV[7])
   redis.call('HSET', KEYS[3], 'bound', ARGV[8])
 end
-if #ARGV < 10 then
-  return {0, tonumber(ARGV[4])}
-end
 local meta = redis.call('HMGET', KEYS[2], 'seen', 'bytes')
-local seen, bytes = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+local base, bytes = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
 local len = redis.call('LLEN', KEYS[1])
 local kept = 0
-for i = 10, #ARGV, 2 do
-  local entry = ARGV[i + 1]
+for i = 11, #ARGV, 3 do
+  local entry = ARGV[i + 2]
   local size = string.len(entry)
-  seen = seen + 1
   if len < cap and bytes + size <= budget then
     redis.call('RPUSH', KEYS[1], entry)
     len, bytes, kept = len + 1, bytes + size, kept + 1
   else
-    local j = math.floor(tonumber(ARGV[i]) * seen)
+    local j = math.floor(tonumber(ARGV[i]) * (base + tonumber(ARGV[i + 1])))
     if j < len then
       local after = bytes - string.len(redis.call('LINDEX', KEYS[1], j)) + size
       if after <= budget then
@@ -87,12 +85,13 @@ for i = 10, #ARGV, 2 do
     end
   end
 end
+local seen = base + tonumber(ARGV[10])
 redis.call('HSET', KEYS[2], 'seen', seen, 'bytes', bytes)
 if len > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
 end
 redis.call('EXPIRE', KEYS[2], ttl)
-return {kept, tonumber(ARGV[4])}
+return {kept, tonumber(ARGV[4]), seen}
 """
 
 
@@ -163,27 +162,31 @@ class BufferWriter:
         self.cap, self.budget = bucket_capacity(settings)
         self.ttl = math.ceil(settings.window_s + settings.bucket_s)
         self._script = client.register_script(_WRITE_SCRIPT)
+        self._seen: dict[str, int] = {}  # bucket key -> its count as last read
 
     def write(self, detector: Detector, version: str, records: list[Any],
               results: list[dict[str, Any]], now: float | None = None) -> int:
         """Offer the batch's records to the buffer (records[i] is the record of results[i]);
-        the number offered (too large ones are not), 0 on failure or for an empty batch."""
+        the number offered, 0 on failure or for an empty batch."""
         if not results:
             return 0
         try:
             stamp = time.time() if now is None else now
-            args, offered, skipped = self._entries(version, records, results, stamp)
+            schema = record_schema(detector)
+            key = bucket_key(self.prefix, schema, bucket_of(stamp, self.settings))
+            args, offered, skipped = self._entries(key, version, records, results, stamp)
             bound = detector.fpr_bound_
             if not offered and bound is None:
                 return 0
             scored = sum(1 for r in results if "error" not in r)
             flagged = sum(1 for r in results if r.get("is_anomaly") is True)
-            schema = record_schema(detector)
-            key = bucket_key(self.prefix, schema, bucket_of(stamp, self.settings))
             head = [self.cap, self.budget, self.ttl, skipped, 0 if bound is None else 1,
-                    scored, flagged, repr(float(bound)) if bound is not None else "", schema]
-            self._script(keys=[key, f"{key}:meta", f"{self.drift_prefix}:counts:{version}",
-                               f"{self.prefix}:{CURRENT_SCHEMA}"], args=head + args)
+                    scored, flagged, repr(float(bound)) if bound is not None else "", schema,
+                    offered]
+            _, _, seen = self._script(
+                keys=[key, f"{key}:meta", f"{self.drift_prefix}:counts:{version}",
+                      f"{self.prefix}:{CURRENT_SCHEMA}"], args=head + args)
+            self._seen = {key: int(seen)}  # only the current bucket's count is needed
         except Exception as exc:  # scoring goes on: the buffer only feeds retraining
             log.error("could not write the reference buffer (%s): %s", type(exc).__name__, exc)
             counter = getattr(self.metrics, "buffer_write_failures", None)
@@ -192,15 +195,28 @@ class BufferWriter:
             return 0
         return offered
 
-    def _entries(self, version: str, records: list[Any], results: list[dict[str, Any]],
-                 stamp: float) -> tuple[list[Any], int, int]:
-        """Script arguments (u, entry) for the records to offer; their count; too large."""
+    def _entries(self, key: str, version: str, records: list[Any],
+                 results: list[dict[str, Any]], stamp: float) -> tuple[list[Any], int, int]:
+        """Script arguments (u, position, entry) for the records that may enter; the number
+        offered; how many were too large.
+
+        Algorithm R keeps the n-th record offered to a full bucket only if floor(u * n) falls
+        in it. ``_seen`` is this process's last reading of the bucket's count, never above
+        the true count (other workers only add to it), so a record rejected at that count is
+        rejected at the true one too: it is not serialised nor sent. In a full bucket that is
+        nearly every record, so the steady-state cost is the counters, not the records.
+        """
         args: list[Any] = []
         offered = skipped = 0
         limit = self.settings.max_record_bytes
+        base = self._seen.get(key, 0)
         draw = self.rng.random
         for record, result in zip(records, results, strict=True):
             if not _offered(result):
+                continue
+            offered += 1
+            u = draw()
+            if base + offered > self.cap and math.floor(u * (base + offered)) >= self.cap:
                 continue
             body = dump_json(record)
             if len(body) > limit:
@@ -208,8 +224,5 @@ class BufferWriter:
                 continue
             head = dump_json({"t": stamp, "p": result["p_value"], "id": result.get("id"),
                               "v": version})
-            entry = head[:-1] + b',"r":' + body + b"}"
-            args.append(draw())
-            args.append(entry)
-            offered += 1
+            args.extend((u, offered, head[:-1] + b',"r":' + body + b"}"))
         return args, offered, skipped
