@@ -275,3 +275,29 @@ def test_feedback_moves_the_next_model_in_the_direction_given(tmp_path: Path,
     assert recall >= baseline.predict(fresh_anomaly_kind).mean() + 0.3
     # and the guarantee still holds on normal traffic
     assert challenger.predict(generate_records(3000, anomaly_rate=0.0, seed=21)).mean() <= 0.02
+
+
+def test_feedback_command_finds_the_record_or_takes_it_inline(tmp_path: Path,
+                                                              redis_client: Any) -> None:
+    registry, champion, _ = champion_registry(tmp_path)
+    settings = make_settings(registry.root)
+    records = generate_records(600, anomaly_rate=0.0, seed=7)
+    serve(redis_client, settings, champion, "v0001", records)
+    runner = CliRunner()
+    found = runner.invoke(_cli(), ["feedback", "--id", str(records[42]["id"]), "--label",
+                                   "normal"], env=_env(settings))
+    assert found.exit_code == 0, found.output
+    assert "is normal (record from buffer)" in found.output
+    inline = runner.invoke(_cli(), ["feedback", "--id", "7", "--label", "anomaly", "--record",
+                                    json.dumps({"id": 7, "latency_ms": 1e9})], env=_env(settings))
+    assert inline.exit_code == 0 and "(record from inline)" in inline.output
+    missing = runner.invoke(_cli(), ["feedback", "--id", "nope", "--label", "anomaly"],
+                            env=_env(settings))
+    assert missing.exit_code != 0 and "give the record inline" in missing.output
+    bad = runner.invoke(_cli(), ["feedback", "--id", "7", "--label", "maybe"], env=_env(settings))
+    assert bad.exit_code != 0
+    verdicts = {v.record_id: v for v in FeedbackStore(redis_client, 100).all()}
+    assert verdicts[records[42]["id"]].label == "normal"
+    assert verdicts[records[42]["id"]].record == records[42]
+    assert verdicts[7].label == "anomaly"
+    assert redis_client.hgetall("nearwatch:feedback:total") == {b"normal": b"1", b"anomaly": b"1"}
