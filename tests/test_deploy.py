@@ -1,6 +1,8 @@
 """deploy/ checked offline: the compose file against the compose specification, the Kubernetes
-manifests against the Kubernetes schemas (KEDA's ScaledObject by hand), every command they run
-against the real CLI, every mounted file, and the Grafana dashboard's PromQL.
+manifests against the Kubernetes schemas (KEDA's ScaledObject by hand), the systemd units with
+systemd-analyze, every command they run against the real CLI, every mounted file, the one and
+only beat (retraining) node everywhere, the retraining schedule against the model-stale bound,
+the Docker build context (.dockerignore), and the Grafana dashboard's PromQL.
 
 No container runtime or cluster is needed. Each check is shown to fail on a broken copy.
 The metrics of the dashboard are checked against a real worker's /metrics by
@@ -31,6 +33,9 @@ DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 PROCFILE = DEPLOY / "Procfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+SYSTEMD_UNITS = sorted(DEPLOY.glob("*.service"))
+PROMETHEUS = DEPLOY / "prometheus"
 K8S = DEPLOY / "k8s"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "nearwatch.json"
@@ -110,9 +115,12 @@ def test_compose_stack_has_every_service_and_a_shared_registry() -> None:
     assert "models" in compose["volumes"]
     # the worker scales: no fixed container name, no published port
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
-    # beat: not built yet, exactly one commented placeholder
-    assert "beat" not in services
-    assert len(re.findall(r"^  # beat:$", COMPOSE.read_text(), re.MULTILINE)) == 1
+    # beat (the maintenance node) adds versions to the same registry and needs Redis first
+    beat = services["beat"]
+    assert beat["command"] == ["nearwatch", "beat"]
+    assert f"models:{beat['environment']['NEARWATCH_MODEL_DIR']}" in beat["volumes"]
+    assert beat["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert beat["environment"]["NEARWATCH_RETRAIN_SCHEDULE"]
     # alerts reach the Alertmanager of the stack
     assert services["alerts"]["environment"]["NEARWATCH_ALERTMANAGER_URL"] == (
         "http://alertmanager:9093")
@@ -193,8 +201,8 @@ def test_kubernetes_manifests_validate() -> None:
             _k8s_validate(doc)
         except kubernetes_validate.ValidationError as exc:  # pragma: no cover - the failure
             pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']}: {exc.message}")
-    assert kinds["Deployment"] == 3 and kinds["ConfigMap"] == 1 and kinds["Secret"] == 1
-    assert kinds["ScaledObject"] == 1 and kinds["Service"] >= 2
+    assert kinds["Deployment"] == 4 and kinds["ConfigMap"] == 1 and kinds["Secret"] == 1
+    assert kinds["ScaledObject"] == 1 and kinds["Service"] >= 3
     # the validator can fail: a wrong type, and (strict) a field Kubernetes does not have
     worker = next(d for _, d in docs if d["kind"] == "Deployment"
                   and d["metadata"]["name"] == "nearwatch-worker")
@@ -234,7 +242,7 @@ def test_kubernetes_containers_get_a_broker_url_with_the_secret_password() -> No
     password = secret["stringData"]["REDIS_PASSWORD"]
     nearwatch = [c for d in docs for c in _containers(d)
                  if c["image"].startswith(NEARWATCH_IMAGE)]
-    assert len(nearwatch) == 3
+    assert len(nearwatch) == 4
     for container in nearwatch:
         env = container["env"]
         names = [e["name"] for e in env]
@@ -260,6 +268,138 @@ def test_kubernetes_containers_get_a_broker_url_with_the_secret_password() -> No
                                 "NEARWATCH_MODEL_DIR": model_url,
                                 "NEARWATCH_MODEL_CACHE": model_env["NEARWATCH_MODEL_CACHE"]})
     assert remote.model_store == model_url and remote.model_cache is not None
+    # beat promotes into the registry the workers read, through its own scratch cache
+    beat = _beat_deployments(docs)[0]
+    beat_env = {e["name"]: e.get("value") for e in _containers(beat)[0]["env"]}
+    assert beat_env["NEARWATCH_MODEL_DIR"] == model_env["NEARWATCH_MODEL_DIR"]
+    mounts = {m["mountPath"] for m in _containers(beat)[0]["volumeMounts"]}
+    assert beat_env["NEARWATCH_MODEL_CACHE"] in mounts
+
+
+# --- (b2) the beat (maintenance) node: exactly one, everywhere ----------------------------------
+
+
+def _beat_deployments(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if d["kind"] == "Deployment"
+            and any(c.get("command", [])[1:2] == ["beat"] for c in _containers(d))]
+
+
+def _compose_default(value: str) -> str:
+    """``${VAR:-default}`` -> default (compose interpolation of an unset variable)."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return match.group(1) if match else value
+
+
+def beat_problems(compose: Doc, docs: list[Doc], procfile: str, prometheus: Doc) -> list[str]:
+    """Where the deploy files could run more (or less) than one beat, or scrape the wrong port."""
+    problems: list[str] = []
+    beats = [name for name, svc in _nearwatch_services(compose).items()
+             if svc.get("command", [])[1:2] == ["beat"]]
+    if beats != ["beat"]:
+        return [f"compose: beat services {beats}"]
+    service = compose["services"]["beat"]
+    if service.get("deploy", {}).get("replicas") != 1:
+        problems.append("compose: beat deploy.replicas is not 1")
+    if "container_name" in service or "ports" in service:
+        problems.append("compose: beat publishes a port or fixes a name")
+    port = int(service["environment"]["NEARWATCH_BEAT_METRICS_PORT"])
+    if f":{port}/metrics" not in " ".join(service.get("healthcheck", {}).get("test", [])):
+        problems.append(f"compose: the beat healthcheck does not probe port {port}")
+    deployments = _beat_deployments(docs)
+    if len(deployments) != 1:
+        return [*problems, f"k8s: {len(deployments)} beat Deployments"]
+    beat = deployments[0]
+    if beat["spec"].get("replicas") != 1:
+        problems.append("k8s: beat replicas is not 1")
+    if beat["spec"].get("strategy", {}).get("type") != "Recreate":
+        problems.append("k8s: beat strategy is not Recreate (a rollout would run two)")
+    name = beat["metadata"]["name"]
+    scalers = [d for d in docs if d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
+               and d["spec"].get("scaleTargetRef", {}).get("name") == name]
+    if scalers:
+        problems.append("k8s: beat is autoscaled")
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+    annotations = beat["spec"]["template"]["metadata"].get("annotations", {})
+    container_ports = {p["containerPort"] for c in _containers(beat) for p in c.get("ports", [])}
+    k8s_port = int(configmap["data"].get("NEARWATCH_BEAT_METRICS_PORT", -1))
+    if not (annotations.get("prometheus.io/scrape") == "true"
+            and int(annotations.get("prometheus.io/port", -1)) == k8s_port
+            and container_ports == {k8s_port}):
+        problems.append("k8s: beat scrape annotations/containerPort/configmap port disagree")
+    services = [d for d in docs if d["kind"] == "Service"
+                and d["spec"].get("selector") == beat["spec"]["selector"]["matchLabels"]]
+    if [p["port"] for s in services for p in s["spec"]["ports"]] != [k8s_port]:
+        problems.append("k8s: no Service for the beat metrics port")
+    lines = [line for line in procfile.splitlines() if line.startswith("beat:")]
+    if len(lines) != 1:
+        problems.append(f"Procfile: {len(lines)} beat lines")
+    targets = [t for job in prometheus["scrape_configs"] if job["job_name"] == "nearwatch-beat"
+               for sc in job.get("static_configs", []) for t in sc["targets"]]
+    if targets != [f"beat:{port}"]:
+        problems.append(f"prometheus: nearwatch-beat targets {targets}, not beat:{port}")
+    return problems
+
+
+def test_exactly_one_beat_node_everywhere_and_prometheus_scrapes_it() -> None:
+    compose = _compose()
+    docs = [doc for _, doc in _k8s_docs()]
+    procfile = PROCFILE.read_text()
+    prometheus = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert beat_problems(compose, docs, procfile, prometheus) == []
+    assert (DEPLOY / "nearwatch-beat.service").exists()
+    # the check can fail: two replicas, a rolling update, a second Procfile line, a wrong port
+    broken_compose = copy.deepcopy(compose)
+    broken_compose["services"]["beat"]["deploy"]["replicas"] = 2
+    broken_docs = copy.deepcopy(docs)
+    beat = _beat_deployments(broken_docs)[0]
+    beat["spec"]["replicas"] = 2
+    beat["spec"]["strategy"] = {"type": "RollingUpdate"}
+    broken_prometheus = copy.deepcopy(prometheus)
+    for job in broken_prometheus["scrape_configs"]:
+        if job["job_name"] == "nearwatch-beat":
+            job["static_configs"][0]["targets"] = ["beat:9808"]
+    problems = beat_problems(broken_compose, broken_docs, procfile + "beat: nearwatch beat\n",
+                             broken_prometheus)
+    assert len(problems) == 5, problems
+
+
+def _schedule_period_s(spec: str) -> float:
+    """Mean seconds between runs of a retraining schedule (an interval or a daily/weekly cron)."""
+    from celery.schedules import crontab
+    from nearwatch.scheduler.schedule import parse_schedule
+
+    when = parse_schedule(spec)
+    if not isinstance(when, crontab):
+        return float(when.run_every.total_seconds())
+    per_day = len(when.minute) * len(when.hour)
+    assert when.day_of_month == set(range(1, 32)) and when.month_of_year == set(range(1, 13)), (
+        f"{spec!r}: a monthly cron schedule; adapt _schedule_period_s")
+    return 7 * 86400 / (per_day * len(when.day_of_week))
+
+
+def test_deploy_schedule_is_valid_and_the_model_stale_bound_is_three_periods() -> None:
+    from nearwatch.scheduler.schedule import beat_schedule
+    from nearwatch.worker.settings import Settings
+
+    compose = _compose()["services"]["beat"]["environment"]["NEARWATCH_RETRAIN_SCHEDULE"]
+    configmap = next(d for _, d in _k8s_docs() if d["kind"] == "ConfigMap")["data"]
+    schedules = {_compose_default(compose), configmap["NEARWATCH_RETRAIN_SCHEDULE"]}
+    assert len(schedules) == 1, schedules  # compose and Kubernetes retrain alike
+    spec = schedules.pop()
+    settings = Settings.from_env({"NEARWATCH_RETRAIN_SCHEDULE": spec})
+    assert "retrain" in beat_schedule(settings.retrain)  # what `nearwatch beat` does at start
+    rules = yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"]
+    stale = [r for g in rules for r in g["rules"] if r.get("alert") == "NearwatchModelStale"]
+    assert len(stale) == 1
+    match = re.fullmatch(r"nearwatch_model_age_seconds > ([\d.]+) \* ([\d.]+)",
+                         stale[0]["expr"].strip())
+    assert match, stale[0]["expr"]
+    bound = float(match.group(1)) * float(match.group(2))
+    assert bound == 3 * _schedule_period_s(spec) == 3 * 86400
+    # the period computation can tell schedules apart
+    assert _schedule_period_s("6h") == 6 * 3600
+    assert _schedule_period_s("0 */6 * * *") == 6 * 3600
+    assert _schedule_period_s("30 2 * * 1") == 7 * 86400
 
 
 # --- (c) every command is one the CLI has ------------------------------------------------------
@@ -296,6 +436,11 @@ def deploy_commands() -> dict[str, Argv]:
         if line.strip() and not line.startswith("#"):
             kind, command = line.split(":", 1)
             commands[f"Procfile {kind}"] = tuple(shlex.split(command))
+    for unit in SYSTEMD_UNITS:
+        starts = [line.split("=", 1)[1] for line in unit.read_text().splitlines()
+                  if line.startswith("ExecStart=")]
+        assert len(starts) == 1, f"{unit.name}: {starts}"
+        commands[unit.name] = tuple(shlex.split(starts[0]))
     return commands
 
 
@@ -315,7 +460,9 @@ def _help_runs(argvs: list[Argv]) -> dict[Argv, subprocess.CompletedProcess[str]
 def test_every_deploy_command_is_a_real_cli_command() -> None:
     commands = deploy_commands()
     assert {"compose worker", "compose ingest", "compose alerts", "worker.yaml worker",
-            "Dockerfile CMD", "Dockerfile HEALTHCHECK", "Procfile worker"} <= set(commands)
+            "Dockerfile CMD", "Dockerfile HEALTHCHECK", "Procfile worker", "compose beat",
+            "compose beat healthcheck", "beat.yaml beat", "Procfile beat",
+            "nearwatch-worker.service", "nearwatch-beat.service"} <= set(commands)
     cli: set[Argv] = set()
     for where, argv in commands.items():
         program = Path(argv[0]).name
@@ -326,7 +473,7 @@ def test_every_deploy_command_is_a_real_cli_command() -> None:
             assert "/metrics" in argv[2], where
         else:
             pytest.fail(f"{where}: {argv[0]} is neither nearwatch nor a python healthcheck")
-    assert {argv[0] for argv in cli} == {"worker", "ingest", "alerts"}
+    assert {argv[0] for argv in cli} == {"worker", "ingest", "alerts", "beat"}
     # With --help appended click still parses every option given before it, so this checks
     # subcommand and options; a made-up option is refused (the check can fail).
     bogus: Argv = ("worker", "--no-such-option")
@@ -389,6 +536,98 @@ def test_dockerfile_pins_torch_as_pyproject_and_runs_unprivileged() -> None:
     assert workers == {("worker", "--concurrency", "2")}
 
 
+def _systemd_complaints(unit_text: str, name: str, tmp_path: Path) -> str:
+    """systemd-analyze verify's complaints about a unit (its nearwatch path made real)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    path = tmp_path / name
+    path.write_text(unit_text.replace("/opt/nearwatch/.venv/bin/nearwatch",
+                                      str(_bin("nearwatch"))))
+    result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    return "\n".join(line for line in (result.stdout + result.stderr).splitlines()
+                     if name in line)
+
+
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    assert [u.name for u in SYSTEMD_UNITS] == ["nearwatch-beat.service",
+                                               "nearwatch-worker.service"]
+    for unit in SYSTEMD_UNITS:
+        assert _systemd_complaints(unit.read_text(), unit.name, tmp_path) == ""
+    broken = SYSTEMD_UNITS[0].read_text().replace("KillSignal=SIGTERM", "KillSignal=SIGTERN")
+    assert "SIGTERN" in _systemd_complaints(broken, SYSTEMD_UNITS[0].name, tmp_path)
+
+
+def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's pattern syntax (Go filepath.Match plus ``**``), anchored at the context root."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i:end + 1].replace("[!", "[^"), end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def dockerignored(path: str, text: str) -> bool:
+    """Whether ``path`` (relative to the context) is left out: the last matching pattern wins,
+    a pattern matching a parent folder leaves out everything in it."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    excluded = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = _dockerignore_regex(line.lstrip("!").strip("/"))
+        if any(pattern.fullmatch(prefix) for prefix in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def _dockerfile_copy_sources() -> list[str]:
+    sources: list[str] = []
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith(("COPY ", "ADD ")):
+            words = [w for w in line.split()[1:] if not w.startswith("--")]
+            sources += words[:-1]
+    return sources
+
+
+def test_dockerignore_keeps_what_the_image_copies_and_leaves_out_the_rest() -> None:
+    text = DOCKERIGNORE.read_text()
+    sources = _dockerfile_copy_sources()
+    assert sources == ["pyproject.toml", "README.md", "nearwatch", "detector", "worker",
+                       "scheduler"]
+    tracked = subprocess.run(["git", "ls-files", *sources], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, check=True).stdout.split()
+    assert len(tracked) > 20
+    assert [f for f in tracked if dockerignored(f, text)] == []
+    # the Dockerfile itself stays in the context
+    assert not dockerignored("deploy/Dockerfile", text)
+    left_out = [".venv/bin/python", ".git/HEAD", "build/typecheck/nearwatch/__init__.py",
+                "bench/results/adbench/summary.json", "bench/service.py", "tests/test_deploy.py",
+                "worker/__pycache__/app.cpython-311.pyc", "detector/store/x.pyc",
+                "nearwatch.egg-info/PKG-INFO", ".mypy_cache/3.11/x.json", ".pytest_cache/v",
+                ".ruff_cache/x", "dist/nearwatch-0.1.0.whl"]
+    assert [f for f in left_out if not dockerignored(f, text)] == []
+    # the check can fail: a pattern that drops a shipped package, and one put back with "!"
+    assert dockerignored("worker/app.py", text + "\nworker\n")
+    assert not dockerignored("tests/test_deploy.py", text + "\n!tests/test_deploy.py\n")
+
+
 # --- (d) mounted files -------------------------------------------------------------------------
 
 
@@ -434,14 +673,17 @@ def test_every_file_compose_mounts_exists() -> None:
 
 
 def declared_metrics() -> set[str]:
-    """The series names worker/metrics.py and worker/alert_metrics.py create."""
+    """The series names worker/metrics.py, worker/alert_metrics.py and scheduler/metrics.py
+    create (the last with prometheus_client's *MetricFamily classes, read at scrape)."""
     names: set[str] = set()
-    for module in ("metrics.py", "alert_metrics.py"):
-        text = (REPO / "worker" / module).read_text()
-        for kind, name in re.findall(r'\b(Counter|Gauge|Histogram)\(\s*"(nearwatch_\w+)"', text):
-            suffixes = {"Counter": ["_total"], "Gauge": [""],
+    for module in ("worker/metrics.py", "worker/alert_metrics.py", "scheduler/metrics.py"):
+        text = (REPO / module).read_text()
+        found = re.findall(r'\b(Counter|Gauge|Histogram|Summary)(?:MetricFamily)?\(\s*'
+                           r'"(nearwatch_\w+)"', text)
+        for kind, name in found:
+            suffixes = {"Counter": ["_total"], "Gauge": [""], "Summary": ["_sum", "_count"],
                         "Histogram": ["_bucket", "_sum", "_count"]}[kind]
-            names |= {name + suffix for suffix in suffixes}
+            names |= {name.removesuffix("_total") + suffix for suffix in suffixes}
     return names
 
 
@@ -501,9 +743,23 @@ def test_dashboard_panels_query_real_metrics_with_valid_promql(tmp_path: Path) -
             "nearwatch_fpr_bound", "nearwatch_batch_duration_seconds_bucket",
             "nearwatch_record_errors_total", "nearwatch_dead_letters_total",
             "nearwatch_model_info", "nearwatch_model_reloads_total",
-            "nearwatch_alert_notifications_total", "nearwatch_alert_dead_letters_total"} <= named
+            "nearwatch_alert_notifications_total", "nearwatch_alert_dead_letters_total",
+            # the retraining row
+            "nearwatch_retrain_total", "nearwatch_retrain_duration_seconds_sum",
+            "nearwatch_retrain_duration_seconds_count", "nearwatch_model_age_seconds",
+            "nearwatch_drift_statistic", "nearwatch_drift_threshold",
+            "nearwatch_drift_alarms_total", "nearwatch_reference_buffer_records",
+            "nearwatch_golden_records", "nearwatch_feedback_total",
+            "nearwatch_buffer_write_failures_total"} <= named
     assert any("histogram_quantile" in e and "batch_duration_seconds_bucket" in e
                for e in exprs)
+    # the retraining panels sit in their own row, below every other row
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows[-1]["title"] == "Retraining"
+    below = [p for p in panels if p["gridPos"]["y"] > rows[-1]["gridPos"]["y"]]
+    assert {m for p in below for t in p["targets"]
+            for m in re.findall(r"\bnearwatch_(?:retrain|drift|feedback)\w*", t["expr"])} == {
+        m for e in exprs for m in re.findall(r"\bnearwatch_(?:retrain|drift|feedback)\w*", e)}
     assert _promtool_rejects(exprs, tmp_path) == ""
 
 
@@ -516,6 +772,8 @@ def test_dashboard_checks_can_fail(tmp_path: Path) -> None:
         assert "dashboard:expr_0" in _promtool_rejects(["rate(nearwatch_score_bucket)"],
                                                        tmp_path)
     assert "nearwatch_scores_total" not in declared_metrics()
+    assert {"nearwatch_retrain_total", "nearwatch_retrain_duration_seconds_sum",
+            "nearwatch_scheduler_redis_up"} <= declared_metrics()
 
 
 def test_scaling_doc_has_sizing_and_the_scale_placeholder() -> None:

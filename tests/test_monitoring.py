@@ -1,5 +1,5 @@
 """The shipped monitoring stack, checked with the real tools (promtool, amtool) and against
-the metrics a real worker node and a real `nearwatch alerts` export."""
+the metrics a real worker node, a real `nearwatch alerts` and a real `nearwatch beat` export."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from tests.service_fixtures import (
     WorkerNode,
     free_port,
     http_get,
+    scoring_client,
     service_env,
+    stream_records_for_test,
     wait_for,
 )
 
@@ -30,6 +32,10 @@ DEPLOY = REPO / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "nearwatch.json"
+RETRAINING_ALERTS = {"NearwatchSchedulerDown", "NearwatchSchedulerRedisDown",
+                     "NearwatchRetrainingFailing", "NearwatchModelStale",
+                     "NearwatchDriftDetected", "NearwatchBufferWriteFailing",
+                     "NearwatchReferenceBufferEmpty"}
 
 
 def _tool(name: str) -> str:
@@ -54,7 +60,13 @@ def test_promtool_accepts_config_and_rules_and_every_alert_is_unit_tested(tmp_pa
     rules = (PROMETHEUS / "rules.yml").read_text()
     tests = (PROMETHEUS / "tests.yml").read_text()
     alerts = re.findall(r"- alert: (\w+)", rules)
-    assert len(alerts) >= 8
+    assert len(alerts) >= 8 and set(alerts) >= RETRAINING_ALERTS
+    assert len(alerts) == len(set(alerts))
+    for group in yaml.safe_load(rules)["groups"]:  # summary and description everywhere
+        for rule in group["rules"]:
+            if "alert" in rule:
+                assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
+                assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
     cases = [case for test in yaml.safe_load(tests)["tests"] for case in test["alert_rule_test"]]
     for alert in alerts:  # each alert is expected to fire somewhere and to stay silent somewhere
         expected = [case.get("exp_alerts") or [] for case in cases if case["alertname"] == alert]
@@ -78,6 +90,44 @@ def test_amtool_accepts_the_alertmanager_config(tmp_path: Path) -> None:
                                                        "receiver: nobody"))
     failed = _run([amtool, "check-config", str(broken)])
     assert failed.returncode != 0 and "nobody" in failed.stdout + failed.stderr
+    # every alert name an inhibition matches is one the rules (or `nearwatch alerts`) raise
+    assert inhibited_unknown_alerts(yaml.safe_load(ALERTMANAGER.read_text())) == []
+    # the scheduler being down inhibits the retraining alerts it causes
+    assert inhibits(ALERTMANAGER, "NearwatchSchedulerDown", "NearwatchRetrainingFailing")
+    assert inhibits(ALERTMANAGER, "NearwatchSchedulerRedisDown", "NearwatchModelStale")
+    assert inhibits(ALERTMANAGER, "NearwatchBufferWriteFailing", "NearwatchReferenceBufferEmpty")
+    assert not inhibits(ALERTMANAGER, "NearwatchModelStale", "NearwatchSchedulerDown")
+    typo = yaml.safe_load(ALERTMANAGER.read_text().replace("NearwatchModelStale",
+                                                           "NearwatchModelStail"))
+    assert inhibited_unknown_alerts(typo) == ["NearwatchModelStail"]
+
+
+def _alertnames(matchers: list[str]) -> list[str] | None:
+    """The alert names an Alertmanager matcher list selects (None: not by alertname)."""
+    for matcher in matchers:
+        match = re.fullmatch(r'alertname(=~|=)"([^"]*)"', matcher.replace(" ", ""))
+        if match:
+            return match.group(2).split("|") if match.group(1) == "=~" else [match.group(2)]
+    return None
+
+
+def inhibited_unknown_alerts(config: dict[str, Any]) -> list[str]:
+    rules = (PROMETHEUS / "rules.yml").read_text()
+    known = set(re.findall(r"- alert: (\w+)", rules)) | {"NearwatchAnomalousRecords"}
+    named = [name for rule in config.get("inhibit_rules", [])
+             for key in ("source_matchers", "target_matchers")
+             for name in _alertnames(rule.get(key, [])) or []]
+    return sorted(set(named) - known)
+
+
+def inhibits(path: Path, source: str, target: str) -> bool:
+    """Whether a firing ``source`` inhibits ``target`` by alert name (no ``equal`` labels)."""
+    for rule in yaml.safe_load(path.read_text()).get("inhibit_rules", []):
+        sources = _alertnames(rule.get("source_matchers", [])) or []
+        targets = _alertnames(rule.get("target_matchers", [])) or []
+        if source in sources and target in targets:
+            return True
+    return False
 
 
 def named_metrics() -> set[str]:
@@ -104,18 +154,49 @@ def alerts_consumer(node: WorkerNode, tmp_path: Path) -> Iterator[tuple[Proc, in
         assert proc.stop() == 0, proc.log()[-2000:]
 
 
+@pytest.fixture()
+def beat_node(node: WorkerNode, tmp_path: Path) -> Iterator[tuple[Proc, int]]:
+    """A real `nearwatch beat` beside the worker node, after the loop has state to export:
+    records scored (the workers fill the reference buffer) and one retraining by hand
+    (skipped: too few buffer records), so that every series of the beat is present."""
+    scored = list(scoring_client(node).score(stream_records_for_test(60, prefix="beat-m")))
+    assert len(scored) == 60
+    env = service_env(node.settings.model_dir)
+    retrain = subprocess.run([*CLI, "retrain"], env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert retrain.returncode == 0 and json.loads(retrain.stdout)["outcome"] == "skipped", (
+        retrain.stdout + retrain.stderr)
+    port = free_port()
+    proc = Proc([*CLI, "beat"], {**env, "NEARWATCH_BEAT_METRICS_PORT": str(port)},
+                tmp_path / "beat.log")
+    try:
+        wait_for(lambda: "nearwatch_scheduler_redis_up 1.0" in (http_get(
+            f"http://127.0.0.1:{port}/metrics") or ""), 60, f"beat /metrics ({proc.log_path})")
+        # Celery up (its SIGTERM handler installed): the stop below is a warm shutdown
+        wait_for(lambda: re.search(r"nearwatch-beat-\d+@\S+ ready\.", proc.log()), 60,
+                 f"the beat node to be ready ({proc.log_path})")
+        yield proc, port
+    finally:
+        assert proc.stop() == 0, proc.log()[-2000:]
+
+
 def test_every_metric_named_by_rules_and_dashboard_is_exported_and_lint_clean(
-        node: WorkerNode, alerts_consumer: tuple[Proc, int], tmp_path: Path) -> None:
+        node: WorkerNode, alerts_consumer: tuple[Proc, int], beat_node: tuple[Proc, int],
+        tmp_path: Path) -> None:
     promtool = _tool("promtool")
     worker = http_get(node.metrics_url) or ""
     consumer = http_get(f"http://127.0.0.1:{alerts_consumer[1]}/metrics") or ""
-    exported = {line.split("{")[0].split(" ")[0] for line in (worker + consumer).splitlines()
+    beat = http_get(f"http://127.0.0.1:{beat_node[1]}/metrics") or ""
+    exported = {line.split("{")[0].split(" ")[0]
+                for line in (worker + consumer + beat).splitlines()
                 if line.startswith("nearwatch_")}
     named = named_metrics()
     assert {"nearwatch_target_fpr", "nearwatch_records_scored_total",
-            "nearwatch_alert_notifications_total"} <= named
+            "nearwatch_alert_notifications_total", "nearwatch_retrain_total",
+            "nearwatch_model_age_seconds", "nearwatch_reference_buffer_records",
+            "nearwatch_buffer_write_failures_total", "nearwatch_scheduler_redis_up"} <= named
     assert sorted(named - exported) == []
-    for text in (worker, consumer):
+    for text in (worker, consumer, beat):
         lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                               text=True, timeout=60)
         assert lint.returncode == 0 and lint.stdout + lint.stderr == "", lint.stdout + lint.stderr
