@@ -119,7 +119,7 @@ class SchedulerCollector:
             yield GaugeMetricFamily(
                 "nearwatch_reference_buffer_records",
                 "Records in the reference buffer of the record schema written last",
-                value=buffer_size(client, schema.decode(), self.settings.buffer))
+                value=buffer_size(client, _text(schema), self.settings.buffer))
         yield GaugeMetricFamily("nearwatch_golden_records", "Pinned golden records",
                                 value=golden_size(client))
         feedback = _decoded(client.hgetall(FEEDBACK_TOTAL_KEY))
@@ -133,3 +133,7 @@ class SchedulerCollector:
 def _decoded(mapping: dict[Any, Any]) -> dict[str, str]:
     return {(k.decode() if isinstance(k, bytes) else str(k)):
             (v.decode() if isinstance(v, bytes) else str(v)) for k, v in mapping.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,6 +1,8 @@
 """Issue 11 fault test: a dedicated Redis (own port, started here) goes down for OUTAGE_S in
 the middle of a live `stream` (stdin) and an `ingest` run. The producers ride it out:
-nothing lost, nothing duplicated, no traceback.
+nothing lost, nothing duplicated, no traceback; the worker node reconnects and scores again
+(kombu's Redis channel could not be closed while Redis was down, which killed the node with
+a batch in flight: see worker/redis_broker.py and the second test).
 
 OUTAGE_S is 12 s, above the outages that used to kill the producers (3 s for ingest, 8 s
 for stream), to keep the suite short; NEARWATCH_OUTAGE_DEADLINE is 90 s.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -67,10 +71,6 @@ class RedisServer:
             self.process.kill()
 
 
-@pytest.mark.skip(reason="open: the Celery worker node does not reconnect after its Redis "
-                  "restarts (kombu: AttributeError 'NoneType' has no attribute 'hostname' "
-                  "in on_connection_error_after_connected); the producers wait, then answer "
-                  "the records as unanswered. Unskip once the worker reconnects.")
 def test_stream_and_ingest_ride_out_a_redis_restart(node_registry: Any, tmp_path: Path) -> None:
     import redis
 
@@ -133,12 +133,14 @@ def test_stream_and_ingest_ride_out_a_redis_restart(node_registry: Any, tmp_path
             stream.kill()
         stream_log.close()
         ingest_status = ingest.stop()
-        worker.proc.stop()
+        worker_status = worker.proc.stop()
         server.stop(save=False)
     stream_text = (tmp_path / "stream.log").read_text()
     assert "Traceback" not in stream_text and "Traceback" not in ingest.log(), \
         stream_text[-2000:] + ingest.log()[-2000:]
     assert "unreachable" in stream_text + ingest.log()  # the outage really hit a producer
+    worker_log = worker.proc.log()
+    assert "Unrecoverable error" not in worker_log and worker_status == 0, worker_log[-3000:]
     results = [json.loads(line) for line in stream_out.read_text().splitlines()]
     assert [r["id"] for r in results] == [r["id"] for r in streamed]  # once each, in order
     assert not [r for r in results if "error" in r]
@@ -149,3 +151,57 @@ def test_stream_and_ingest_ride_out_a_redis_restart(node_registry: Any, tmp_path
     by_entry = {f[b"entry"].decode(): json.loads(f[b"result"]) for _, f in written}
     assert [by_entry[e]["id"] for e in entry_ids] == [r["id"] for r in ingested]
     assert not [r for r in by_entry.values() if "error" in r]
+
+
+def test_worker_node_reconnects_with_a_batch_in_flight(node_registry: Any,
+                                                      tmp_path: Path) -> None:
+    """Redis goes down while the node holds an unacknowledged batch (its pool processes are
+    stopped, so the batch cannot finish first) and waits on BRPOP for the next one: the case
+    that killed the node ("Unrecoverable error": AttributeError in kombu's channel close, see
+    worker/redis_broker.py). The node reconnects, the batch is answered, the node consumes
+    again, nothing is left unacknowledged in Redis, and the node still shuts down cleanly."""
+    import redis
+    from nearwatch.worker.app import create_app
+    from nearwatch.worker.names import SCORE_JSON_BATCH
+    from nearwatch.worker.settings import Settings
+
+    server = RedisServer(tmp_path)
+    client = redis.Redis.from_url(server.url)
+    env = service_env(node_registry.root, NEARWATCH_BROKER_URL=server.url,
+                      NEARWATCH_REDIS_URL=server.url)
+    worker = start_worker_node(tmp_path, node_registry.root, "in-flight",
+                               NEARWATCH_BROKER_URL=server.url, NEARWATCH_REDIS_URL=server.url)
+    app = create_app(Settings.from_env(env))
+    records = stream_records_for_test(20, seed=9, prefix="f")
+    lines = [json.dumps(record) for record in records]
+
+    def answered(result: Any) -> list[str]:
+        return [json.loads(line)["id"] for line in result.get(timeout=60)]
+
+    try:
+        children = worker.proc.children()
+        assert len(children) == 2
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+        held = app.send_task(SCORE_JSON_BATCH, args=[lines[:10]])
+        wait_for(lambda: client.hlen("unacked") == 1, 10, "the node to hold the batch")
+        time.sleep(1)  # the node is back in BRPOP, for the second pool process
+        server.stop(save=True)  # the unacked index is saved with the rest
+        time.sleep(OUTAGE_S)
+        server.start()
+        for pid in children:
+            os.kill(pid, signal.SIGCONT)
+        assert answered(held) == [r["id"] for r in records[:10]]
+        after = app.send_task(SCORE_JSON_BATCH, args=[lines[10:]])  # consuming again
+        assert answered(after) == [r["id"] for r in records[10:]]
+        wait_for(lambda: client.hlen("unacked") == 0, 60,
+                 "the batch held during the outage to leave the unacked index")
+        assert worker.proc.process.poll() is None, worker.proc.log()[-3000:]
+    finally:
+        status = worker.proc.stop()
+        app.close()
+        server.stop(save=False)
+    log = worker.proc.log()
+    assert "Unrecoverable error" not in log and "AttributeError" not in log, log[-3000:]
+    assert "Connected to" in log.split("Connection to broker lost", 1)[-1], log[-3000:]
+    assert status == 0, log[-3000:]

@@ -22,7 +22,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
-from .names import SCORING_QUEUE, TASK_PATTERN
+from .names import MAINTENANCE_QUEUE, MAINTENANCE_TASKS, SCORING_QUEUE, TASK_PATTERN
 from .pool import SETTINGS_KEY, build_runtime
 from .settings import Settings
 
@@ -40,7 +40,9 @@ def create_app(settings: Settings) -> Celery:
         result_accept_content=["json"],
         task_queues=(Queue(SCORING_QUEUE),),
         task_default_queue=SCORING_QUEUE,
-        task_routes={TASK_PATTERN: {"queue": SCORING_QUEUE}},
+        # exact names first: maintenance tasks never land on the scoring queue
+        task_routes={**{name: {"queue": MAINTENANCE_QUEUE} for name in MAINTENANCE_TASKS},
+                     TASK_PATTERN: {"queue": SCORING_QUEUE}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -50,6 +52,11 @@ def create_app(settings: Settings) -> Celery:
         # Loading torch, faiss and a model in a fresh pool process can exceed the 4 s default.
         worker_proc_alive_timeout=120.0,
         broker_connection_retry_on_startup=True,
+        # kombu's Redis transport, able to close a channel while Redis is down: without it
+        # a node that loses Redis dies instead of reconnecting (see redis_broker.py).
+        broker_transport=("nearwatch.worker.redis_broker:Transport"
+                          if settings.broker_url.startswith(("redis://", "rediss://"))
+                          else None),
         broker_transport_options=_transport_options(settings),
         result_expires=settings.result_expires,
         task_send_sent_event=False,
