@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -58,6 +59,12 @@ def create_app(settings: Settings) -> Celery:
                           if settings.broker_url.startswith(("redis://", "rediss://"))
                           else None),
         broker_transport_options=_transport_options(settings),
+        # The Redis result backend re-subscribes once a second; its default gives up after
+        # 20 tries and leaves the app unusable ("must be restarted"): ride out as long an
+        # outage as the producers do (NEARWATCH_OUTAGE_DEADLINE).
+        result_backend_transport_options={"retry_policy": {
+            "max_retries": max(20, math.ceil(settings.outage_deadline)), "interval_start": 0,
+            "interval_step": 1, "interval_max": 1}},
         result_expires=settings.result_expires,
         task_send_sent_event=False,
         worker_send_task_events=False,
