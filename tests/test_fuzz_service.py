@@ -196,3 +196,44 @@ def test_fuzz_ingest(node: WorkerNode, redis_client: Any, corpus: Any, tmp_path:
     assert sorted(by_entry) == sorted(entry_ids)
     assert redis_client.xpending("nearwatch:records", "nearwatch")["pending"] == 0
     _check([by_entry[e] for e in entry_ids], lines, "ingest")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_memory_stays_bounded_under_oversized_records(node: WorkerNode) -> None:
+    """Records far over the limit, sent straight to the task (no producer screening them):
+    refused before they are parsed, and the pool processes' memory stays bounded (issue 11,
+    item 10: three 10 MB records used to leave a child at +330-470 MB, growing with each).
+
+    A 30 MB task message leaves a high-water mark (its copies in the pipe, the decoded
+    strings; glibc keeps the freed arenas): measured +152 MB after the first six batches and
+    +0 MB over the next twelve. Bound: < 250 MB, and < 20 MB more after the first six."""
+    from nearwatch.worker.app import create_app
+    from nearwatch.worker.names import SCORE_JSON_BATCH
+
+    app = create_app(node.settings)
+    good = [json.dumps(r) for r in stream_records_for_test(20, seed=4, prefix="m")]
+    warm = app.send_task(SCORE_JSON_BATCH, args=[good * 10]).get(timeout=60)
+    assert len(warm) == 200
+    children = node.proc.children()
+    before = {pid: _rss_mb(pid) for pid in children}
+    huge = json.dumps({"id": "huge", "note": "x" * 10_000_000})
+    high_water: dict[int, float] = {}
+    for round_ in range(18):  # 54 records of 10 MB in all
+        if round_ == 6:
+            high_water = {pid: _rss_mb(pid) for pid in children}
+        answers = app.send_task(SCORE_JSON_BATCH, args=[[huge, *good, huge, huge]]
+                                ).get(timeout=120)
+        results = [json.loads(a) for a in answers]
+        assert [("error" in r) for r in results] == [True] + [False] * 20 + [True, True]
+        assert "exceeds the limit" in results[0]["error"] and len(results[0]["error"]) < 1_000
+    after = {pid: _rss_mb(pid) for pid in children}
+    grown = {pid: after[pid] - before[pid] for pid in children}
+    assert max(grown.values()) < 250, f"pool processes grew by {grown} MB"
+    still_growing = {pid: after[pid] - high_water[pid] for pid in children}
+    assert max(still_growing.values()) < 20, f"still growing: {still_growing} MB"
