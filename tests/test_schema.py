@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from nearwatch.detector.errors import NotFittedError, RecordError, SchemaMismatchError
-from nearwatch.detector.features.fields import stable_bucket
+from nearwatch.detector.features.fields import IQR_PER_SD, ONEHOT_WEIGHT, stable_bucket
 from nearwatch.detector.features.schema import FeatureEncoder
 
 
@@ -65,10 +65,11 @@ def test_robust_scaling_matches_hand_computation() -> None:
     records = [{"x": float(v), "flat": 7, "tail": 1000 if v == 20 else v} for v in range(1, 21)]
     encoder = FeatureEncoder().fit(records)
     x = _spec(encoder, "x")  # 1..20: median 10.5, q25 5.75, q75 15.25 (linear interpolation)
-    assert (x["log"], x["center"], x["scale"]) == (False, 10.5, 9.5)
+    # scale: the robust sd IQR / 1.349 (9.5 / 1.349)
+    assert (x["log"], x["center"], x["scale"]) == (False, 10.5, 9.5 / IQR_PER_SD)
     features = encoder.transform([{"x": 20.0, "flat": 7, "tail": 0}, {"x": 1, "flat": 9,
                                                                      "tail": 10}])
-    assert _column(encoder, features, "x").tolist() == pytest.approx([1.0, -1.0])
+    assert _column(encoder, features, "x").tolist() == pytest.approx([1.349, -1.349])
     assert _spec(encoder, "flat")["scale"] == 1.0  # constant field: fallback scale 1.0
     assert _column(encoder, features, "flat").tolist() == [0.0, 2.0]
     # 1..19 and 1000: q99 - median = 803 > 5 * IQR (9.5), so log1p before scaling
@@ -77,9 +78,9 @@ def test_robust_scaling_matches_hand_computation() -> None:
     assert tail["center"] == pytest.approx((math.log(11) + math.log(12)) / 2)
     q25, q75 = np.log1p(5) + 0.75 * (np.log1p(6) - np.log1p(5)), np.log1p(15) + 0.25 * (
         np.log1p(16) - np.log1p(15))
-    assert tail["scale"] == pytest.approx(q75 - q25)
-    assert _column(encoder, features, "tail")[1] == pytest.approx((np.log1p(10) - tail["center"])
-                                                                   / (q75 - q25), rel=1e-6)
+    assert tail["scale"] == pytest.approx((q75 - q25) / IQR_PER_SD)
+    assert _column(encoder, features, "tail")[1] == pytest.approx(
+        (np.log1p(10) - tail["center"]) / (q75 - q25) * IQR_PER_SD, rel=1e-6)
 
 
 def test_zero_iqr_counter_falls_back_to_std_and_stays_finite() -> None:
@@ -126,10 +127,13 @@ def test_onehot_switches_to_hashing_above_max_onehot(distinct: int, encoding: st
     assert len(encoder.field_columns_["proto"]) == width
     features = encoder.transform(records + [{"proto": "never-seen", "n": 1}])
     block = features[:, encoder.field_columns_["proto"]]
-    assert (block.sum(axis=1) == 1.0).all()  # every record, unseen included, hits one column
+    # every record, unseen included, hits one column, at the field's column weight
+    # (4 values in 5 buckets: sqrt(5 / 4) > 1, so the hashed weight is the one-hot one)
+    assert (block.sum(axis=1) == np.float32(ONEHOT_WEIGHT)).all()
+    assert _spec(encoder, "proto")["weight"] == ONEHOT_WEIGHT
     if encoding == "onehot":
         assert encoder.feature_names_[encoder.field_columns_["proto"][-1]] == "proto=<other>"
-        assert block[-1].tolist() == [0.0, 0.0, 0.0, 1.0]
+        assert block[-1].tolist() == [0.0, 0.0, 0.0, pytest.approx(ONEHOT_WEIGHT)]
     else:
         assert int(np.argmax(block[-1])) == stable_bucket("never-seen", 5)
 
@@ -167,10 +171,11 @@ def test_missing_values_are_imputed_with_indicator_columns() -> None:
     assert encoder.feature_names_ == ["a", "a__missing", "b", "c=<missing>", "c=x", "c=y",
                                       "c=<other>", "d", "d__missing"]
     missing = encoder.transform([{}])[0].tolist()
-    assert missing == [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, pytest.approx(5 / 9), 1.0]
+    onehot = pytest.approx(ONEHOT_WEIGHT)  # a category change costs 1, like a boolean flip
+    assert missing == [0.0, 1.0, 0.0, onehot, 0.0, 0.0, 0.0, pytest.approx(5 / 9), 1.0]
     # medians: a (3 missing) 5.0, b 4.5
     present = encoder.transform([{"a": 5.0, "b": 4.5, "c": "x", "d": True}])[0].tolist()
-    assert present == [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert present == [0.0, 0.0, 0.0, 0.0, onehot, 0.0, 0.0, 1.0, 0.0]
     # b was never missing: no indicator, imputed to the median, the record is still scored
     matrix, errors = encoder.transform_records([{"a": 1.0, "c": "y", "d": False}])
     assert errors == [None] and matrix[0, 2] == 0.0
@@ -184,7 +189,7 @@ def test_missing_values_are_imputed_with_indicator_columns() -> None:
 
 def test_unseen_missing_category_goes_to_other() -> None:
     encoder = FeatureEncoder().fit([{"c": "x"}, {"c": "y"}])
-    assert encoder.transform([{"c": None}]).tolist() == [[0.0, 0.0, 1.0]]
+    assert encoder.transform([{"c": None}]).tolist() == [[0.0, 0.0, pytest.approx(ONEHOT_WEIGHT)]]
 
 
 def test_unknown_fields_are_ignored_and_counted() -> None:
@@ -370,3 +375,19 @@ def test_a_few_bad_strings_do_not_turn_a_numeric_field_into_a_category() -> None
     # a field of mostly words is a category
     words = [{"cpu": "high"}] * 10 + [{"cpu": 3}]
     assert FeatureEncoder().fit(words).fields_[0]["kind"] == "categorical"
+
+
+def test_categorical_fields_weigh_like_one_field() -> None:
+    # A category change costs a distance of 1 (two columns at 1/sqrt(2)), like a boolean flip;
+    # a hashed identifier weighs less the more values share a bucket.
+    records = [{"kind": ["a", "b"][i % 2], "client": f"c{i}", "ok": i % 2 == 0}
+               for i in range(64)]
+    encoder = FeatureEncoder(max_onehot=8, hash_buckets=16).fit(records)
+    rows = encoder.transform([{"kind": "a", "client": "c1", "ok": True},
+                              {"kind": "b", "client": "c1", "ok": False}])
+    kind, ok = encoder.field_columns_["kind"], encoder.field_columns_["ok"]
+    assert np.linalg.norm(rows[0, kind] - rows[1, kind]) == pytest.approx(1.0)
+    assert np.linalg.norm(rows[0, ok] - rows[1, ok]) == pytest.approx(1.0)
+    assert _spec(encoder, "client")["weight"] == pytest.approx(ONEHOT_WEIGHT * 0.5)  # 16 / 64
+    restored = FeatureEncoder.from_state(encoder.to_state())
+    np.testing.assert_array_equal(restored.transform(records), encoder.transform(records))

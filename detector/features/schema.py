@@ -16,14 +16,15 @@ from a JSON file) keeps its order and skips inference::
 heavy-tail rule; optional ``nullable`` adds the missing indicator; ``description`` is ignored.
 Record keys that are not in the schema are ignored and counted in ``unknown_fields_seen_``.
 
-Encoding. Numeric: ``(t - median(t)) / IQR(t)`` where ``t = x``, or ``t = sign(x)·log1p(|x|)``
-for heavy-tailed fields (min >= 0 and (q99 - median > 5 IQR or max - median > 50 IQR) in
-training: byte counts, durations, mostly-zero counters), so they cannot dominate distances.
-A zero IQR falls back to the std, then to 1.0. Nothing is clipped at score time. Boolean: 0/1
-(accepts bools, 0/1 and "true"/"false"/"1"/"0" in any case). Categorical: values stringified
-(3, 3.0 and "3" are one category; true -> "true"); one-hot with an ``<other>`` column for unseen
-values when training has at most ``max_onehot`` distinct values, else blake2b-hashed into
-``hash_buckets`` columns.
+Encoding. Numeric: ``(t - median(t)) / (IQR(t) / 1.349)`` (robust sd) where ``t = x``, or
+``t = sign(x)·log1p(|x|)`` for heavy-tailed fields (min >= 0 and (q99 - median > 5 IQR or
+max - median > 50 IQR) in training: byte counts, durations, mostly-zero counters), so they
+cannot dominate distances. A zero IQR falls back to the std, then to 1.0. Nothing is clipped
+at score time. Boolean: 0/1 (accepts bools, 0/1 and "true"/"false"/"1"/"0" in any case).
+Categorical: values stringified (3, 3.0 and "3" are one category; true -> "true"); one-hot
+with an ``<other>`` column for unseen values when training has at most ``max_onehot`` distinct
+values, else blake2b-hashed into ``hash_buckets`` columns; a category column holds 1/sqrt(2),
+less for hashed fields, so a field weighs like one field (``fields.category_weight``).
 
 Missing (null or absent). Numeric -> the median (scaled 0.0), boolean -> the training mean, each
 plus a ``<field>__missing`` 0/1 column when the field was missing in training (or is declared
@@ -41,9 +42,10 @@ nested objects/arrays, non-object records) -> ``RecordError`` naming the field a
 [('bytes', 'numeric'), ('service', 'categorical'), ('tls', 'boolean')]
 >>> encoder.feature_names_
 ['bytes', 'service=dns', 'service=http', 'service=<other>', 'tls']
->>> encoder.transform([{"id": 7, "bytes": 255, "service": "ssh", "tls": "false"}]).tolist()
-[[1.0, 0.0, 0.0, 1.0, 0.0]]
->>> encoder.inverse_numeric("bytes", 1.0)
+>>> row = encoder.transform([{"id": 7, "bytes": 255, "service": "ssh", "tls": "false"}])
+>>> row.astype(float).round(3).tolist()
+[[1.349, 0.0, 0.0, 0.707, 0.0]]
+>>> round(encoder.inverse_numeric("bytes", 1.349), 6)
 255.0
 """
 
