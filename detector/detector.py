@@ -73,7 +73,8 @@ class Detector(EstimatorAPI, FittedAttributes):
         (scores and p-values still work).
     delta: allowed probability that the realised FPR exceeds ``alpha`` (over the calibration draw).
     calibration_fraction: share of the normal training records held out for calibration
-        (raised to the minimum that ``alpha``/``delta`` need, at most half).
+        (raised to the minimum that ``alpha``/``delta`` need, at most half, and at most what
+        certifies ``alpha`` within a quarter of it: ~4 300 records at the defaults).
     encoder: ``"identity"`` (scaled features), ``"metric"`` (metric-learned MLP) or
         ``"auto"`` (the benchmarked default).
     id_field, label_fields, max_onehot, hash_buckets, schema: record → feature options

@@ -229,7 +229,8 @@ def test_feedback_moves_the_next_model_in_the_direction_given(tmp_path: Path,
     kind called normal mostly stop (tolerance: at most 20 % still flagged, from >= 90 %)
     and recall on the kind called anomalous rises by at least 0.3 over the champion and
     over the same retraining without the verdicts. Measured on fresh records of each kind
-    (seeded; figures in the issue 7 closing note: 1.0 -> 0.05 and 0.21 -> 1.0)."""
+    (seeded; measured: false alarms 1.0 -> 0.02, recall 0.01 -> 0.98, and 0.03 without
+    the verdicts)."""
     train = generate_records(3000, anomaly_rate=0.0, seed=1)
     champion = Detector(label_fields=(LABEL_FIELD,)).fit(train)  # encoder "auto": learned
     champion.save(tmp_path / "champion")
@@ -244,7 +245,7 @@ def test_feedback_moves_the_next_model_in_the_direction_given(tmp_path: Path,
                 if r["service"] == "cache"]  # a legitimate change: flagged by the champion
 
     def slow_path(records: list[dict[str, Any]], tag: str) -> list[dict[str, Any]]:
-        return [{**r, "id": f"{tag}{r['id']}", "latency_ms": r["latency_ms"] * 300}
+        return [{**r, "id": f"{tag}{r['id']}", "latency_ms": r["latency_ms"] * 10}
                 for r in records]  # an anomaly the champion mostly misses
 
     fresh_normal_kind = new_retry_policy(generate_records(3000, seed=13), "g")[:400]
