@@ -85,7 +85,10 @@ def test_normal_traffic_promotes_and_records_the_decision(tmp_path: Path,
     figures = result.figures
     assert figures["golden_records"] == 1000 and figures["buffer_records"] == 6000
     # the challenger calibrated on held-out traffic and its guarantee held on the gate window
-    assert figures["challenger_certified"] and figures["calibration_records"] == 1200
+    # calibration: the held-out records the champion did not flag
+    assert figures["challenger_certified"]
+    assert figures["calibration_records"] + figures["calibration_flagged_left_out"] == 1200
+    assert 0 < figures["calibration_flagged_left_out"] < 60
     assert figures["challenger_fpr_lower95"] <= figures["challenger_fpr_bound"] <= 0.01
     decision = registry.decision("v0002")
     assert decision is not None and decision["outcome"] == "promoted"
@@ -302,3 +305,30 @@ def test_feedback_command_finds_the_record_or_takes_it_inline(tmp_path: Path,
     assert verdicts[records[42]["id"]].record == records[42]
     assert verdicts[7].label == "anomaly"
     assert redis_client.hgetall("nearwatch:feedback:total") == {b"normal": b"1", b"anomaly": b"1"}
+
+
+def test_anomalies_in_the_traffic_do_not_drag_the_threshold_up(tmp_path: Path,
+                                                              redis_client: Any) -> None:
+    """Traffic with 1 % anomalies (as many as alpha allows false alarms): calibrating on every
+    held-out record put the threshold among the anomalies (recall at threshold 0.74 -> 0.16
+    with the learned encoder); on the records the champion did not flag, the challenger keeps
+    the champion's recall and its false-positive rate stays within alpha on fresh traffic."""
+    from nearwatch.scheduler.gate import clopper_pearson_lower
+
+    registry, champion, train = champion_registry(tmp_path, n=6000)
+    settings = make_settings(registry.root)
+    pin_golden(redis_client, train, 1000)
+    serve(redis_client, settings, champion, "v0001",
+          generate_records(8000, anomaly_rate=0.01, seed=2))
+    result = retrain_once(redis_client, registry, settings)
+    assert result.outcome == "promoted", result.reasons
+    challenger = registry.load(str(result.version))
+    fresh = generate_records(30000, anomaly_rate=0.01, seed=3)
+    truth = [bool(r[LABEL_FIELD]) for r in fresh]
+    recall = {}
+    for name, model in (("champion", champion), ("challenger", challenger)):
+        flags = model.predict(fresh)
+        recall[name] = sum(f for f, t in zip(flags, truth, strict=True) if t) / sum(truth)
+        false_alarms = sum(f for f, t in zip(flags, truth, strict=True) if not t)
+        assert clopper_pearson_lower(false_alarms, len(truth) - sum(truth)) <= 0.01, name
+    assert recall["challenger"] >= recall["champion"] - 0.1, recall
