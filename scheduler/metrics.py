@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 
 from .buffer import buffer_size, golden_size
-from .drift import DriftMonitor
+from .drift_monitor import DriftMonitor
 from .retrain import DURATION_KEY, LAST_KEY, OUTCOMES, OUTCOMES_KEY
 from .tasks import DRIFT_ALARMS_KEY, FEEDBACK_TOTAL_KEY
 

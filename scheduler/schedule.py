@@ -13,6 +13,8 @@ missed while the maintenance node was down do not pile up and train back to back
 >>> entries = beat_schedule(RetrainSettings(schedule="30m"))
 >>> sorted(entries), entries["retrain"]["options"]["expires"]
 (['drift-check', 'retrain'], 1800.0)
+>>> round(beat_schedule(RetrainSettings(schedule="*/5 * * * *"))["retrain"]["options"]["expires"])
+300
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import fields, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from nearwatch.worker.settings import RetrainSettings, SettingsError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
-CRON_EXPIRES_S = 3600.0  # a cron run not started within an hour is dropped
+CRON_EXPIRES_S = 3600.0  # a cron run is dropped by its next run, and within an hour at most
 
 
 def parse_schedule(spec: str) -> schedule:
@@ -67,10 +69,26 @@ def beat_schedule(settings: RetrainSettings) -> dict[str, dict[str, Any]]:
     if settings.schedule:
         when = parse_schedule(settings.schedule)
         expires = settings.expires_s or (when.run_every.total_seconds()
-                                         if not isinstance(when, crontab) else CRON_EXPIRES_S)
+                                         if not isinstance(when, crontab) else _period(when))
         entries["retrain"] = {"task": RETRAIN, "schedule": when, "args": ["schedule"],
                               "options": {"queue": MAINTENANCE_QUEUE, "expires": expires}}
     return entries
+
+
+def _period(cron: crontab) -> float:
+    """The shortest gap between two runs of a cron schedule over a week, at most an hour: a run
+    not started by the next one is dropped, so a slow retraining leaves no queue of runs."""
+    start = datetime(2024, 1, 1)  # a Monday; the pattern repeats within any week
+    runs = [minute for minute in range(7 * 24 * 60)
+            if _matches(cron, start + timedelta(minutes=minute))]
+    gaps = [60.0 * (b - a) for a, b in zip(runs, runs[1:], strict=False)]
+    return max(60.0, min([CRON_EXPIRES_S, *gaps]))
+
+
+def _matches(cron: crontab, when: datetime) -> bool:
+    return (when.minute in cron.minute and when.hour in cron.hour
+            and when.day in cron.day_of_month and when.month in cron.month_of_year
+            and when.isoweekday() % 7 in cron.day_of_week)  # celery: 0 is Sunday
 
 
 def settings_from_file(path: Path, base: RetrainSettings) -> RetrainSettings:

@@ -17,7 +17,7 @@ from nearwatch.worker.names import DRIFT_CHECK, FEEDBACK, MAINTENANCE_QUEUE, RET
 from nearwatch.worker.pool import settings_of
 from nearwatch.worker.remote_registry import registry_session
 
-from .drift import DriftMonitor
+from .drift_monitor import DriftMonitor
 from .feedback import FeedbackStore, record_feedback
 from .retrain import retrain_once
 
@@ -57,8 +57,9 @@ def drift_check(self: Task) -> dict[str, Any]:
     """Close drift windows; on an alarm, log, count and trigger a retraining (rate-limited)."""
     settings = settings_of(self.app)
     client = _client(settings)
-    report = DriftMonitor(client, settings.retrain.drift_threshold,
-                          settings.retrain.drift_window).check(current_version(settings))
+    report = DriftMonitor(client, settings.retrain.drift_threshold, settings.retrain.drift_window,
+                          baseline_windows=settings.retrain.drift_baseline_windows
+                          ).check(current_version(settings))
     triggered = False
     if report.alarm:
         client.incr(DRIFT_ALARMS_KEY)

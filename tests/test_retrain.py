@@ -43,10 +43,10 @@ def make_settings(model_dir: Path, **extra: str) -> Settings:
     return Settings.from_env(env)
 
 
-def champion_registry(tmp_path: Path, seed: int = 1, n: int = 3000,
+def champion_registry(tmp_path: Path, seed: int = 1, n: int = 3000, encoder: str = "identity",
                       **params: Any) -> tuple[ModelRegistry, Detector, list[dict[str, Any]]]:
     train = generate_records(n, anomaly_rate=0.0, seed=seed)
-    champion = Detector(label_fields=(LABEL_FIELD,), encoder="identity", **params).fit(train)
+    champion = Detector(label_fields=(LABEL_FIELD,), encoder=encoder, **params).fit(train)
     champion.save(tmp_path / "champion")
     registry = ModelRegistry(tmp_path / "models")
     registry.add(tmp_path / "champion", promote=True)
@@ -98,15 +98,18 @@ def test_normal_traffic_promotes_and_records_the_decision(tmp_path: Path,
     assert json.loads(shown.output)["retraining"]["outcome"] == "promoted"
 
 
+@pytest.mark.parametrize("encoder", ["identity", "auto"])
 def test_a_poisoned_challenger_is_rejected_and_the_champion_keeps_serving(
-        tmp_path: Path, redis_client: Any) -> None:
-    registry, champion, _ = champion_registry(tmp_path)
+        tmp_path: Path, redis_client: Any, encoder: str) -> None:
+    """With the learned encoder ("auto") the confirmed anomalies also train the challenger:
+    the gate judges it on the ones it did not train on (it would pass on the others)."""
+    registry, champion, _ = champion_registry(tmp_path, encoder=encoder)
     settings = make_settings(registry.root)
     normal = generate_records(5000, anomaly_rate=0.0, seed=8)
     # 10 % of the traffic: below the contamination limit (20 %), which would skip outright
     attack = saturated_while_idle(generate_records(600, anomaly_rate=0.0, seed=9))
-    # the champion catches this kind: the analyst confirmed ten of them
-    labelled, poison = attack[:10], attack[10:]
+    # the champion catches this kind: the analyst confirmed twenty of them
+    labelled, poison = attack[:20], attack[20:]
     assert champion.predict(labelled).mean() > 0.5
     store = FeedbackStore(redis_client, 1000)
     for record in labelled:
@@ -270,7 +273,9 @@ def test_feedback_moves_the_next_model_in_the_direction_given(tmp_path: Path,
     result = retrain_once(redis_client, registry, settings)
 
     assert result.outcome == "promoted", result.reasons
-    assert result.figures["feedback_normal"] == 20 and result.figures["feedback_anomaly"] == 20
+    # the anomaly verdicts: half train the challenger, half judge it at the gate
+    assert result.figures["feedback_normal"] == 20 and result.figures["feedback_anomaly"] == 10
+    assert result.figures["gate_labelled_held_out"] == 10
     challenger = registry.load(str(result.version))
     assert challenger.predict(fresh_normal_kind).mean() <= 0.2
     assert baseline.predict(fresh_normal_kind).mean() >= 0.9

@@ -148,7 +148,8 @@ def test_schedule_promotes_workers_switch_without_loss_and_rollback_reaches_ever
 def test_drift_triggers_a_retraining_and_a_stationary_stream_does_not(
         tmp_path: Path, redis_client: Any) -> None:
     registry = champion(tmp_path)
-    env = loop_env(registry.root)  # no schedule: retraining by hand and on drift only
+    # no schedule: retraining by hand and on drift only; the first drift window is the baseline
+    env = loop_env(registry.root, NEARWATCH_DRIFT_BASELINE_WINDOWS="1")
     node = start_worker_node(tmp_path, registry.root, "drift", concurrency=1, **env)
     beat = Proc([*CLI, "beat"], env, tmp_path / "beat.log")
     url = f"http://127.0.0.1:{env['NEARWATCH_BEAT_METRICS_PORT']}/metrics"

@@ -190,6 +190,8 @@ class Settings:
                 drift_check_s=get("DRIFT_CHECK_S", float, retrain.drift_check_s),
                 drift_min_interval_s=get("DRIFT_MIN_INTERVAL_S", float,
                                          retrain.drift_min_interval_s),
+                drift_baseline_windows=get("DRIFT_BASELINE_WINDOWS", int,
+                                           retrain.drift_baseline_windows),
                 metrics_port=get("BEAT_METRICS_PORT", int, retrain.metrics_port),
             ),
         )

@@ -73,8 +73,8 @@ class BufferSettings:
 
     Workers add every scored record with its p-value (one pipelined write per batch);
     retraining takes its references from the records with ``p_value >= min_p`` only, so
-    flagged and near-threshold records never become "normal", and calibrates on held-out
-    records of every p-value (docs/SERVICE.md, "Retraining", says why).
+    flagged and near-threshold records never become "normal", and calibrates on the held-out
+    records the champion did not flag (docs/SERVICE.md, "Retraining", says why).
     """
 
     enabled: bool = True
@@ -124,6 +124,9 @@ class RetrainSettings:
     drift_window: int = 2_000  # windows) <= m / threshold; records per test window
     drift_check_s: float = 60.0  # how often beat closes drift windows
     drift_min_interval_s: float = 3_600.0  # drift-triggered retrainings at most this often
+    # a model's first windows measure its own flag rate (anomalies included): the test is
+    # against the larger of that and its bound, so steady traffic is not drift
+    drift_baseline_windows: int = 5
     metrics_port: int = 9810  # /metrics of `nearwatch beat`
 
     def validate(self) -> None:
@@ -147,5 +150,7 @@ class RetrainSettings:
             raise SettingsError("NEARWATCH_RETRAIN_EXPIRES_S must be positive")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError("NEARWATCH_BEAT_METRICS_PORT must be in 0..65535")
+        if self.drift_baseline_windows < 0:
+            raise SettingsError("NEARWATCH_DRIFT_BASELINE_WINDOWS must not be negative")
         if self.drift_min_interval_s < 0:
             raise SettingsError("NEARWATCH_DRIFT_MIN_INTERVAL_S must not be negative")

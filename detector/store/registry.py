@@ -159,8 +159,10 @@ class ModelRegistry:
                 guard()
             history = self.history()
             history.append({"version": version, "time": time.time(), "reason": reason})
-            self._write_text(HISTORY, json.dumps(history[-HISTORY_KEEP:]))
+            # the pointer first: a crash in between leaves a promotion missing from the
+            # history (rollback skips it), never a history entry that never served
             self._write_pointer(version)
+            self._write_text(HISTORY, json.dumps(history[-HISTORY_KEEP:]))
 
     def rollback(self) -> str:
         """Go back to the version promoted before the current one; returns it.
