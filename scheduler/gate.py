@@ -13,8 +13,9 @@ verdicts and known anomalies). A challenger passes when
    false positives. Leaving out the champion's flags can understate the challenger's rate by
    at most the champion's own false-positive rate; the rate on the whole window (anomalies
    included, an overstatement) is reported beside it;
-3. with labelled anomalies: its AUROC (labelled anomalies against the presumed normals) and
-   its recall at threshold are not below the champion's by more than the configured margins.
+3. with labelled anomalies: its AUROC (labelled anomalies against every window record: a
+   normal set chosen by either model would favour that model) and its recall at threshold are
+   not below the champion's by more than the configured margins.
 
 Pure functions of the two fitted detectors and the records: no Redis, no Celery.
 
@@ -123,9 +124,8 @@ def judge(champion: Any, challenger: Any, window: Sequence[Any], anomalies: Sequ
         champion_anomaly_scores, champion_hits = _scores(champion, anomalies)
         challenger_anomaly_scores, challenger_hits = _scores(challenger, anomalies)
         figures.update({
-            "champion_auroc": auroc(champion_scores[presumed_normal], champion_anomaly_scores),
-            "challenger_auroc": auroc(challenger_scores[presumed_normal],
-                                      challenger_anomaly_scores),
+            "champion_auroc": auroc(champion_scores, champion_anomaly_scores),
+            "challenger_auroc": auroc(challenger_scores, challenger_anomaly_scores),
             "champion_recall": float(champion_hits.mean()),
             "challenger_recall": float(challenger_hits.mean()),
         })

@@ -168,6 +168,10 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
             if result.outcome == "passed":  # promote raised something else
                 result.outcome = "failed"
             registry.record_decision(result.version, _decision(result))
+    try:  # bounded registry: the oldest versions beyond the setting go, never rollback targets
+        result.figures["pruned"] = registry.prune(settings.retrain.keep_versions)
+    except Exception:
+        log.exception("could not prune the model registry")
 
 
 def _training_set(client: Redis, champion: Detector, training: list[BufferEntry],

@@ -337,3 +337,29 @@ def test_anomalies_in_the_traffic_do_not_drag_the_threshold_up(tmp_path: Path,
         false_alarms = sum(f for f, t in zip(flags, truth, strict=True) if not t)
         assert clopper_pearson_lower(false_alarms, len(truth) - sum(truth)) <= 0.01, name
     assert recall["challenger"] >= recall["champion"] - 0.1, recall
+
+
+def test_prune_keeps_the_current_version_and_the_rollback_targets(tmp_path: Path,
+                                                                  redis_client: Any) -> None:
+    from nearwatch.worker.remote_registry import MirroredRegistry
+    from nearwatch.worker.remote_store import RedisModelStore
+
+    registry, _, _ = champion_registry(tmp_path)
+    bundle = tmp_path / "champion"
+    stores = [registry, MirroredRegistry(RedisModelStore(redis_client), tmp_path / "cache")]
+    for store in stores:
+        if store is not registry:
+            store.add(bundle, promote=True)
+        for number in range(2, 9):  # v0002..v0008; promoted: 3, 5, 6, 8
+            version = store.add(bundle, promote=number in (3, 5, 6, 8))
+            assert version == f"v{number:04d}"
+        removed = store.prune(keep=4, protect_recent=3)
+        # 8 versions, keep 4: the oldest four not current nor among the last 3 promotions
+        assert removed == ["v0001", "v0002", "v0003", "v0004"], store
+        assert store.versions() == ["v0005", "v0006", "v0007", "v0008"]
+        assert store.current_version() == "v0008"
+        assert store.rollback() == "v0006" and store.rollback() == "v0005"
+        assert store.prune(keep=1, protect_recent=3) == ["v0006", "v0007", "v0008"]
+    assert not [k for k in redis_client.scan_iter("nearwatch:models:v0001*")]
+    assert not (registry.root / "v0001").exists()
+    assert not [p for p in registry.root.iterdir() if p.name.startswith(".removing")]

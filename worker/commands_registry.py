@@ -86,6 +86,18 @@ def models_rollback() -> None:
         click.echo(f"rolled back: {version} is the current model of {location_of(registry)}")
 
 
+@models_group.command("prune")
+@click.option("--keep", required=True, type=click.IntRange(min=1),
+              help="Versions to keep (the current one and the last 5 promotions always stay).")
+def models_prune(keep: int) -> None:
+    """Remove the oldest versions beyond --keep (retraining does this after each run)."""
+    from .remote_registry import location_of, registry_session
+
+    with registry_session(_settings()) as registry:
+        removed = registry.prune(keep)
+        click.echo(f"removed {', '.join(removed) or 'nothing'} from {location_of(registry)}")
+
+
 @models_group.command("history")
 def models_history() -> None:
     """Promotions, oldest first (what `models rollback` goes back through)."""

@@ -132,6 +132,10 @@ class MirroredRegistry(ModelRegistry):
     def record_decision(self, version: str, decision: dict[str, Any]) -> None:
         self.store.record_decision(version, decision)
 
+    def remove(self, version: str) -> None:
+        self.store.remove(version)
+        shutil.rmtree(self.root / version, ignore_errors=True)  # this node's cached copy
+
     def decision(self, version: str) -> dict[str, Any] | None:
         return self.store.decision(version)
 

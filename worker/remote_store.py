@@ -236,6 +236,21 @@ class RedisModelStore:
                 raise BundleError("the current model changed during the rollback: "
                                   "retry") from exc
 
+    def remove(self, version: str) -> None:
+        """Delete a version that is not current: unlisted first (one transaction), then its
+        chunks, so no node starts downloading a version that is going away."""
+        if version == self.current_version():
+            raise BundleError(f"{version} is the current model of {self.location}: not removed")
+        files = self.index(version)["files"]
+        chunks = [self.key(version, name, str(number)) for name, entry in files.items()
+                  for number in range(int(entry["chunks"]))]
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.key("versions"), version)
+            pipe.delete(self.key(version, "index"), self.key(version, "decision"))
+            pipe.execute()
+        for start in range(0, len(chunks), 500):
+            self.client.delete(*chunks[start:start + 500])
+
     def record_decision(self, version: str, decision: dict[str, Any]) -> None:
         self.index(version)
         self.client.set(self.key(version, "decision"), json.dumps(decision))

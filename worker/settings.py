@@ -185,6 +185,7 @@ class Settings:
                 auroc_margin=get("RETRAIN_AUROC_MARGIN", float, retrain.auroc_margin),
                 recall_margin=get("RETRAIN_RECALL_MARGIN", float, retrain.recall_margin),
                 feedback_max=get("FEEDBACK_MAX", int, retrain.feedback_max),
+                keep_versions=get("RETRAIN_KEEP_VERSIONS", int, retrain.keep_versions),
                 drift_threshold=get("DRIFT_THRESHOLD", float, retrain.drift_threshold),
                 drift_window=get("DRIFT_WINDOW", int, retrain.drift_window),
                 drift_check_s=get("DRIFT_CHECK_S", float, retrain.drift_check_s),

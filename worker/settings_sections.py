@@ -120,6 +120,9 @@ class RetrainSettings:
     auroc_margin: float = 0.01  # challenger AUROC on labelled anomalies may be this much lower
     recall_margin: float = 0.05  # ... and its recall at threshold this much lower
     feedback_max: int = 100_000  # analyst verdicts kept
+    # versions kept in the registry after each retraining (0: all); the current one and the
+    # last 5 promotions are never removed
+    keep_versions: int = 20
     drift_threshold: float = 1_000.0  # Shiryaev-Roberts alarm level: P(false alarm in m
     drift_window: int = 2_000  # windows) <= m / threshold; records per test window
     drift_check_s: float = 60.0  # how often beat closes drift windows
@@ -150,6 +153,8 @@ class RetrainSettings:
             raise SettingsError("NEARWATCH_RETRAIN_EXPIRES_S must be positive")
         if not 0 <= self.metrics_port <= 65535:
             raise SettingsError("NEARWATCH_BEAT_METRICS_PORT must be in 0..65535")
+        if self.keep_versions < 0:
+            raise SettingsError("NEARWATCH_RETRAIN_KEEP_VERSIONS must not be negative")
         if self.drift_baseline_windows < 0:
             raise SettingsError("NEARWATCH_DRIFT_BASELINE_WINDOWS must not be negative")
         if self.drift_min_interval_s < 0:

@@ -194,6 +194,33 @@ class ModelRegistry:
             raise BundleError(f"{self.root / HISTORY} is corrupt: {exc}") from exc
         return [e for e in entries if isinstance(e, dict) and "version" in e]
 
+    def prune(self, keep: int, protect_recent: int = 5) -> builtins.list[str]:
+        """Remove the oldest versions beyond ``keep`` (0: keep all); never the current one
+        nor the last ``protect_recent`` promotions (what ``rollback`` goes back to). Returns
+        the versions removed. Retraining adds a version per run: this bounds the registry."""
+        if keep <= 0:
+            return []
+        with self._history_lock():
+            protected = {self.current_version(),
+                         *(str(h["version"]) for h in self.history()[-protect_recent:])}
+            versions = self.versions()
+            removable = [v for v in versions if v not in protected]
+            doomed = removable[:max(0, len(versions) - keep)]
+            for version in doomed:
+                self.remove(version)
+        return doomed
+
+    def remove(self, version: str) -> None:
+        """Delete a version that is not the current one (renamed away first: a reader sees
+        it whole or not at all; a worker that loaded it keeps its mapped files)."""
+        path = self.path(version)
+        if version == self.current_version():
+            raise BundleError(f"{version} is the current model of {self.root}: not removed")
+        trash = Path(tempfile.mkdtemp(prefix=f".removing-{version}-", dir=self.root))
+        os.rename(path, trash / version)
+        shutil.rmtree(trash, ignore_errors=True)
+        (self.root / f"{version}.decision.json").unlink(missing_ok=True)
+
     def record_decision(self, version: str, decision: dict[str, Any]) -> None:
         """Store the retraining gate's decision for ``version`` next to its bundle."""
         self.path(version)
