@@ -8,14 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from nearwatch.worker.command_settings import cli_settings
 from nearwatch.worker.settings import Settings, SettingsError
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _redis(settings: Settings) -> Any:
@@ -45,7 +39,7 @@ def beat_command(schedule: str | None, config_path: Path | None, loglevel: str |
     from .app import run_beat_node
     from .schedule import beat_schedule, settings_from_file
 
-    settings = _settings()
+    settings = cli_settings()
     try:
         retrain = settings.retrain
         if config_path is not None:
@@ -66,7 +60,7 @@ def retrain_command(trigger: str) -> None:
 
     from .retrain import retrain_once
 
-    settings = _settings()
+    settings = cli_settings()
     client = _redis(settings)
     with registry_session(settings) as registry:
         result = retrain_once(client, registry, settings, trigger)
@@ -100,7 +94,7 @@ def feedback_command(record_id: str, label: str, record_json: str | None) -> Non
             record = json.loads(record_json)
         except ValueError as exc:
             raise click.ClickException(f"--record is not JSON: {exc}") from exc
-    settings = _settings()
+    settings = cli_settings()
     try:
         stored = give_feedback(_redis(settings), settings, _parse_id(record_id), label, record)
     except (LookupError, ValueError) as exc:
@@ -122,7 +116,7 @@ def golden_command(data_path: Path, capacity: int | None, seed: int) -> None:
 
     from .buffer import pin_golden
 
-    settings = _settings()
+    settings = cli_settings()
     loaded = read_records(data_path)
     records = [r for r in loaded.records if isinstance(r, dict)]
     if not records:

@@ -36,7 +36,7 @@ log = logging.getLogger("nearwatch.scheduler")
 
 
 def current_model_facts(settings: Settings) -> dict[str, Any]:
-    """Version, creation time and schema version of the current model, without loading it."""
+    """Version and creation time of the current model, without loading it."""
     from nearwatch.detector.store.registry import ModelRegistry
     from nearwatch.worker.remote_store import RedisModelStore
 
@@ -44,16 +44,13 @@ def current_model_facts(settings: Settings) -> dict[str, Any]:
         store = RedisModelStore.from_url(settings.model_store)
         version = store.current_version()
         index = store.index(version) if version else {}
-        return {"version": version, "created_at": index.get("created_at"),
-                "schema_version": index.get("schema_version")}
+        return {"version": version, "created_at": index.get("created_at")}
     registry = ModelRegistry(settings.model_dir)
     version = registry.current_version()
     if version is None:
         return {"version": None}
     manifest = json.loads((registry.path(version) / "manifest.json").read_text())
-    fitted = manifest.get("fitted") or {}
-    return {"version": version, "created_at": manifest.get("created_at"),
-            "schema_version": fitted.get("schema_version_")}
+    return {"version": version, "created_at": manifest.get("created_at")}
 
 
 class SchedulerCollector:

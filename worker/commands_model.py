@@ -11,6 +11,7 @@ import click
 import numpy as np
 from nearwatch.detector.io import UnreadableRecord, read_records, take_rows
 
+from .command_settings import cli_settings
 from .records import truncate
 from .settings import RecordLimits
 
@@ -105,9 +106,8 @@ def train_command(
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)
-    from .settings import Settings
 
-    signing_key = Settings.from_env().bundle_key  # NEARWATCH_BUNDLE_KEY: sign the bundle
+    signing_key = cli_settings().bundle_key  # NEARWATCH_BUNDLE_KEY: sign the bundle
     detector.save(out_dir, signing_key=signing_key)
     click.echo(
         f"trained on {len(normal_rows)} normal records ({detector.training_mode_}, "
@@ -134,11 +134,10 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
     from tqdm import tqdm
 
     from .records import dump_result
-    from .settings import Settings
 
     configure_threads(1)
     try:
-        settings = Settings.from_env()
+        settings = cli_settings()
         limits = settings.limits
         detector = Detector.load(model_dir, signing_key=settings.bundle_key)
         records = read_records(data_path, max_line_bytes=limits.max_bytes).records

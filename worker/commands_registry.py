@@ -13,17 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .settings import Settings, SettingsError
+from .command_settings import cli_settings
 
 if TYPE_CHECKING:
     from nearwatch.detector import Detector
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @click.group("models")
@@ -40,7 +33,7 @@ def models_add(bundle_dir: Path, promote: bool) -> None:
 
     from .remote_registry import location_of, registry_session
 
-    with registry_session(_settings()) as registry:
+    with registry_session(cli_settings()) as registry:
         try:
             version = registry.add(bundle_dir, promote=promote)
         except ValueError as exc:  # BundleError: tampered, truncated, wrong format
@@ -59,7 +52,7 @@ def models_promote(version: str) -> None:
 
     from .remote_registry import location_of, registry_session
 
-    with registry_session(_settings()) as registry:
+    with registry_session(cli_settings()) as registry:
         try:
             registry.promote(version)
         except ValueError as exc:  # BundleError
@@ -76,7 +69,7 @@ def models_rollback() -> None:
 
     from .remote_registry import location_of, registry_session
 
-    with registry_session(_settings()) as registry:
+    with registry_session(cli_settings()) as registry:
         try:
             version = registry.rollback()
         except ValueError as exc:  # BundleError: nothing to roll back to, or it won't load
@@ -93,7 +86,7 @@ def models_prune(keep: int) -> None:
     """Remove the oldest versions beyond --keep (retraining does this after each run)."""
     from .remote_registry import location_of, registry_session
 
-    with registry_session(_settings()) as registry:
+    with registry_session(cli_settings()) as registry:
         removed = registry.prune(keep)
         click.echo(f"removed {', '.join(removed) or 'nothing'} from {location_of(registry)}")
 
@@ -105,7 +98,7 @@ def models_history() -> None:
 
     from .remote_registry import registry_session
 
-    with registry_session(_settings()) as registry:
+    with registry_session(cli_settings()) as registry:
         for entry in registry.history():
             when = datetime.fromtimestamp(float(entry.get("time", 0)), UTC)
             click.echo(f"{when.isoformat(timespec='seconds')}  {entry['version']}  "
@@ -117,7 +110,7 @@ def models_list() -> None:
     """Registered versions; * marks the current one."""
     from .remote_registry import location_of, registry_session
 
-    with registry_session(_settings()) as registry:
+    with registry_session(cli_settings()) as registry:
         listed = registry.list()
         if not listed:
             click.echo(f"no models in {location_of(registry)}")
@@ -135,7 +128,7 @@ def models_sign(bundle_dir: Path) -> None:
     """Verify BUNDLE_DIR's checksums and sign it in place with NEARWATCH_BUNDLE_KEY."""
     from nearwatch.detector.store.bundle import read_bundle, write_bundle
 
-    key = _settings().bundle_key
+    key = cli_settings().bundle_key
     if key is None:
         raise click.ClickException("set NEARWATCH_BUNDLE_KEY to the signing key")
     try:
@@ -152,7 +145,7 @@ def models_show(version: str | None) -> None:
     """Facts of VERSION (default: the current one), verified like a worker loads it."""
     from .remote_registry import location_of, registry_session
 
-    with registry_session(_settings()) as registry:
+    with registry_session(cli_settings()) as registry:
         version = version or registry.current_version()
         if version is None:
             raise click.ClickException(f"no current model in {location_of(registry)}")

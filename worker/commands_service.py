@@ -12,22 +12,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .command_settings import cli_settings
 from .commands_registry import models_group
 from .demo import STREAM_RECORDS
 from .names import RECORDS_STREAM
-from .settings import DEFAULTS, IngestOptions, Settings, SettingsError
+from .settings import DEFAULTS, IngestOptions
 
 if TYPE_CHECKING:
     from celery import Celery
 
 _INGEST = IngestOptions()  # option defaults of `nearwatch ingest`
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _require_broker(app: Celery) -> None:
@@ -54,7 +48,7 @@ def worker_command(concurrency: int, loglevel: str | None) -> None:
     from .app import run_worker_node
 
     try:
-        run_worker_node(_settings(), concurrency, loglevel)
+        run_worker_node(cli_settings(), concurrency, loglevel)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -93,7 +87,7 @@ def stream_command(source: str, fmt: str, linger_ms: float | None, batch_size: i
     from .client import ClientOptions, ScoringClient
     from .stream import read_input, stream_records
 
-    settings = _settings()
+    settings = cli_settings()
     options = ClientOptions.from_settings(settings, batch_size=batch_size,
                                           max_in_flight=max_in_flight,
                                           batch_timeout=batch_timeout,
@@ -137,7 +131,7 @@ def ingest_command(batch_size: int | None, consumer: str, claim_idle_ms: int,
     from .client import ClientOptions, ScoringClient
     from .ingest import StreamIngest
 
-    settings = _settings()
+    settings = cli_settings()
     if not settings.redis_url:
         raise click.ClickException("ingest needs Redis: set NEARWATCH_REDIS_URL")
     batch_size = batch_size or settings.batch_size
@@ -185,7 +179,7 @@ def alerts_command(consumer: str, claim_idle_ms: int | None, jsonl: str | None,
     """Deliver nearwatch:alerts events to the webhook / Alertmanager / JSONL sinks."""
     from .alert_cli import run_alerts
 
-    settings = _settings()
+    settings = cli_settings()
     if not settings.redis_url:
         raise click.ClickException("alerts needs Redis: set NEARWATCH_REDIS_URL")
     try:
@@ -201,7 +195,7 @@ def demo_command(n_stream: int) -> None:
     """Synthetic records → train → stream through Celery → flagged records → /metrics."""
     from .demo import run_demo
 
-    status = run_demo(_settings(), click.echo, n_stream=n_stream)
+    status = run_demo(cli_settings(), click.echo, n_stream=n_stream)
     if status:
         raise SystemExit(status)
 

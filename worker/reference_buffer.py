@@ -163,6 +163,7 @@ class BufferWriter:
         self.ttl = math.ceil(settings.window_s + settings.bucket_s)
         self._script = client.register_script(_WRITE_SCRIPT)
         self._seen: dict[str, int] = {}  # bucket key -> its count as last read
+        self._schema: tuple[Any, str] | None = None  # (detector, its record schema)
 
     def write(self, detector: Detector, version: str, records: list[Any],
               results: list[dict[str, Any]], now: float | None = None) -> int:
@@ -172,7 +173,9 @@ class BufferWriter:
             return 0
         try:
             stamp = time.time() if now is None else now
-            schema = record_schema(detector)
+            if self._schema is None or self._schema[0] is not detector:
+                self._schema = (detector, record_schema(detector))  # once per served model
+            schema = self._schema[1]
             key = bucket_key(self.prefix, schema, bucket_of(stamp, self.settings))
             args, offered, skipped = self._entries(key, version, records, results, stamp)
             bound = detector.fpr_bound_

@@ -165,7 +165,6 @@ class RedisModelStore:
                     raise BundleError(f"{source}: {name} changed while it was uploaded")
             fitted = manifest.get("fitted") if isinstance(manifest.get("fitted"), dict) else {}
             index = {"files": entries, "model_version": fitted.get("model_version_"),
-                     "schema_version": fitted.get("schema_version_"),
                      "created_at": manifest.get("created_at"),
                      "uploaded_at": datetime.now(UTC).isoformat(timespec="seconds")}
             with self.client.pipeline(transaction=True) as pipe:
