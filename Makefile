@@ -36,5 +36,6 @@ test: setup services
 
 # Quality benchmark (needs ../shared/data/adbench); commands as in bench/results/README.md.
 bench: setup
-	$(BIN)/nearwatch bench --data-dir ../shared/data/adbench --seeds 5 --timing --out bench/results/adbench
-	$(BIN)/nearwatch bench --data-dir ../shared/data/adbench --seeds 5 --labelled-anomalies 10 --out bench/results/adbench-labelled10
+	$(BIN)/nearwatch bench --data-dir ../shared/data/adbench --seeds 5 --peers knn,lof,iforest,ecod,copod,autoencoder --out bench/results/adbench29
+	$(BIN)/nearwatch bench --data-dir ../shared/data/adbench --seeds 5 --labelled-anomalies 10 --out bench/results/adbench29-labelled10
+	$(BIN)/python -m bench.readme_table bench/results/adbench29 bench/results/adbench29-labelled10

@@ -86,6 +86,10 @@ def main(n_refs: int, n_test: int, anomaly_rate: float, out_dir: Path | None) ->
         _timed(lambda: detector.fit(train), lambda: detector.score(test)))
     flagged = detector.predict(test)
     recall, fpr = float(flagged[truth].mean()), float(flagged[~truth].mean())
+    # the learned embedding's share: the same Detector on the features alone
+    identity = Detector(label_fields=(LABEL_FIELD,), encoder="identity")
+    add("nearwatch, features alone", "raw records (identity encoder)",
+        _timed(lambda: identity.fit(train), lambda: identity.score(test)))
     user_train, user_test = user_features(train, test)
     schema = Detector(label_fields=(LABEL_FIELD,), encoder="identity").fit(train[:20_000])
     own_train = schema.feature_encoder_.transform(train)

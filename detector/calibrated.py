@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .calibration import ConformalCalibrator
+from .density import fit_local_density
 from .references import ReferenceSet, group_duplicates
 
 
@@ -30,7 +31,7 @@ class CalibratedReferences:
 def calibrate_references(
     embedder: Any, reference_features: np.ndarray, calibration_features: np.ndarray, *,
     metric: str, index: str, flat_max: int, compress_min: int, random_state: int,
-    n_neighbors: int, calibrator: ConformalCalibrator,
+    n_neighbors: int, calibrator: ConformalCalibrator, density_power: float = 0.0,
 ) -> CalibratedReferences:
     """Index R, calibrate on C with that very index, then add C without rebuilding it.
 
@@ -51,9 +52,12 @@ def calibrate_references(
         later_part = (builder.submit(references.build_index, embeddings[n_part0:])
                       if len(distinct) > n_part0 else None)
         references.fit(embeddings[:n_part0], groups.reference_counts[:n_part0])
+        if references.kind_ != "ivf":  # compressed sets: the radii would cost a search of all
+            references.density_ = fit_local_density(
+                references, embeddings[:n_part0], n_neighbors, density_power)
         calibration_groups = np.unique(groups.calibration_group)
         group_scores = np.zeros(len(distinct), dtype=np.float64)
-        group_scores[calibration_groups] = references.mean_distance(
+        group_scores[calibration_groups] = references.score(
             embeddings[calibration_groups], n_neighbors
         )
         calibrator.fit(group_scores[groups.calibration_group])

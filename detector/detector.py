@@ -2,8 +2,8 @@
 
 Score: the **mean** Euclidean (or chord, for ``metric="cosine"``) distance from a record's
 embedding to its k = ``n_neighbors`` nearest normal references. The mean of k distances is
-steadier than the k-th distance alone when references are duplicated (many zero distances) and
-still grows with every neighbour's distance, so a record far from all normals scores high.
+steadier than the k-th distance alone with duplicated references (many zero distances); it is
+divided by a damped local density (``detector.density``).
 
 Calibration: the normal training records are split into references R and calibration records
 C. The feature scaling and the embedder are fitted on R only. Distinct records are indexed once
@@ -14,8 +14,7 @@ they are exchangeable with the scores that index gives new normal records, whate
 already in R, and as a second index part for values only C has. Search merges the parts, so
 every record's served score is at most the score the calibrated search gives it, and the
 certified threshold and p-values stay valid (conservative) while scoring uses every normal
-record. (A kNN distance to a rebuilt HNSW graph over R ∪ C has no such bound: that was the
-bug on duplicate-heavy real data.)
+record (a rebuilt HNSW graph over R ∪ C has no such bound: the duplicate-heavy data bug).
 
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
@@ -84,6 +83,8 @@ class Detector(EstimatorAPI, FittedAttributes):
     training: a ``detector.embedding.training.TrainingConfig`` for the metric-learned encoder.
     random_state: controls the calibration split and training (formerly ``seed``).
     progress: show a training progress bar.
+    density_power: power of the neighbours' own k-distance that divides the score (damped
+        LOF, ``detector.density``; 0 = plain kNN distance; not applied to an IVF index).
     strict: with too few normal records to certify ``alpha``/``delta``, raise
         ``CalibrationError`` instead of fitting an uncertified threshold (``certified_ = False``
         and a ``CalibrationWarning``).
@@ -117,6 +118,7 @@ class Detector(EstimatorAPI, FittedAttributes):
         progress: bool = False,
         strict: bool = False,
         compress_min: int = 200_000,
+        density_power: float = 0.25,
         *,
         k: int | None = None,
         seed: int | None = None,
@@ -145,6 +147,7 @@ class Detector(EstimatorAPI, FittedAttributes):
         self.progress = progress
         self.strict = strict
         self.compress_min = compress_min
+        self.density_power = density_power
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -209,6 +212,7 @@ class Detector(EstimatorAPI, FittedAttributes):
             random_state=self.random_state,
             n_neighbors=self.n_neighbors,
             calibrator=ConformalCalibrator(self.alpha, self.delta, strict=self.strict),
+            density_power=self.density_power,
         )
         references, calibrator = fitted.references, fitted.calibrator
         ids = reference_ids(feature_encoder, reference_data, calibration_data, split.id_rows)
@@ -257,7 +261,7 @@ class Detector(EstimatorAPI, FittedAttributes):
     def score(self, X: Records) -> np.ndarray:
         """Mean distance to the ``n_neighbors`` nearest normal references; higher = anomalous."""
         embeddings = self._embed(X)
-        return self.reference_index_.mean_distance(embeddings, self.n_neighbors)
+        return self.reference_index_.score(embeddings, self.n_neighbors)
 
     def p_value(self, X: Records) -> np.ndarray:
         """Conformal p-values in (0, 1]: small means unlike the calibration normals."""

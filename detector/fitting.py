@@ -49,6 +49,9 @@ def check_params(params: dict[str, Any]) -> None:
         raise ValueError(f"alpha must be in (0, 1) or None, got {alpha!r}")
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    power = params.get("density_power", 0.0)
+    if isinstance(power, bool) or not isinstance(power, int | float) or not 0.0 <= power <= 1.0:
+        raise ValueError(f"density_power must be a number in [0, 1], got {power!r}")
     if params["index"] not in KINDS:
         raise ValueError(f"index must be one of {KINDS}, got {params['index']!r}")
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .density import LocalDensity
 from .errors import BundleError, NotFittedError
 from .index import ReferenceIndex
 
@@ -121,6 +122,7 @@ class ReferenceSet:
         """Part 0: distinct ``vectors`` (n, d), each standing for ``counts`` records (default 1)."""
         self.parts_: list[ReferenceIndex] = []
         self.counts_ = np.zeros(0, dtype=np.int64)
+        self.density_: LocalDensity | None = None  # set by fit_local_density, else plain kNN
         self.add_part(vectors, counts)
         return self
 
@@ -178,6 +180,12 @@ class ReferenceSet:
         so the result holds the ``n_unique`` nearest distinct references overall (for exact
         parts) and at least every candidate any single part found.
         """
+        distances, rows, _ = self.search_parts(queries, n_unique)
+        return distances, rows
+
+    def search_parts(self, queries: np.ndarray, n_unique: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``search``, plus the rows part 0 alone returned (what local density divides by)."""
         self._require_fitted()
         n_unique = min(int(n_unique), self.n_unique_)
         blocks_d, blocks_i, offset = [], [], 0
@@ -187,11 +195,12 @@ class ReferenceSet:
             blocks_i.append(rows + offset)
             offset += part.n_
         if len(blocks_d) == 1:
-            return blocks_d[0], blocks_i[0]
+            return blocks_d[0], blocks_i[0], blocks_i[0]
         distances = np.concatenate(blocks_d, axis=1)
         rows = np.concatenate(blocks_i, axis=1)
         order = np.argsort(distances, axis=1, kind="stable")[:, :n_unique]
-        return np.take_along_axis(distances, order, 1), np.take_along_axis(rows, order, 1)
+        return (np.take_along_axis(distances, order, 1), np.take_along_axis(rows, order, 1),
+                blocks_i[0])
 
     def records_taken(self, rows: np.ndarray, k: int) -> np.ndarray:
         """How many of the ``k`` nearest records each (ascending) distinct neighbour supplies."""
@@ -212,6 +221,19 @@ class ReferenceSet:
             return np.zeros(0, dtype=np.float64)
         distances, rows = self.search(queries, k)
         return self.mean_from_neighbours(distances, rows, k)
+
+    def score(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """The anomaly score: ``mean_distance``, divided by the local density where fitted."""
+        if len(queries) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return self.score_from_search(*self.search_parts(queries, k), k)
+
+    def score_from_search(self, distances: np.ndarray, rows: np.ndarray,
+                          part0_rows: np.ndarray, k: int) -> np.ndarray:
+        """``score`` from ``search_parts`` output (which may hold more than k neighbours)."""
+        mean = self.mean_from_neighbours(distances, rows, k)
+        density = getattr(self, "density_", None)
+        return mean if density is None else mean / density.scale(part0_rows, k)
 
     def reconstruct(self, rows: np.ndarray) -> np.ndarray:
         """The indexed vectors of distinct references ``rows`` (global numbering), any shape."""
@@ -237,15 +259,17 @@ class ReferenceSet:
             "seed": self.seed,
             "parts": [part.to_state() for part in self.parts_],
             "n_unique": self.n_unique_, "n_records": self.n_records_,
+            **({} if self.density_ is None else {"density": self.density_.to_state()}),
         }
 
     @classmethod
     def from_state(
         cls, state: dict[str, Any], read_part: Callable[[int, dict[str, Any]], ReferenceIndex],
-        counts: np.ndarray,
+        counts: np.ndarray, radii: np.ndarray | None = None,
     ) -> ReferenceSet:
         """Rebuild from ``to_state()``, a reader of each part (its position and params, e.g.
-        ``ReferenceIndex.from_file``) and the counts; checks they agree."""
+        ``ReferenceIndex.from_file``), the counts and the local density radii (where the
+        state has a density); checks they agree."""
         if state.get("format") != STATE_FORMAT:
             raise BundleError(f"unknown reference set state format {state.get('format')!r}")
         try:
@@ -266,6 +290,13 @@ class ReferenceSet:
                 or any(p.metric != obj.metric for p in obj.parts_)):
             raise BundleError("reference counts and index parts do not agree")
         obj.counts_ = counts.astype(np.int64)
+        obj.density_ = None
+        if "density" in state:
+            if radii is None:
+                raise BundleError("the reference set has a local density but no radii")
+            obj.density_ = LocalDensity.from_state(state["density"], radii, obj.parts_[0].n_)
+        elif radii is not None:
+            raise BundleError("radii given for a reference set without local density")
         return obj
 
 

@@ -28,8 +28,9 @@ def neighbour_search(
     """
     references = detector.reference_index_
     k = detector.n_neighbors
-    distances, rows = references.search(detector.embedder_.embed(features), max(k, n_neighbours))
-    scores = references.mean_from_neighbours(distances, rows, k)
+    distances, rows, part0_rows = references.search_parts(
+        detector.embedder_.embed(features), max(k, n_neighbours))
+    scores = references.score_from_search(distances, rows, part0_rows, k)
     return scores, distances, rows
 
 

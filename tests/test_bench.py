@@ -11,7 +11,10 @@ from click.testing import CliRunner
 from scipy import stats
 
 from bench.quality import bench_command
+from bench.readme_table import table
 from bench.report import fpr_lower_bound
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write_dataset(path: Path, n_normal: int, n_anomaly: int, seed: int) -> None:
@@ -86,6 +89,17 @@ def test_bench_runs_pyod_peers_on_the_same_splits(tmp_path: Path) -> None:
         assert 90 <= blobs[peer]["auroc"]["mean"] <= 100
         assert blobs[peer]["records_per_s"]["mean"] > 0
     assert "Best peer:" in result.output and "| knn AUROC |" in result.output
+    assert "Time cap per peer run" in result.output
+    checks = json.loads((out / "report.json").read_text())["overall"]["checks"]
+    assert any(name.startswith("mean AUROC >= best PyOD peer + 1") for name in checks)
     bad = CliRunner().invoke(bench_command, ["--data-dir", str(tmp_path), "--peers", "svm",
                                              "--out", str(out)])
     assert bad.exit_code != 0 and "unknown peers ['svm']" in bad.output
+
+
+def test_readme_quality_table_is_the_generated_one() -> None:
+    """README.md's quality table is `python -m bench.readme_table` of the committed reports."""
+    folders = [ROOT / "bench/results/adbench29", ROOT / "bench/results/adbench29-labelled10"]
+    generated = table(folders)
+    assert "| unlabelled default | 29 × 5 |" in generated
+    assert generated in (ROOT / "README.md").read_text()

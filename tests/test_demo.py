@@ -24,7 +24,9 @@ def test_demo_answers_every_record_and_known_anomalies_raise_recall(tmp_path: Pa
     (plain_hits, plain_fpr), (informed_hits, informed_fpr) = summaries
     # the certified threshold holds on the stream's normals (alpha = 1 %)
     assert float(plain_fpr) < 1.0 and float(informed_fpr) < 1.0
-    # the hard-negative mode finds most of the injected anomalies (measured 9 -> 37 of 40)
+    # unlabelled, the local-density score finds most of them (measured 25 of 40; 9 before it)
+    assert int(plain_hits) >= 20
+    # the hard-negative mode finds nearly all of the injected anomalies (measured 37 of 40)
     assert int(informed_hits) >= 30 and int(informed_hits) > int(plain_hits)
     assert "field 'latency_ms': cannot convert 'fast' to a number" in text
     assert "model v0002" in text  # the worker hot-reloaded the retrained model

@@ -156,17 +156,35 @@ def test_invalid_parameters_are_refused() -> None:
             Detector(**kwargs).fit(data)
 
 
+@pytest.mark.parametrize("density_power", [0.0, 0.25, 1.0])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_scores_equal_brute_force_numpy(metric: str) -> None:
+def test_scores_equal_brute_force_numpy(metric: str, density_power: float) -> None:
+    """faiss against numpy: mean distance to the 4 nearest of R and C, divided by
+    (mean radius of the 4 nearest references in R + floor) ** power, a radius being a
+    reference's mean distance to its 4 nearest other references."""
     rng = np.random.default_rng(5)
     train = rng.normal(size=(900, 6)) * rng.uniform(0.1, 10, size=6)
     queries = rng.normal(size=(50, 6)) * 3
-    detector = Detector(encoder="identity", metric=metric, n_neighbors=4, alpha=None).fit(train)
-    references = detector.feature_encoder_.transform(train).astype(np.float64)  # every record
-    features = detector.feature_encoder_.transform(queries).astype(np.float64)
-    if metric == "cosine":
-        references /= np.linalg.norm(references, axis=1, keepdims=True)
-        features /= np.linalg.norm(features, axis=1, keepdims=True)
-    distances = np.sqrt(((features[:, None, :] - references[None, :, :]) ** 2).sum(-1))
-    expected = np.sort(distances, axis=1)[:, :4].mean(axis=1)
+    detector = Detector(encoder="identity", metric=metric, n_neighbors=4, alpha=None,
+                        density_power=density_power).fit(train[:600], calibration=train[600:])
+
+    def features(data: np.ndarray) -> np.ndarray:
+        matrix = detector.feature_encoder_.transform(data).astype(np.float64)
+        if metric == "cosine":
+            matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        return matrix
+
+    def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    to_all = distances(features(queries), features(train))  # served: R and C
+    expected = np.sort(to_all, axis=1)[:, :4].mean(axis=1)
+    if density_power:
+        references = features(train[:600])
+        among = distances(references, references)
+        np.fill_diagonal(among, np.inf)
+        radii = np.sort(among, axis=1)[:, :4].mean(axis=1)
+        nearest = np.argsort(distances(features(queries), references), axis=1)[:, :4]
+        floor = 1e-3 * radii.mean() + 1e-12
+        expected = expected / (radii[nearest].mean(axis=1) + floor) ** density_power
     np.testing.assert_allclose(detector.score(queries), expected, rtol=1e-4, atol=1e-5)

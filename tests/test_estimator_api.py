@@ -131,6 +131,7 @@ def test_clone_get_params_set_params_round_trip() -> None:
         "n_neighbors", "metric", "alpha", "delta", "calibration_fraction", "encoder",
         "id_field", "label_fields", "max_onehot", "hash_buckets", "schema", "index",
         "flat_max", "training", "random_state", "progress", "strict", "compress_min",
+            "density_power",
     }
     assert all(got[name] is value for name, value in params.items())  # stored as given
     twin = clone(detector)

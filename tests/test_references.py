@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nearwatch.detector import Detector
+from nearwatch.detector.density import fit_local_density
 from nearwatch.detector.references import ReferenceSet, group_duplicates
 from nearwatch.detector.synthetic import repetitive_matrix
 from scipy import stats
@@ -75,10 +76,13 @@ def test_exact_scores_count_every_copy(k: int) -> None:
         _brute_force_mean(rows, np.ones(len(rows), int), queries, k), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("density_power", [0.0, 0.25])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_adding_calibration_records_never_raises_a_hnsw_score(seed: int) -> None:
+def test_adding_calibration_records_never_raises_a_hnsw_score(seed: int,
+                                                              density_power: float) -> None:
     """The served search (R's HNSW + C) scores every query at most as high as the calibrated
-    search (R's HNSW alone): what keeps the certificate valid for approximate indexes."""
+    search (R's HNSW alone): what keeps the certificate valid for approximate indexes. With
+    local density the dividing neighbours and radii come from R's part alone (unchanged)."""
     rows = repetitive_matrix(30_000, n_distinct=4_000, dim=8, repeat_rate=0.9, seed=seed)
     reference_rows, calibration_rows = _split_rows(len(rows), seed)
     groups = group_duplicates(rows[reference_rows], rows[calibration_rows])
@@ -86,14 +90,16 @@ def test_adding_calibration_records_never_raises_a_hnsw_score(seed: int) -> None
     n0 = len(groups.in_references)
     references = ReferenceSet(kind="hnsw", seed=seed).fit(
         distinct[:n0], groups.reference_counts[:n0])
+    references.density_ = fit_local_density(references, distinct[:n0], 5, density_power)
+    assert (references.density_ is None) == (density_power == 0.0)
     queries = np.vstack([
         repetitive_matrix(3_000, n_distinct=4_000, dim=8, repeat_rate=0.9, seed=seed),
         np.random.default_rng(seed).normal(scale=8, size=(1_000, 8)).astype(np.float32),
     ])
-    calibrated = references.mean_distance(queries, 5)
+    calibrated = references.score(queries, 5)
     references.add_copies(groups.calibration_counts[:n0])
     references.add_part(distinct[n0:], groups.calibration_counts[n0:])
-    served = references.mean_distance(queries, 5)
+    served = references.score(queries, 5)
     assert (served <= calibrated + 1e-6).all()
     assert (served < calibrated - 1e-6).mean() > 0.01  # the added records are used
 

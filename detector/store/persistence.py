@@ -47,6 +47,7 @@ ENCODER_FILE = "encoder.npz"  # numpy weights; bundles written before: encoder.p
 LEGACY_ENCODER_FILE = "encoder.pt"
 INDEX_FILE = "index.faiss"  # part 0 (the calibrated index); part i > 0: index_{i}.faiss
 REFERENCE_COUNTS_FILE = "reference_counts.npy"
+REFERENCE_RADII_FILE = "reference_radii.npy"  # local density (detector.density), if fitted
 CALIBRATION_FILE = "calibration.npy"
 REFERENCE_FEATURES_FILE = "reference_features.npy"
 REFERENCE_IDS_FILE = "reference_ids.json"  # any JSON ids; integer ids: reference_ids.npy
@@ -101,6 +102,8 @@ def detector_state(detector: Detector) -> tuple[dict[str, Any], dict[str, bytes]
         REFERENCE_COUNTS_FILE: array_to_bytes(compact_integers(references.counts_)),
         CALIBRATION_FILE: array_to_bytes(detector.calibrator_.calibration_scores_),
     }
+    if references.density_ is not None:
+        files[REFERENCE_RADII_FILE] = array_to_bytes(references.density_.radii)
     if detector.reference_features_ is not None:  # else read back from the index vectors
         files[REFERENCE_FEATURES_FILE] = array_to_bytes(
             np.asarray(detector.reference_features_, dtype=np.float16))
@@ -175,6 +178,7 @@ def _restore(
     detector.reference_index_ = ReferenceSet.from_state(
         references, lambda part, params: _index_part(files, index_file(part), params),
         array_from_bytes(files[REFERENCE_COUNTS_FILE]),
+        _mapped_array(files, REFERENCE_RADII_FILE) if REFERENCE_RADII_FILE in files else None,
     )
     detector.calibrator_ = ConformalCalibrator.from_state(
         manifest["calibration"], array_from_bytes(files[CALIBRATION_FILE])
@@ -292,6 +296,7 @@ def _check_consistent(detector: Detector) -> None:
 
 def _constructor_params(config: dict[str, Any]) -> dict[str, Any]:
     params = {RENAMED_CONFIG.get(name, name): value for name, value in config.items()}
+    params.setdefault("density_power", 0.0)  # bundles from before local density scored plainly
     training = params.get("training")
     if isinstance(training, dict):
         from ..embedding.training import TrainingConfig
