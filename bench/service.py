@@ -6,8 +6,12 @@ For each reference-set size: train a detector on 40-field synthetic records, the
 - in-process ``Detector.score`` (1 process, and 2 forked processes: the same core count as
   the worker pool), records already parsed;
 - end to end: a JSONL file → ``worker.stream`` (read, batch, submit) → Redis broker →
-  ``nearwatch worker --concurrency 2`` (prefork) → Redis result backend → results written as
-  JSON lines (to a null sink): records/s and the round-trip latency of a batch;
+  ``nearwatch worker --concurrency 2`` → answers → results written as JSON lines (to a null
+  sink): records/s and the round-trip latency of a batch, for each ``--path``:
+  ``prefork`` (the default node: Celery's prefork pool, answers on the client's Redis list),
+  ``processes`` (``nearwatch worker --pool processes``: solo-pool scoring processes under a
+  supervisor, answer lists) and ``prefork-backend`` (the path before: prefork pool, answers
+  through the Redis result backend);
 - single-record latency: one record per task, one task at a time (p50/p99).
 
 Run (needs Redis at 127.0.0.1:6379; uses DB 12)::
@@ -41,11 +45,17 @@ import numpy as np
 
 from bench.service_node import _cpu_seconds, _worker_node
 
+# Service paths (--path): the default (prefork pool, answers on the producer's Redis list),
+# scoring processes with answer lists, and the path before issue 12 (prefork, result backend).
+PATHS = ("prefork", "processes", "prefork-backend")
 N_EXTRA_FIELDS = 28  # + 12 telemetry fields = 40 fields per record (plus id and label)
 NOTES = """In-process: `Detector.score` on parsed records, batches of `--batch`. End-to-end: JSONL
-file -> `worker.stream` -> Redis -> `nearwatch worker` (prefork) -> Redis results -> JSON
-lines; the stream path sends records as JSON texts (`nearwatch.score_json_batch`): the pool
-parses and serialises, the producer does neither. Batch p50/p99: submit -> answer of a
+file -> `worker.stream` -> Redis -> `nearwatch worker` -> answers -> JSON lines; path
+`prefork`: Celery's prefork pool, answers pushed to the client's Redis list; `processes`: N
+solo-pool scoring processes under one supervisor, answer lists; `prefork-backend`: prefork
+pool, answers through the Redis result backend (the path before issue 12).
+The stream path sends records as JSON texts (`nearwatch.score_json_batch`):
+the workers parse and serialise, the producer does neither. Batch p50/p99: submit -> answer of a
 batch while `--in-flight` batches queue. Single: one record per task, one task at a time.
 CPU µs/rec: CPU time of each part divided by records; capacity = cores / total. Every
 figure is the median over `--repeat` runs; live records are in distribution (one generator
@@ -66,26 +76,29 @@ run with the training records, 2% anomalies)."""
               help="Workers write alert events for flagged records (NEARWATCH_ALERTS).")
 @click.option("--buffer/--no-buffer", default=True, show_default=True,
               help="Workers add scored records to the reference buffer (NEARWATCH_BUFFER).")
+@click.option("--path", "paths", multiple=True, type=click.Choice(PATHS),
+              default=(PATHS[0],), show_default=True,
+              help="Service paths to measure (repeatable), each with its own node.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path))
 def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_flight: int,
          concurrency: int, latency_samples: int, repeat: int, alerts: bool, buffer: bool,
-         out_dir: Path | None) -> None:
+         paths: tuple[str, ...], out_dir: Path | None) -> None:
     """Measure the scoring service end to end (see the module docstring)."""
     from nearwatch.detector.threads import configure_threads
 
     configure_threads(1)
     rows = []
     for n_refs in ref_sizes:
-        rows.append(_bench_one(n_refs, n_records, batch_size, max_in_flight, concurrency,
-                               latency_samples, max(1, repeat), alerts, buffer))
-        click.echo(_table(rows[-1:]), err=True)
+        rows += _bench_one(n_refs, n_records, batch_size, max_in_flight, concurrency,
+                           latency_samples, max(1, repeat), alerts, buffer, paths)
+        click.echo(_table(rows[-len(paths):]), err=True)
     report = {
         "command": " ".join(["python -m bench.service", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_end": os.getloadavg()},
         "settings": {"records": n_records, "batch": batch_size, "in_flight": max_in_flight,
                      "concurrency": concurrency, "fields": 40, "repeat": repeat,
-                     "alerts": alerts, "buffer": buffer},
+                     "alerts": alerts, "buffer": buffer, "paths": list(paths)},
         "results": rows,
     }
     click.echo(_table(rows))
@@ -99,7 +112,8 @@ def main(ref_sizes: tuple[int, ...], n_records: int, batch_size: int, max_in_fli
 
 def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
                concurrency: int, latency_samples: int, repeat: int, alerts: bool = True,
-               buffer: bool = True) -> dict[str, Any]:
+               buffer: bool = True, paths: tuple[str, ...] = (PATHS[0],)
+               ) -> list[dict[str, Any]]:
     from nearwatch.detector import Detector
     from nearwatch.detector.store.registry import ModelRegistry
     from nearwatch.detector.synthetic import LABEL_FIELD
@@ -118,39 +132,44 @@ def _bench_one(n_refs: int, n_records: int, batch_size: int, max_in_flight: int,
         registry.add(work / "bundle", promote=True)
         data = work / "records.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in records))
-        runs = []
-        node = _worker_node(registry.root, concurrency, work,
-                            extra_env={"NEARWATCH_ALERTS": "1" if alerts else "0",
-                                       "NEARWATCH_BUFFER": "1" if buffer else "0"})
-        with node as app:  # idle while the in-process rates are measured
-            for _ in range(repeat):
-                runs.append(_measure(detector, records, data, node, app, batch_size,
-                                     max_in_flight, concurrency, latency_samples))
-        # Each figure is the median over the runs (each run measures everything once).
-        row = {key: _median([run[key] for run in runs]) for key in runs[0]}
-        row["e2e_unanswered"] = max(run["e2e_unanswered"] for run in runs)
-        return {
-            "refs": n_refs, "index": detector.reference_index_.kind_,
-            "ef_search": detector.reference_index_.parts_[0].ef_search,
-            "embedder": type(detector.embedder_).__name__, "fit_s": round(fit_s, 1),
-            "runs": repeat, "e2e_rps_runs": [run["e2e_rps"] for run in runs], **row,
-        }
+        rows = []
+        for path in paths:  # one node at a time: they would share the queue
+            runs = []
+            node = _worker_node(registry.root, concurrency, work,
+                                extra_env={"NEARWATCH_ALERTS": "1" if alerts else "0",
+                                           "NEARWATCH_BUFFER": "1" if buffer else "0"},
+                                pool="processes" if path == "processes" else "prefork")
+            with node as app:  # idle while the in-process rates are measured
+                for _ in range(repeat):
+                    runs.append(_measure(detector, records, data, node, app, batch_size,
+                                         max_in_flight, concurrency, latency_samples,
+                                         answer_list=path != "prefork-backend"))
+            # Each figure is the median over the runs (each run measures everything once).
+            row = {key: _median([run[key] for run in runs]) for key in runs[0]}
+            row["e2e_unanswered"] = max(run["e2e_unanswered"] for run in runs)
+            rows.append({
+                "refs": n_refs, "path": path, "index": detector.reference_index_.kind_,
+                "ef_search": detector.reference_index_.parts_[0].ef_search,
+                "embedder": type(detector.embedder_).__name__, "fit_s": round(fit_s, 1),
+                "runs": repeat, "e2e_rps_runs": [run["e2e_rps"] for run in runs], **row,
+            })
+        return rows
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _measure(detector: Any, records: list[dict[str, Any]], data: Path, node: Any, app: Any,
-             batch_size: int, max_in_flight: int, concurrency: int, latency_samples: int
-             ) -> dict[str, Any]:
+             batch_size: int, max_in_flight: int, concurrency: int, latency_samples: int,
+             answer_list: bool = True) -> dict[str, Any]:
     """One run: in-process rates and CPU, then end to end and single-record latency."""
     n_records = len(records)
     in_1 = _in_process_rate(detector, records, batch_size, processes=1)
     in_2 = _in_process_rate(detector, records, batch_size, processes=concurrency)
     in_cpu = _in_process_cpu_us(detector, records, batch_size)
     cpu_before = _cpu_seconds(node)
-    e2e = _end_to_end(app, data, batch_size, max_in_flight)
+    e2e = _end_to_end(app, data, batch_size, max_in_flight, answer_list)
     cpu = {k: v - cpu_before[k] for k, v in _cpu_seconds(node).items()}
-    single = _single_record_latency(app, records[:latency_samples])
+    single = _single_record_latency(app, records[:latency_samples], answer_list)
     per_record = {f"cpu_us_per_record_{k}": round(v / n_records * 1e6, 1)
                   for k, v in cpu.items()}
     total_us = sum(cpu.values()) / n_records * 1e6
@@ -233,11 +252,12 @@ class _NullSink:
         return len(text)
 
 
-def _end_to_end(app: Any, data: Path, batch_size: int, max_in_flight: int) -> dict[str, Any]:
+def _end_to_end(app: Any, data: Path, batch_size: int, max_in_flight: int,
+                answer_list: bool = True) -> dict[str, Any]:
     from nearwatch.worker.client import ClientOptions, ScoringClient
     from nearwatch.worker.stream import read_input, stream_records
 
-    client = ScoringClient(app, ClientOptions(batch_size=batch_size,
+    client = ScoringClient(app, ClientOptions(batch_size=batch_size, answer_list=answer_list,
                                               max_in_flight=max_in_flight))
     summary = stream_records(client, read_input(str(data)), _NullSink())  # type: ignore[arg-type]
     latencies = np.array(client.stats.latencies) * 1000
@@ -247,10 +267,12 @@ def _end_to_end(app: Any, data: Path, batch_size: int, max_in_flight: int) -> di
             "batch_latency_p99_ms": round(float(np.percentile(latencies, 99)), 1)}
 
 
-def _single_record_latency(app: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+def _single_record_latency(app: Any, records: list[dict[str, Any]], answer_list: bool = True
+                           ) -> dict[str, Any]:
     from nearwatch.worker.client import ClientOptions, ScoringClient
 
-    client = ScoringClient(app, ClientOptions(batch_size=1, max_in_flight=1))
+    client = ScoringClient(app, ClientOptions(batch_size=1, max_in_flight=1,
+                                              answer_list=answer_list))
     for results in client.score_batches([[r] for r in records[:20]]):  # warm up
         assert len(results) == 1
     client.stats.latencies.clear()
@@ -266,13 +288,14 @@ def _index_label(row: dict[str, Any]) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    header = ("| refs | index | in-process 1 proc | in-process 2 proc | end-to-end | "
+    header = ("| refs | path | index | in-process 1 proc | in-process 2 proc | end-to-end | "
               "e2e / 1 proc | e2e / 2 proc | batch p50 / p99 | single p50 / p99 | "
               "CPU µs/rec in-process / e2e (client+node+redis) | e2e CPU capacity |")
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for r in rows:
         lines.append(
-            f"| {r['refs']:,} | {_index_label(r)} | {r['in_process_1proc_rps']:,} rec/s | "
+            f"| {r['refs']:,} | {r.get('path', 'prefork-backend')} | {_index_label(r)} | "
+            f"{r['in_process_1proc_rps']:,} rec/s | "
             f"{r['in_process_2proc_rps']:,} rec/s | {r['e2e_rps']:,} rec/s | "
             f"{r['e2e_vs_in_process_1proc']:.0%} | {r['e2e_vs_in_process_2proc']:.0%} | "
             f"{r['batch_latency_p50_ms']} / {r['batch_latency_p99_ms']} ms | "

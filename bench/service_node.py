@@ -39,8 +39,10 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
     """``nearwatch worker`` in a subprocess on Redis DB 12; yields a client app."""
 
     def __init__(self, model_dir: Path, concurrency: int, work: Path,
-                 loglevel: str = "WARNING", extra_env: dict[str, str] | None = None) -> None:
+                 loglevel: str = "WARNING", extra_env: dict[str, str] | None = None,
+                 pool: str = "prefork") -> None:
         self.model_dir, self.concurrency, self.work = model_dir, concurrency, work
+        self.pool = pool
         self.loglevel = loglevel
         self.extra_env = dict(extra_env or {})
 
@@ -62,7 +64,7 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
         self.log = (self.work / "worker.log").open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from nearwatch.worker.cli import main; main()", "worker",
-             "--concurrency", str(self.concurrency)],
+             "--concurrency", str(self.concurrency), "--pool", self.pool],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         app = create_app(Settings.from_env(env))
@@ -74,6 +76,7 @@ class _worker_node:  # noqa: N801  (used as a context manager, reads like one)
         return app
 
     def pids(self) -> list[int]:
+        """The node's process and its children (prefork pool or scoring processes)."""
         path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         try:
             return [self.process.pid, *map(int, path.read_text().split())]

@@ -172,14 +172,15 @@ def stream_records_for_test(n: int, seed: int = 5, prefix: str = "t") -> list[di
 
 
 def start_worker_node(tmp: Path, model_dir: Path, name: str, concurrency: int = 2,
-                      ready_timeout: float = 90.0, **env: str) -> WorkerNode:
+                      ready_timeout: float = 90.0, pool: str = "prefork", **env: str
+                      ) -> WorkerNode:
     from nearwatch.worker.settings import Settings
 
     port = free_port()
     metrics_dir = tmp / f"metrics-{name}"
     full_env = service_env(model_dir, NEARWATCH_METRICS_PORT=str(port),
                            NEARWATCH_METRICS_DIR=str(metrics_dir), **env)
-    proc = Proc([*CLI, "worker", "--concurrency", str(concurrency)], full_env,
+    proc = Proc([*CLI, "worker", "--concurrency", str(concurrency), "--pool", pool], full_env,
                 tmp / f"worker-{name}.log")
     node = WorkerNode(proc, port, metrics_dir, Settings.from_env(full_env))
     try:

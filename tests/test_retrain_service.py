@@ -79,11 +79,11 @@ def paced(records: list[dict[str, Any]], per_second: float) -> Iterator[list[dic
         time.sleep(100 / per_second)
 
 
-def serving_by_process(log: str) -> dict[str, str]:
-    """The model each pool process loaded last, from the worker log."""
+def serving_by_process(log: str) -> dict[int, str]:
+    """The model each scoring process (by pid) loaded last, from the worker log."""
     serving = {}
-    for process, version in re.findall(r"INFO/(ForkPoolWorker-\d+)\] serving model (v\d+)", log):
-        serving[process] = version
+    for version, pid in re.findall(r"serving model (v\d+) \(was [^)]*\) in process (\d+)", log):
+        serving[int(pid)] = version
     return serving
 
 
@@ -138,8 +138,10 @@ def test_schedule_promotes_workers_switch_without_loss_and_rollback_reaches_ever
         time.sleep(1.0)  # > NEARWATCH_RELOAD_INTERVAL (0.3 s) in every pool process
         after = list(client.score(generate_records(1000, anomaly_rate=0.0, seed=4)))
         assert {r["model_version"] for r in after} == {previous}
-        assert serving_by_process(node.proc.log()) == {"ForkPoolWorker-1": previous,
-                                                       "ForkPoolWorker-2": previous}
+        processes = node.proc.children()
+        assert len(processes) == 2
+        serving = serving_by_process(node.proc.log())
+        assert {pid: serving.get(pid) for pid in processes} == dict.fromkeys(processes, previous)
     finally:
         beat.stop()
         node.proc.stop()

@@ -1,6 +1,7 @@
 """Real worker nodes on real Redis: bad records, kill -9, hot reload.
 
-Every test streams through `nearwatch worker` subprocesses (prefork pools) started here.
+Every test streams through `nearwatch worker` subprocesses started here (prefork pools; one
+test runs a node of scoring processes, `--pool processes`, worker/node.py).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def test_kill9_pool_child_mid_batch_loses_nothing(node: WorkerNode, tmp_path: Pa
         wait_for(lambda: _scored(node) >= before + 1000, 60, "the stream to get going")
         # Kill a pool process while it is running (scoring a batch); retry in case it was
         # between batches. Its broker message is then requeued and scored again.
-        while "WorkerLostError" not in node.proc.log() and kills < 10 \
+        while "WorkerLostError" not in node.proc.log()[log_start:] and kills < 10 \
                 and proc.process.poll() is None:
             busy = _running_child(node)
             if busy is not None:
@@ -109,16 +110,20 @@ def test_kill9_pool_child_mid_batch_loses_nothing(node: WorkerNode, tmp_path: Pa
     wait_for(lambda: len(node.proc.children()) == 2, 30, "the pool to replace its processes")
 
 
-def _running_child(node: WorkerNode, timeout: float = 2.0) -> int | None:
-    """A pool process that is on a CPU right now (state R), i.e. scoring a batch."""
+def _running_child(node: WorkerNode, timeout: float = 2.0, min_age: float = 3.0
+                   ) -> int | None:
+    """A pool process that is on a CPU right now (state R), i.e. scoring a batch; not one
+    started less than ``min_age`` s ago (it is loading the model, not scoring)."""
     deadline = time.monotonic() + timeout
+    ticks = os.sysconf("SC_CLK_TCK")
     while time.monotonic() < deadline:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
         for pid in node.proc.children():
             try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if state == "R":
+            if fields[0] == "R" and uptime - int(fields[19]) / ticks >= min_age:
                 return pid
         time.sleep(0.005)
     return None
@@ -131,7 +136,7 @@ def test_kill9_whole_node_mid_stream_loses_nothing(node: WorkerNode, tmp_path: P
     proc, records, out = _stream_proc(tmp_path, node, n=8000, batch=20, timeout=4)
     try:
         wait_for(lambda: _scored(other) >= before + 200, 60, "the second node to score")
-        _running_child(other)  # best effort: catch its pool process mid-batch
+        _running_child(other, min_age=0.0)  # best effort: catch it mid-batch
         os.killpg(other.proc.pid, signal.SIGKILL)  # parent and pool, no warm shutdown
         assert proc.process.poll() is None, "the stream ended before the kill"
         # its unacknowledged batches come back after the visibility timeout, and the client
@@ -200,3 +205,30 @@ def test_hot_reload_mid_stream(node: WorkerNode, node_registry: Any,
     finally:
         node_registry.promote(promoted[0])
     assert sorted(node.proc.children()) == pool_before  # no restart
+
+
+def test_scoring_processes_node_serves_replaces_and_stops(tmp_path: Path,
+                                                         node_registry: Any) -> None:
+    """`--pool processes`: N solo-pool workers under a supervisor (worker/node.py) answer
+    exactly once, a killed process is replaced (its batch, if it held one, requeued), and
+    SIGTERM stops the node cleanly."""
+    node = start_worker_node(tmp_path, node_registry.root, "processes", pool="processes")
+    try:
+        children = node.proc.children()
+        assert len(children) == 2
+        client = scoring_client(node, batch_size=50, max_in_flight=4)
+        records = stream_records_for_test(600, seed=41, prefix="p")
+        results = list(client.score(records))
+        assert [r["id"] for r in results] == [r["id"] for r in records]
+        assert not [r for r in results if "error" in r]
+        os.kill(children[0], signal.SIGKILL)
+        wait_for(lambda: len(node.proc.children()) == 2
+                 and children[0] not in node.proc.children(), 30,
+                 "the supervisor to replace the killed process")
+        assert f"scoring process {children[0]} died (signal SIGKILL)" in node.proc.log()
+        again = list(client.score(records[:200]))
+        assert [r["id"] for r in again] == [r["id"] for r in records[:200]]
+    finally:
+        status = node.proc.stop()
+    assert status == 0, node.proc.log()[-2000:]
+    assert "stopping 2 scoring processes (SIGTERM)" in node.proc.log()

@@ -23,11 +23,13 @@ Guarantees:
   collected while the source waits for input (``worker/flow.py``);
 - broker/Redis outages are retried with backoff for ``outage_deadline`` s; what could not
   be delivered by then is answered with an error, never a traceback.
+
+Answers come back on the client's own Redis list (``worker/answers.py``), or through the
+result backend where there is no Redis (``ClientOptions.answer_list``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -37,9 +39,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
+from .answers import FAILURE, SUCCESS, Answers, answers_for
 from .flow import NOTHING, BrokerUnavailable, Feeder, Outage, chunks, linger_chunks
 from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
 from .records import RecordRefused, answer_id, check_text, screen_record
@@ -93,6 +95,8 @@ class ScoringClient:
         self.options = options or ClientOptions()
         self.stats = ClientStats()
         self.outage = Outage(self.options.outage_deadline)
+        # where answers come back: this client's Redis list, or the result backend
+        self.answers: Answers = answers_for(app, self.options.answer_list)
 
     def score(self, records: Iterable[Any]) -> Iterator[dict[str, Any]]:
         """One result per record, in input order."""
@@ -165,6 +169,9 @@ class ScoringClient:
                 yield results
         finally:
             feeder.close()
+            for batch in pending:
+                self._forget(batch)
+            self.answers.close()
 
     # ------------------------------------------------------------------ internals
     def _submit(self, batch: _Batch) -> None:
@@ -175,10 +182,12 @@ class ScoringClient:
         try:
             result = self.outage.call("send_task", lambda: self.app.send_task(
                 batch.task, args=args, queue=SCORING_QUEUE,
-                argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}"))
+                argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}",
+                **self.answers.send_options()))
         except BrokerUnavailable as exc:  # answered as unanswered (no attempt in flight)
             batch.last_problem = str(exc)
             return
+        self.answers.expect(result)
         batch.attempts.append(result)
         batch.submitted_at = time.monotonic()
         if not batch.n_submitted:
@@ -213,11 +222,9 @@ class ScoringClient:
                     len(pending) >= self.options.max_in_flight else 0.05
                 wait = max(0.001, min(longest,
                                       head.submitted_at + self.options.batch_timeout - now))
-                attempt = head.attempts[-1]
                 try:
-                    # disable_sync_subtasks=False: the embedded worker (demo) shares this
-                    # process, which makes Celery think we are inside a task.
-                    self.outage.call("waiting for results", partial(_wait, attempt, wait))
+                    self.outage.call("waiting for results",
+                                     partial(self.answers.wait, list(head.attempts), wait))
                 except BrokerUnavailable as exc:
                     head.last_problem = str(exc)
                     self._forget(head)
@@ -226,11 +233,11 @@ class ScoringClient:
         """The batch's accepted results, error answers if it gave up, else None."""
         if not batch.attempts:  # gave up
             return self._give_up(batch)
+        texts = batch.task == SCORE_JSON_BATCH
         for attempt in list(batch.attempts):
-            state = self.outage.call("reading a result", partial(getattr, attempt, "state"))
-            if state == "SUCCESS":
-                results = self.outage.call("reading a result",
-                                           partial(getattr, attempt, "result"))
+            state, results = self.outage.call("reading a result",
+                                              partial(self.answers.outcome, attempt, texts))
+            if state == SUCCESS:
                 problem = _check(batch, results, self.options.id_field)
                 if problem is None:
                     self._forget(batch)
@@ -239,13 +246,13 @@ class ScoringClient:
                         results[i] = answer
                     return list(results)
                 batch.last_problem = problem
-            elif state in ("FAILURE", "REVOKED"):
-                batch.last_problem = f"{state.lower()}: {attempt.result!r}"[:300]
+            elif state == FAILURE:
+                batch.last_problem = str(results)[:300]
             else:
                 continue
             self.stats.failed_attempts += 1
             batch.attempts.remove(attempt)
-            _forget(attempt)
+            self.answers.forget(attempt)
             if not batch.attempts:
                 self._retry_or_give_up(batch)
                 if not batch.attempts:
@@ -278,22 +285,8 @@ class ScoringClient:
 
     def _forget(self, batch: _Batch) -> None:
         for attempt in batch.attempts:
-            _forget(attempt)
+            self.answers.forget(attempt)
         batch.attempts.clear()
-
-
-def _wait(attempt: AsyncResult, wait: float) -> None:
-    with contextlib.suppress(CeleryTimeoutError):
-        attempt.get(timeout=wait, interval=min(wait, 0.005), propagate=False,
-                    disable_sync_subtasks=False)
-
-
-def _forget(attempt: AsyncResult) -> None:
-    """Drop a result from the backend; best effort (it expires anyway), never raises."""
-    try:
-        attempt.forget()
-    except Exception as exc:  # e.g. Redis unreachable: the result expires by itself
-        log.debug("could not forget result %s: %s", attempt.id, exc)
 
 
 def _check(batch: _Batch, results: Any, id_field: str) -> str | None:

@@ -1,6 +1,7 @@
-"""Prometheus metrics for a worker node, correct under the prefork pool.
+"""Prometheus metrics for a worker node, correct with several scoring processes.
 
-prometheus_client multiprocess mode: every pool process writes its samples to mmap files in
+prometheus_client multiprocess mode: every scoring process (worker/node.py, or a prefork pool
+child) writes its samples to mmap files in
 one directory; the node's parent process (which never scores) serves a single ``/metrics``
 endpoint that merges them. One endpoint per node, never one per child: children come and go
 (a killed child is replaced), the merged counters stay monotonic.

@@ -18,6 +18,8 @@ SCORES_STREAM = "nearwatch:scores"
 INGEST_GROUP = "nearwatch"
 DEADLETTER_STREAM = "nearwatch:deadletter"
 DEADLETTER_MAXLEN = 100_000
+# A producer's answer list (worker/answers.py): ANSWERS_PREFIX + a random hex id.
+ANSWERS_PREFIX = "nearwatch:answers:"
 
 # Maintenance work (retraining, drift checks, feedback) runs on its own queue, consumed by
 # the one `nearwatch beat` node: a retraining never delays scoring batches.

@@ -1,14 +1,17 @@
 """The runtime of one worker process: its scorer, built once and shared by its tasks.
 
 Imports run one way: ``app`` → ``pool`` ← ``tasks`` (``tasks`` never imports ``app``).
-``create_app`` stores the ``Settings`` in the Celery app's configuration; the app's
-``worker_process_init`` handler calls ``build_runtime`` in each prefork child (the model is
-loaded before the first task); a task calls ``scorer_for``, which builds the runtime on first
-use where no such signal runs (the embedded solo-pool worker of the demo and the tests).
+``create_app`` stores the ``Settings`` in the Celery app's configuration; each scoring
+process of a node calls ``build_runtime`` before it consumes (``node.py``; a prefork child in
+the app's ``worker_process_init`` handler), so the model is loaded before the first task; a
+task calls ``scorer_for``, which builds the runtime on first use where neither runs (the
+embedded solo-pool worker of the demo and the tests). ``push_answer_for`` pushes a batch's
+answer onto a producer's Redis list with the process's Redis client (``answers.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -24,7 +27,9 @@ if TYPE_CHECKING:
 SETTINGS_KEY = "nearwatch_settings"
 # The app attribute that caches the scorer (per app: tests run several apps in one process).
 _SCORER_ATTRIBUTE = "nearwatch_scorer"
+_REDIS_ATTRIBUTE = "nearwatch_redis"  # the process's Redis client (answers, dead letters)
 _lock = threading.Lock()
+log = logging.getLogger("nearwatch.worker")
 _metrics: ServiceMetrics | None = None
 
 
@@ -66,6 +71,7 @@ def build_runtime(app: Celery) -> BatchScorer:
             from .alerts import RedisAlertWriter
 
             client = redis.Redis.from_url(settings.redis_url)
+            setattr(app, _REDIS_ATTRIBUTE, client)
             dead_letters = RedisDeadLetters(client)
             if settings.alerts.enabled:
                 alerts = RedisAlertWriter(client, settings.alerts.maxlen,
@@ -79,6 +85,25 @@ def build_runtime(app: Celery) -> BatchScorer:
         scorer = BatchScorer(holder, dead_letters, metrics, alerts, settings.limits, buffer)
         setattr(app, _SCORER_ATTRIBUTE, scorer)
         return scorer
+
+
+def push_answer_for(app: Celery, key: str, entry: bytes, best_effort: bool = False) -> None:
+    """Push a batch's answer onto a producer's Redis list (``worker/answers.py``)."""
+    from .answers import push_answer
+
+    try:
+        client = getattr(app, _REDIS_ATTRIBUTE, None)
+        if client is None:
+            scorer_for(app)  # builds the runtime, and with it the Redis client
+            client = getattr(app, _REDIS_ATTRIBUTE, None)
+        if client is None:
+            raise RuntimeError("answer_key given, but this worker has no Redis "
+                               "(NEARWATCH_REDIS_URL)")
+        push_answer(client, key, entry, settings_of(app).result_expires)
+    except Exception:
+        if not best_effort:
+            raise
+        log.exception("could not push an answer to %s", key)
 
 
 def process_metrics() -> ServiceMetrics | None:

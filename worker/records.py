@@ -37,8 +37,6 @@ __all__ = ["RecordLimits", "RecordRefused", "check_record", "check_text", "decod
 TOO_LARGE = "too_large"
 INVALID_ID = "invalid_id"
 INVALID_JSON = "invalid_json"
-# 19+ consecutive digits may be an integer beyond 64 bits: orjson would read it as a float.
-_LONG_DIGITS = re.compile(rb"\d{19,}")
 _RESERVED_ID = re.compile(r"^#\d+$")  # ids `stream` gives records without one
 
 
@@ -78,20 +76,30 @@ def check_text(text: str | bytes, limits: RecordLimits) -> None:
 
 
 def parse_record(text: str | bytes, limits: RecordLimits, id_field: str = "id") -> Any:
-    """Parse one record text exactly (big integers stay integers) within ``limits``."""
+    """Parse one record text exactly (big integers stay integers) within ``limits``.
+
+    orjson reads an integer beyond 64 bits as a float (of magnitude >= 2**63): only a record
+    holding such a float (or a NaN/Infinity literal, which orjson refuses) is parsed again
+    with ``json``, which keeps the integer exact (a literal like ``1e19`` stays a float).
+    """
     check_text(text, limits)
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     try:
-        if _LONG_DIGITS.search(data):
-            value = json.loads(data)  # exact integers beyond 64 bits
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            if "depth" in str(exc):
+                raise RecordRefused(TOO_LARGE, "record nested deeper than "
+                                    f"{limits.max_depth} levels") from None
+            value = json.loads(data)  # NaN/Infinity literals: json's meaning
         else:
-            try:
-                value = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                if "depth" in str(exc):
-                    raise RecordRefused(TOO_LARGE, "record nested deeper than "
-                                        f"{limits.max_depth} levels") from None
-                value = json.loads(data)  # NaN/Infinity literals: json's meaning
+            if type(value) is dict:
+                if _check_parsed(value, limits, id_field):
+                    value = json.loads(data)  # exact integers beyond 64 bits
+                    check_record(value, limits, id_field)
+                return value
+            if _inexact(value, limits.max_depth + 1):
+                value = json.loads(data)
     except RecordRefused:
         raise
     except RecursionError:
@@ -104,13 +112,50 @@ def parse_record(text: str | bytes, limits: RecordLimits, id_field: str = "id") 
     return value
 
 
+_BIG = float(2**63)  # orjson's float for an integer literal beyond 64 bits is at least this
+
+
+def _check_parsed(record: dict[str, Any], limits: RecordLimits, id_field: str) -> bool:
+    """``check_record`` for a record orjson parsed, fused with the search for integers it
+    read as floats (one pass over the values): True when it must be parsed again exactly."""
+    if len(record) > limits.max_fields:
+        raise RecordRefused(TOO_LARGE, f"record has {len(record)} fields, more than the limit "
+                            f"of {limits.max_fields}")
+    inexact = False
+    for value in record.values():
+        kind = type(value)
+        if kind is float:
+            if not -_BIG < value < _BIG:
+                inexact = True
+        elif kind is dict or kind is list:
+            if _depth(value, limits.max_depth) > limits.max_depth:
+                raise RecordRefused(TOO_LARGE, f"record nested deeper than "
+                                    f"{limits.max_depth} levels")
+            inexact = inexact or _inexact(value, limits.max_depth + 1)
+    if not inexact:
+        check_id(record.get(id_field), id_field)
+    return inexact
+
+
+def _inexact(value: Any, depth: int) -> bool:
+    """Whether a float of magnitude >= 2**63 is anywhere in ``value`` (to ``depth`` levels)."""
+    kind = type(value)
+    if kind is float:
+        return not -_BIG < value < _BIG
+    if depth < 0 or (kind is not dict and kind is not list):
+        return False
+    items = value.values() if kind is dict else value
+    return any(_inexact(item, depth - 1) for item in items)
+
+
 def check_record(record: dict[str, Any], limits: RecordLimits, id_field: str = "id") -> None:
     """Refuse too many fields, too deep nesting, or an id that cannot round-trip."""
     if len(record) > limits.max_fields:
         raise RecordRefused(TOO_LARGE, f"record has {len(record)} fields, more than the limit "
                             f"of {limits.max_fields}")
     for value in record.values():
-        if isinstance(value, dict | list) and _depth(value, limits.max_depth) > limits.max_depth:
+        if isinstance(value, (dict, list)) and \
+                _depth(value, limits.max_depth) > limits.max_depth:
             raise RecordRefused(TOO_LARGE, f"record nested deeper than {limits.max_depth} "
                                 "levels")
     check_id(record.get(id_field), id_field)
@@ -181,7 +226,7 @@ def _depth(value: Any, limit: int) -> int:
     return 1 + deepest
 
 
-def dump_result(result: dict[str, Any]) -> str:
+def dump_result(result: Any) -> str:
     """Compact, strict JSON (non-finite numbers become null; big integers stay exact)."""
     try:
         return orjson.dumps(result).decode()

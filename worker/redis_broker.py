@@ -18,18 +18,52 @@ raises a connection error (never ``AttributeError``) if anything still uses it, 
 ack of a batch that finished during the outage; Celery handles those as connection errors.
 A message that could not be acknowledged or restored stays in Redis's unacked index and is
 restored after the visibility timeout; the producers' batch timeout answers it first.
+
+Also: the copy of each delivered message that the unacked index keeps (``QoS.append``) is
+serialised with orjson instead of ``json`` (same JSON, read back by kombu's ``loads``): a
+1 MB batch took 2.2 ms of the scoring process's CPU, and one copy less of the message stays
+in memory while a 30 MB message is handled.
 """
 
 from __future__ import annotations
 
 from queue import Empty
+from time import time
 from typing import Any
 
+import orjson
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps as kombu_dumps
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
+def _kombu_bytes(value: Any) -> Any:
+    """A bytes body (``body_encoding`` None, see app.py) in kombu's own JSON form."""
+    if isinstance(value, bytes):
+        return {"__type__": "bytes", "__value__": value.decode("utf-8")}
+    raise TypeError(type(value).__name__)
+
+
+class QoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        """kombu's ``append`` (the unacked index and copy), with the copy made by orjson."""
+        delivery = message.delivery_info
+        entry = [message._raw, delivery["exchange"], delivery["routing_key"]]
+        try:
+            copy: bytes | str = orjson.dumps(entry, default=_kombu_bytes)
+        except TypeError:  # e.g. an integer beyond 64 bits: kombu's json writes it
+            copy = kombu_dumps(entry)
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time()}) \
+                .hset(self.unacked_key, delivery_tag, copy) \
+                .execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
+
     def close(self) -> None:
         if self._in_poll:
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -155,7 +156,7 @@ class ModelHolder:
         previous = self.version
         self.version, self.detector = version, detector
         self._refused = None
-        log.info("serving model %s (was %s)", version, previous)
+        log.info("serving model %s (was %s) in process %d", version, previous, os.getpid())
         if self.metrics is not None:
             self.metrics.model_loaded(version, detector)
 

@@ -250,6 +250,9 @@ class ClientOptions:
     linger: float = DEFAULTS.linger_ms / 1000  # seconds before a partial batch is sent
     outage_deadline: float = DEFAULTS.outage_deadline
     limits: RecordLimits = DEFAULTS.limits
+    # Answers come back on this client's own Redis list (worker/answers.py); False: through
+    # Celery's result backend, as without Redis (kept to measure the two in one benchmark).
+    answer_list: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> ClientOptions:

@@ -1,9 +1,13 @@
 """Celery tasks: stable explicit names, JSON arguments, thin bodies calling the runtime.
 
 ``nearwatch.score_batch`` runs with ``acks_late`` + ``reject_on_worker_lost``: the broker
-message is acknowledged only after the result is stored, and a batch whose process died is
+message is acknowledged only after the answer is stored, and a batch whose process died is
 requeued. Re-running is safe: scoring is a pure function of (records, model), dead letters
 are deduplicated per record, so a redelivered batch gives the same answers.
+
+With ``answer_key`` (what ``ScoringClient`` sends when it has Redis), the answer is pushed
+onto that Redis list (``worker/answers.py``) before the message is acknowledged and the task
+returns nothing (sent with ``ignore_result``); without it, the answer is the task's result.
 
 The names live in ``worker/names.py`` and the process's scorer in ``worker/pool.py``, so this
 module does not import the app (the app imports it, through Celery's ``imports``).
@@ -11,36 +15,64 @@ module does not import the app (the app imports it, through Celery's ``imports``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
 
+from .answers import encode_answer, failure_entry
 from .names import SCORE_BATCH, SCORE_JSON_BATCH
-from .pool import scorer_for
+from .pool import push_answer_for, scorer_for
 
 
 @shared_task(
     name=SCORE_BATCH, bind=True, acks_late=True,
     reject_on_worker_lost=True, ignore_result=False,
 )
-def score_batch(self: Task, records: list[Any]) -> list[dict[str, Any]]:
+def score_batch(self: Task, records: list[Any], answer_key: str | None = None
+                ) -> list[dict[str, Any]] | None:
     """Score a list of records; one result per record, same order (see ARCHITECTURE.md)."""
-    if not isinstance(records, list):
-        raise TypeError(f"score_batch takes a list of records, got {type(records).__name__}")
-    return scorer_for(self.app).score_batch(records)
+    def score() -> list[dict[str, Any]]:
+        if not isinstance(records, list):
+            raise TypeError(f"score_batch takes a list of records, got {type(records).__name__}")
+        return scorer_for(self.app).score_batch(records)
+
+    return _answer(self, answer_key, score, texts=False)
 
 
 @shared_task(
     name=SCORE_JSON_BATCH, bind=True, acks_late=True,
     reject_on_worker_lost=True, ignore_result=False,
 )
-def score_json_batch(self: Task, lines: list[str], first_position: int | None = None
-                     ) -> list[str]:
+def score_json_batch(self: Task, lines: list[str], first_position: int | None = None,
+                     answer_key: str | None = None) -> list[str] | None:
     """Like ``score_batch`` for records as JSON texts; answers are JSON texts.
 
     Producers that hold JSON already (`nearwatch stream`, `nearwatch ingest`) skip a parse
     and a serialisation on their side; the pool does both, in parallel.
     """
-    if not isinstance(lines, list):
-        raise TypeError(f"score_json_batch takes a list of JSON texts, got {type(lines).__name__}")
-    return scorer_for(self.app).score_json(lines, first_position)
+    def score() -> list[str]:
+        if not isinstance(lines, list):
+            raise TypeError("score_json_batch takes a list of JSON texts, got "
+                            f"{type(lines).__name__}")
+        return scorer_for(self.app).score_json(lines, first_position)
+
+    return _answer(self, answer_key, score, texts=True)
+
+
+def _answer(task: Task, answer_key: str | None, score: Callable[[], list[Any]], texts: bool
+            ) -> Any:
+    """The answer as the task's result, or pushed to ``answer_key`` (a failure, too: the
+    producer then resubmits or gives up at once instead of after its batch timeout)."""
+    if answer_key is None:
+        return score()
+    if not isinstance(answer_key, str):
+        raise TypeError(f"answer_key must be a string, got {type(answer_key).__name__}")
+    task_id = str(task.request.id)
+    try:
+        answers = score()
+    except Exception as exc:
+        push_answer_for(task.app, answer_key, failure_entry(task_id, exc), best_effort=True)
+        raise
+    push_answer_for(task.app, answer_key, encode_answer(task_id, answers, texts))
+    return None

@@ -1,0 +1,100 @@
+"""Answers on the producer's own Redis list (worker/answers.py), on real Redis and a real node.
+
+The client names its list in every task and sends it with ``ignore_result``; the worker pushes
+``<task id>\\n<status>\\n<body>`` before the message is acknowledged. Exactly once, in order:
+an entry for an attempt the client no longer waits for (a redelivered batch answered twice,
+an abandoned attempt, a stranger) is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from nearwatch.worker.answers import (
+    FAILURE,
+    PENDING,
+    SUCCESS,
+    RedisAnswers,
+    encode_answer,
+    failure_entry,
+    push_answer,
+)
+
+from tests.service_fixtures import WorkerNode, scoring_client, stream_records_for_test
+
+
+def test_answer_list_takes_each_attempt_once_and_drops_strays(redis_client: Any) -> None:
+    answers = RedisAnswers(redis_client)
+    first, second = SimpleNamespace(id="task-a"), SimpleNamespace(id="task-b")
+    answers.expect(first)
+    answers.expect(second)
+    texts = ['{"id":"r1","score":1.5}', '{"id":"r2","error":"field \'x\': bad"}']
+    push_answer(redis_client, answers.key, encode_answer("stranger", texts, True), 60)
+    push_answer(redis_client, answers.key, encode_answer("task-b", texts, True), 60)
+    push_answer(redis_client, answers.key, failure_entry("task-a", RuntimeError("boom")), 60)
+    assert 0 < redis_client.ttl(answers.key) <= 60
+    answers.wait([first], 5.0)  # pops every entry there is
+    assert answers.outcome(first, texts=True) == (FAILURE, "RuntimeError: boom")
+    answers.forget(first)
+    assert answers.outcome(second, texts=True) == (SUCCESS, texts)
+    answers.forget(second)  # answered: a redelivered copy of the batch is dropped
+    push_answer(redis_client, answers.key, encode_answer("task-b", texts, True), 60)
+    answers.wait([second], 0.2)
+    assert answers.outcome(second, texts=True) == (PENDING, None)
+    assert redis_client.llen(answers.key) == 0
+    # object batches: one JSON list; integers beyond 64 bits stay exact, NaN becomes null
+    third = SimpleNamespace(id="task-c")
+    answers.expect(third)
+    results = [{"id": 2**70, "score": float("nan")}, {"id": "x", "error": "bad"}]
+    push_answer(redis_client, answers.key, encode_answer("task-c", results, False), 60)
+    answers.wait([third], 5.0)
+    assert answers.outcome(third, texts=False) == (
+        SUCCESS, [{"id": 2**70, "score": None}, {"id": "x", "error": "bad"}])
+    answers.close()  # an attempt is still awaited: the list stays
+    push_answer(redis_client, answers.key, encode_answer("task-c", results, False), 60)
+    assert redis_client.exists(answers.key)
+    answers.forget(third)
+    answers.close()
+    assert not redis_client.exists(answers.key)
+
+
+@pytest.mark.slow
+def test_client_answers_come_back_on_its_own_list(node: WorkerNode, redis_client: Any) -> None:
+    metas_before = set(redis_client.scan_iter("celery-task-meta-*"))
+    client = scoring_client(node, batch_size=30, max_in_flight=3)
+    assert isinstance(client.answers, RedisAnswers)
+    records = stream_records_for_test(200, seed=31, prefix="ans")
+    lines = [json.dumps(r) for r in records]
+    batches = [(lines[i:i + 30], i + 1) for i in range(0, len(lines), 30)]
+    answered = [json.loads(a) for batch in client.score_json_batches(batches) for a in batch]
+    assert [a["id"] for a in answered] == [r["id"] for r in records]
+    assert not [a for a in answered if "error" in a]
+    objects = [r for batch in client.score_batches([records[:30], records[30:60]])
+               for r in batch]
+    assert [r["id"] for r in objects] == [r["id"] for r in records[:60]]
+    assert client.stats.submissions == client.stats.batches  # nothing was resubmitted
+    # the answers were not stored in the result backend, and the list is gone
+    assert set(redis_client.scan_iter("celery-task-meta-*")) == metas_before
+    assert not redis_client.exists(client.answers.key)
+
+
+@pytest.mark.slow
+def test_a_failing_batch_is_answered_as_a_failure(node: WorkerNode, redis_client: Any) -> None:
+    """A task that fails pushes a failure entry: the producer resubmits or gives up at once,
+    not after its batch timeout."""
+    from nearwatch.worker.app import create_app
+    from nearwatch.worker.names import SCORE_JSON_BATCH
+
+    key = "nearwatch:answers:test-failure"
+    redis_client.delete(key)
+    result = create_app(node.settings).send_task(
+        SCORE_JSON_BATCH, args=["not a list"], kwargs={"answer_key": key}, ignore_result=True)
+    popped = redis_client.blpop([key], timeout=30)
+    assert popped is not None, "no answer within 30 s"
+    task_id, status, body = popped[1].split(b"\n", 2)
+    assert task_id.decode() == result.id and status == b"failed"
+    assert body.startswith(b"TypeError: score_json_batch takes a list of JSON texts")
+    redis_client.delete(key)
