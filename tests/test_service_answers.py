@@ -9,6 +9,8 @@ an abandoned attempt, a stranger) is dropped.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +20,7 @@ from nearwatch.worker.answers import (
     PENDING,
     SUCCESS,
     RedisAnswers,
+    check_answer_key,
     encode_answer,
     failure_entry,
     push_answer,
@@ -88,7 +91,7 @@ def test_a_failing_batch_is_answered_as_a_failure(node: WorkerNode, redis_client
     from nearwatch.worker.app import create_app
     from nearwatch.worker.names import SCORE_JSON_BATCH
 
-    key = "nearwatch:answers:test-failure"
+    key = "nearwatch:answers:" + uuid.uuid4().hex
     redis_client.delete(key)
     result = create_app(node.settings).send_task(
         SCORE_JSON_BATCH, args=["not a list"], kwargs={"answer_key": key}, ignore_result=True)
@@ -98,3 +101,57 @@ def test_a_failing_batch_is_answered_as_a_failure(node: WorkerNode, redis_client
     assert task_id.decode() == result.id and status == b"failed"
     assert body.startswith(b"TypeError: score_json_batch takes a list of JSON texts")
     redis_client.delete(key)
+
+
+def test_a_failed_redelivery_never_replaces_a_good_answer(redis_client: Any) -> None:
+    """A worker answers, dies before the ack, the redelivered copy fails: the client keeps
+    the answer it has."""
+    answers = RedisAnswers(redis_client)
+    attempt = SimpleNamespace(id="task-z")
+    answers.expect(attempt)
+    texts = ['{"id":"r1","score":1.0}']
+    push_answer(redis_client, answers.key, encode_answer("task-z", texts, True), 60)
+    push_answer(redis_client, answers.key, failure_entry("task-z", MemoryError("oom")), 60)
+    answers.wait([attempt], 5.0)
+    assert answers.outcome(attempt, texts=True) == (SUCCESS, texts)
+    answers.forget(attempt)
+    answers.close()
+
+
+@pytest.mark.parametrize("key", ["nearwatch:alerts", "nearwatch:answers:../x",
+                                 "nearwatch:answers:" + "g" * 32, "scoring", None, 7])
+def test_only_answer_lists_can_be_named(key: object, redis_client: Any) -> None:
+    with pytest.raises(ValueError, match="answer_key must be nearwatch:answers:"):
+        check_answer_key(key)
+    with pytest.raises(ValueError, match="answer_key must be"):
+        push_answer(redis_client, str(key), b"x", 60)
+
+
+def test_a_message_cannot_make_the_worker_write_elsewhere(node: WorkerNode,
+                                                          redis_client: Any) -> None:
+    """A crafted message naming another key (here a hash standing for the model registry)
+    leaves it untouched: no push, no expiry."""
+    from nearwatch.worker.app import create_app
+    from nearwatch.worker.names import SCORE_JSON_BATCH
+
+    victim = "nearwatch:test:victim"
+    redis_client.delete(victim)
+    redis_client.hset(victim, "current", "v0001")
+    app = create_app(node.settings)
+    app.send_task(SCORE_JSON_BATCH, args=[['{"id": 1}']], kwargs={"answer_key": victim},
+                  ignore_result=True)
+    key = "nearwatch:answers:" + uuid.uuid4().hex
+    app.send_task(SCORE_JSON_BATCH, args=[['{"id": 2}']], kwargs={"answer_key": key},
+                  ignore_result=True)
+    assert redis_client.blpop([key], timeout=30) is not None, "the good task was not answered"
+    time.sleep(1.0)  # the crafted one ran on the other pool process meanwhile
+    assert redis_client.type(victim) == b"hash" and redis_client.ttl(victim) == -1
+    assert redis_client.hgetall(victim) == {b"current": b"v0001"}
+    redis_client.delete(victim, key)
+
+
+def test_answer_lists_need_an_expiry() -> None:
+    from nearwatch.worker.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="NEARWATCH_RESULT_EXPIRES must be positive"):
+        Settings.from_env({"NEARWATCH_RESULT_EXPIRES": "0"})

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
     from redis import Redis
 
 __all__ = ["ANSWER_FAILED", "ANSWER_OK", "FAILURE", "PENDING", "SUCCESS", "Answers",
-           "BackendAnswers", "RedisAnswers", "answers_for", "encode_answer", "failure_entry",
-           "push_answer"]
+           "BackendAnswers", "RedisAnswers", "answers_for", "check_answer_key", "encode_answer",
+           "failure_entry", "push_answer"]
 
 log = logging.getLogger("nearwatch.client")
 ANSWER_OK = "ok"
@@ -54,8 +55,27 @@ def encode_answer(task_id: str, answers: list[Any], texts: bool) -> bytes:
     return f"{task_id}\n{ANSWER_OK}\n{body}".encode("utf-8", "surrogatepass")
 
 
+_ANSWER_KEY = re.compile(re.escape(ANSWERS_PREFIX) + "[0-9a-f]{32}")
+# what a blocking read may wait at most: below the connection's socket timeout
+MAX_BLOCK_S = 20.0
+SOCKET_TIMEOUT_S = 30.0
+
+
+def check_answer_key(key: object) -> str:
+    """``key`` if it names a producer's answer list (``nearwatch:answers:<uuid hex>``).
+
+    A message names the list the worker writes to: anything else (the alerts stream, the
+    model registry, the queue itself) is refused before a byte is written.
+    """
+    if not isinstance(key, str) or not _ANSWER_KEY.fullmatch(key):
+        raise ValueError(f"answer_key must be {ANSWERS_PREFIX}<32 hex digits>, "
+                         f"got {str(key)[:80]!r}")
+    return key
+
+
 def push_answer(client: Redis, key: str, entry: bytes, ttl: int) -> None:
     """Append one answer to a producer's list and renew the list's expiry (one round trip)."""
+    check_answer_key(key)
     pipe = client.pipeline(transaction=False)
     pipe.rpush(key, entry)
     pipe.expire(key, ttl)
@@ -103,19 +123,23 @@ class RedisAnswers:
         if any(attempt.id in self._arrived for attempt in attempts):
             return
         # a client without decode_responses: entries are bytes
-        popped: Any = self.redis.blpop([self.key], timeout=seconds)
+        popped: Any = self.redis.blpop([self.key], timeout=min(seconds, MAX_BLOCK_S))
         if popped is None:
             return
-        entries: list[bytes] = [popped[1]]
+        self._take(popped[1])  # kept before the next call, which may fail
         more: Any = self.redis.lpop(self.key, 64)  # whatever else arrived meanwhile
-        if more:
-            entries.extend(more)
-        for entry in entries:
-            task_id, _, rest = entry.partition(b"\n")
-            status, _, body = rest.partition(b"\n")
-            attempt_id = task_id.decode("ascii", "replace")
-            if attempt_id in self._waiting:  # else: abandoned, or answered already
-                self._arrived[attempt_id] = (status.decode("ascii", "replace"), body)
+        for entry in more or ():
+            self._take(entry)
+
+    def _take(self, entry: bytes) -> None:
+        task_id, _, rest = entry.partition(b"\n")
+        status, _, body = rest.partition(b"\n")
+        attempt_id = task_id.decode("ascii", "replace")
+        if attempt_id not in self._waiting:  # abandoned, or answered already
+            return
+        if self._arrived.get(attempt_id, ("",))[0] == ANSWER_OK:
+            return  # a redelivered copy that failed never replaces a good answer
+        self._arrived[attempt_id] = (status.decode("ascii", "replace"), body)
 
     def forget(self, attempt: AsyncResult) -> None:
         self._waiting.discard(attempt.id)
@@ -182,4 +206,5 @@ def answers_for(app: Celery, answer_list: bool = True) -> Answers:
         return BackendAnswers()
     import redis
 
-    return RedisAnswers(redis.Redis.from_url(url))
+    return RedisAnswers(redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S,
+                                             socket_keepalive=True))

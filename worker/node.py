@@ -138,16 +138,16 @@ class Supervisor:
             multiprocess.mark_process_dead(pid, str(self.metrics_dir))
         if self.stopping is not None and os.WIFEXITED(status):
             return  # a warm shutdown: its batches were acknowledged
-        # a process that keeps failing on its own right after starting (not one killed by a
-        # signal) is restarted with a growing pause, not in a tight loop
-        crashed = os.WIFEXITED(status) and os.waitstatus_to_exitcode(status) != 0
-        self._failures = self._failures + 1 if crashed and lived < 10 else 0
+        # a process that keeps dying right after starting (an exit, a crash or the OOM killer
+        # while loading the model) is restarted with a growing pause, not in a tight loop
+        self._failures = self._failures + 1 if lived < 10 else 0
         requeued = bool(tag) and self._requeue(tag)
         log.warning("scoring process %d died (%s)%s; starting another", pid, how,
                     ": its batch was requeued" if requeued else "")
 
     def _requeue(self, tag: str) -> bool:
-        """Put the dead process's batch back at the head of its queue, if still unacked."""
+        """Put the dead process's batch back on its queue, if still unacked (at the back, as
+        prefork's requeue of a lost batch does)."""
         try:
             with self.app.connection_for_write() as connection:
                 channel: Any = connection.default_channel

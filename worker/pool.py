@@ -96,6 +96,12 @@ def push_answer_for(app: Celery, key: str, entry: bytes, best_effort: bool = Fal
         if client is None:
             scorer_for(app)  # builds the runtime, and with it the Redis client
             client = getattr(app, _REDIS_ATTRIBUTE, None)
+        broker_url = settings_of(app).broker_url
+        if client is None and broker_url.startswith(("redis://", "rediss://", "unix://")):
+            import redis  # no NEARWATCH_REDIS_URL: the producer's list is on the broker
+
+            client = redis.Redis.from_url(broker_url)
+            setattr(app, _REDIS_ATTRIBUTE, client)
         if client is None:
             raise RuntimeError("answer_key given, but this worker has no Redis "
                                "(NEARWATCH_REDIS_URL)")

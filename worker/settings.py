@@ -202,6 +202,8 @@ class Settings:
     def validate(self) -> None:
         positive = {
             "VISIBILITY_TIMEOUT": self.visibility_timeout,
+            # answer lists expire after it: 0 (Celery's "never") would delete each at once
+            "RESULT_EXPIRES": self.result_expires,
             "RELOAD_INTERVAL": self.reload_interval + 1e-9,
             "THREADS": self.threads_per_process,
             "BATCH_SIZE": self.batch_size,

@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from .answers import encode_answer, failure_entry
+from .answers import check_answer_key, encode_answer, failure_entry
 from .names import SCORE_BATCH, SCORE_JSON_BATCH
 from .pool import push_answer_for, scorer_for
 
@@ -66,8 +66,7 @@ def _answer(task: Task, answer_key: str | None, score: Callable[[], list[Any]], 
     producer then resubmits or gives up at once instead of after its batch timeout)."""
     if answer_key is None:
         return score()
-    if not isinstance(answer_key, str):
-        raise TypeError(f"answer_key must be a string, got {type(answer_key).__name__}")
+    check_answer_key(answer_key)  # a message may only name a producer's answer list
     task_id = str(task.request.id)
     try:
         answers = score()
