@@ -232,8 +232,7 @@ class ReferenceSet:
                           part0_rows: np.ndarray, k: int) -> np.ndarray:
         """``score`` from ``search_parts`` output (which may hold more than k neighbours)."""
         mean = self.mean_from_neighbours(distances, rows, k)
-        density = getattr(self, "density_", None)
-        return mean if density is None else mean / density.scale(part0_rows, k)
+        return mean if self.density_ is None else mean / self.density_.scale(part0_rows, k)
 
     def reconstruct(self, rows: np.ndarray) -> np.ndarray:
         """The indexed vectors of distinct references ``rows`` (global numbering), any shape."""

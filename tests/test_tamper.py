@@ -130,3 +130,17 @@ def test_running_worker_refuses_unsigned_or_unreadable_bundles_and_keeps_serving
     shutil.copytree(garbage, unsigned)
     holder._refused = None  # the pointer names the same version again: look again
     assert holder.current()[0] == first and metrics.refused == 2
+
+
+def test_edited_local_density_radii_are_refused(bundle: Path, tmp_path: Path) -> None:
+    """The radii decide every score (detector.density): halving them with fresh checksums
+    changes the model, so its recorded version no longer matches."""
+    def halve_radii(files: dict[str, bytes]) -> None:
+        radii = np.load(io.BytesIO(files["reference_radii.npy"]))
+        buffer = io.BytesIO()
+        np.save(buffer, radii / 2)
+        files["reference_radii.npy"] = buffer.getvalue()
+
+    tampered = _rewritten(bundle, tmp_path, lambda manifest: None, halve_radii)
+    with pytest.raises(BundleError, match="model_version_ .* does not match"):
+        Detector.load(tampered)

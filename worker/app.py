@@ -160,9 +160,10 @@ def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None =
     app = create_app(settings)
     app.set_current()
     level = loglevel or settings.log_level
-    run_dir = Path(tempfile.mkdtemp(prefix="nearwatch-node-"))
+    # the processes pool's delivery-tag files (node.py); prefork needs none
+    run_dir = None if pool == "prefork" else Path(tempfile.mkdtemp(prefix="nearwatch-node-"))
     try:
-        if pool == "prefork":
+        if run_dir is None:
             app.worker_main(worker_argv("prefork", concurrency, level))
         else:
             from .node import Supervisor
@@ -171,7 +172,8 @@ def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None =
                                 format="[%(asctime)s: %(levelname)s/%(process)d] %(message)s")
             Supervisor(app, concurrency, level, run_dir, directory).run()
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
         if cache is not None:
             shutil.rmtree(cache, ignore_errors=True)
 
