@@ -35,7 +35,7 @@ import numpy as np
 from .calibrated import calibrate_references, stored_reference_features
 from .calibration import ConformalCalibrator
 from .embedding.supervision import FitSupervision, build_embedder_for_fit
-from .errors import CalibrationWarning, NotFittedError
+from .errors import CalibrationWarning, NotFittedError, named_by_input
 from .estimator import EstimatorAPI, warn_renamed
 from .features.schema import FeatureEncoder
 from .fitted import FittedAttributes
@@ -184,21 +184,22 @@ class Detector(EstimatorAPI, FittedAttributes):
             self.calibration_fraction, self.random_state, self.strict)
         reference_data, calibration_data = split.reference_data, split.calibration_data
         reference_rows, needed = split.reference_rows, split.needed
-        label_fields = self.label_fields
-        feature_encoder = FeatureEncoder(
-            id_field=self.id_field, max_onehot=self.max_onehot, hash_buckets=self.hash_buckets,
-            declared_schema=self.schema,
-            label_fields=(label_fields,) if isinstance(label_fields, str) else tuple(label_fields),
-        ).fit(reference_data)
-        reference_features = feature_encoder.transform(reference_data)
-        calibration_features = feature_encoder.transform(calibration_data)
+        labels = self.label_fields
+        with named_by_input(split.id_rows[:len(reference_rows)]):
+            feature_encoder = FeatureEncoder(
+                id_field=self.id_field, max_onehot=self.max_onehot, hash_buckets=self.hash_buckets,
+                declared_schema=self.schema,
+                label_fields=(labels,) if isinstance(labels, str) else tuple(labels),
+            ).fit(reference_data)
+            reference_features = feature_encoder.transform(reference_data)
+        with named_by_input(split.id_rows[len(reference_rows):]):
+            calibration_features = feature_encoder.transform(calibration_data)
         anomaly_features = None
         if inputs.anomalies is not None and len(inputs.anomalies):
             anomaly_features = feature_encoder.transform(inputs.anomalies)
 
         supervision = FitSupervision.restrict(
-            inputs.labels, inputs.pairs, inputs.triplets, reference_rows, n
-        )
+            inputs.labels, inputs.pairs, inputs.triplets, reference_rows, n)
         column_groups, hashed_fields = field_groups(feature_encoder)
         embedder = build_embedder_for_fit(
             self.encoder, reference_features, supervision, anomaly_features,
@@ -209,8 +210,7 @@ class Detector(EstimatorAPI, FittedAttributes):
         fitted = calibrate_references(
             embedder, reference_features, calibration_features, metric=self.metric,
             index=self.index, flat_max=self.flat_max, compress_min=self.compress_min,
-            random_state=self.random_state,
-            n_neighbors=self.n_neighbors,
+            random_state=self.random_state, n_neighbors=self.n_neighbors,
             calibrator=ConformalCalibrator(self.alpha, self.delta, strict=self.strict),
             density_power=self.density_power,
         )

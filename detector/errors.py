@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
 
 class NearwatchError(Exception):
     """Base class for every nearwatch error."""
@@ -61,3 +66,17 @@ class CalibrationWarning(UserWarning):
     ``Detector.fit`` then reports the bound it does achieve in ``fpr_bound_`` and sets
     ``certified_ = False``; ``Detector(strict=True)`` raises ``CalibrationError`` instead.
     """
+
+
+
+@contextmanager
+def named_by_input(rows: np.ndarray) -> Iterator[None]:
+    """A RecordError raised inside names the record by its position in ``fit``'s input
+    (``rows``), not in the reference or calibration part the split put it in."""
+    try:
+        yield
+    except RecordError as error:
+        if error.record_index is None:
+            raise
+        raise RecordError(error.field, error.reason, record_index=int(rows[error.record_index]),
+                          record_id=error.record_id) from None

@@ -188,3 +188,13 @@ def test_scores_equal_brute_force_numpy(metric: str, density_power: float) -> No
         floor = 1e-3 * radii.mean() + 1e-12
         expected = expected / (radii[nearest].mean(axis=1) + floor) ** density_power
     np.testing.assert_allclose(detector.score(queries), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("position", [0, 10, 49, 70])
+def test_a_bad_training_record_is_named_by_its_position_in_the_input(position: int) -> None:
+    # The split shuffles records into references and calibration records: the error must
+    # still name the record where the caller put it.
+    records = generate_records(80, anomaly_rate=0.0, seed=3)
+    records[position] = {**records[position], "latency_ms": "fast"}
+    with pytest.raises(ValueError, match=rf"^record {position} id '{records[position]['id']}'"):
+        Detector(encoder="identity", alpha=None, random_state=0).fit(records)

@@ -170,7 +170,7 @@ def test_missing_values_are_imputed_with_indicator_columns() -> None:
     encoder = FeatureEncoder().fit(records)
     assert encoder.feature_names_ == ["a", "a__missing", "b", "c=<missing>", "c=x", "c=y",
                                       "c=<other>", "d", "d__missing"]
-    missing = encoder.transform([{}])[0].tolist()
+    missing = encoder.transform([{"b": 4.5}])[0].tolist()  # b at its median: all else missing
     onehot = pytest.approx(ONEHOT_WEIGHT)  # a category change costs 1, like a boolean flip
     assert missing == [0.0, 1.0, 0.0, onehot, 0.0, 0.0, 0.0, pytest.approx(5 / 9), 1.0]
     # medians: a (3 missing) 5.0, b 4.5
@@ -201,8 +201,13 @@ def test_unknown_fields_are_ignored_and_counted() -> None:
     assert (extra == plain).all()
     encoder.transform([{**base, "note": 5, "is_anomaly": True}])  # dropped/label: known fields
     assert encoder.unknown_fields_seen_ == 3
-    encoder.transform([{"other": 1}])
-    assert encoder.unknown_fields_seen_ == 4
+    _, errors = encoder.transform_records(
+        [{"other": 1}, {}, {"id": 7}, {"other": 1, "bytes": None}])
+    assert encoder.unknown_fields_seen_ == 5
+    # None of the model's fields: nothing to score (a renamed feed must not read as normal);
+    # a field present but null is a missing value, imputed
+    assert [error is not None for error in errors] == [True, True, True, False]
+    assert "none of the model's fields" in str(errors[0]) and errors[2].record_id == 7
 
 
 BAD_VALUES = [
@@ -391,3 +396,17 @@ def test_categorical_fields_weigh_like_one_field() -> None:
     assert _spec(encoder, "client")["weight"] == pytest.approx(ONEHOT_WEIGHT * 0.5)  # 16 / 64
     restored = FeatureEncoder.from_state(encoder.to_state())
     np.testing.assert_array_equal(restored.transform(records), encoder.transform(records))
+
+
+def test_values_beyond_float32_once_scaled_are_errors_and_huge_ones_are_clipped() -> None:
+    encoder = FeatureEncoder(label_fields=("is_anomaly",)).fit(TRAIN)
+    base = dict(TRAIN[0])
+    matrix, errors = encoder.transform_records(
+        [{**base, "bytes": 1e300}, {**base, "bytes": -1e41}, {**base, "bytes": 1e30}, base])
+    assert [error.field if error else None for error in errors] == ["bytes", "bytes", None, None]
+    assert "-1e+41 is out of range" in str(errors[1])
+    assert np.isfinite(matrix).all() and matrix[2].max() == pytest.approx(1e15)  # clipped
+    arrays = FeatureEncoder().fit(np.arange(20.0).reshape(10, 2))
+    features, array_errors = arrays.transform_records(np.array([[1e40, 0.0], [1e30, 1.0]]))
+    assert array_errors[0] is not None and array_errors[0].field == "f0"
+    assert array_errors[1] is None and np.isfinite(features).all()

@@ -24,6 +24,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue
 
+from . import fast_json
 from .names import MAINTENANCE_QUEUE, MAINTENANCE_TASKS, SCORING_QUEUE, TASK_PATTERN
 from .node import worker_argv
 from .pool import SETTINGS_KEY, build_runtime
@@ -34,6 +35,7 @@ _env_app: Celery | None = None
 
 
 def create_app(settings: Settings) -> Celery:
+    fast_json.install()  # kombu's JSON decoded by orjson, same values (fast_json.py)
     app = Celery("nearwatch", broker=settings.broker_url, backend=settings.result_backend,
                  set_as_current=False)
     app.conf.update(

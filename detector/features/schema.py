@@ -73,7 +73,7 @@ from .fields import (
     signed_expm1,
     signed_log1p,
 )
-from .matrix import as_matrix, natural_key, nonfinite_rows
+from .matrix import array_range_errors, as_matrix, natural_key, nonfinite_rows, screen_rows
 
 STATE_FORMAT = "nearwatch.schema/1"
 
@@ -170,6 +170,7 @@ class FeatureEncoder:
         self.unknown_fields_seen_ = 0
         self.unknown_fields_last_call_ = 0
         self._known = frozenset([*self.field_columns_, *dropped, *self._excluded()])
+        self._column_fields = [spec["name"] for spec in specs for _ in column_names(spec)]
         canonical = json.dumps(self._schema_document(), sort_keys=True, separators=(",", ":"),
                                allow_nan=False)
         self.version_ = hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -231,13 +232,15 @@ class FeatureEncoder:
                 if not isinstance(row, dict):
                     bad[index] = (None, f"record is not a JSON object (got {type(row).__name__})")
                     rows[index] = {}
-        for name, start, stop, encode in self._encoders:
-            # map(dict.get, ...) beats a list comprehension by ~20% on this hot path
-            encode(list(map(dict.get, rows, repeat(name))), matrix[:, start:stop], bad)
+        with np.errstate(over="ignore"):  # a value beyond float32 once scaled: _screen_rows
+            for name, start, stop, encode in self._encoders:
+                # map(dict.get, ...) beats a list comprehension by ~20% on this hot path
+                encode(list(map(dict.get, rows, repeat(name))), matrix[:, start:stop], bad)
         known = self._known
         unknown = sum(len(row.keys() - known) for row in rows if not row.keys() <= known)
         self.unknown_fields_last_call_ = unknown
         self.unknown_fields_seen_ += unknown
+        screen_rows(rows, matrix, bad, self.fields_, self._column_fields)
         errors = self._record_errors(rows, bad)
         matrix[list(errors)] = 0.0
         return matrix, errors
@@ -255,10 +258,12 @@ class FeatureEncoder:
         if self._array_log.any():
             values = matrix.copy()
             values[:, self._array_log] = signed_log1p(values[:, self._array_log])
-        scaled = (values - self._array_center) / self._array_scale
+        with np.errstate(over="ignore"):  # beyond float32 once scaled: an error, below
+            scaled = ((values - self._array_center) / self._array_scale).astype(np.float32)
+        array_range_errors(matrix, scaled, [spec["name"] for spec in self.fields_], errors)
         scaled[list(errors)] = 0.0
         if self.n_features_ == matrix.shape[1]:
-            return scaled.astype(np.float32), errors
+            return scaled, errors
         features = np.zeros((matrix.shape[0], self.n_features_), dtype=np.float32)
         features[:, self._array_columns] = scaled
         return features, errors
