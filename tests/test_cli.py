@@ -98,3 +98,39 @@ def test_bad_training_record_is_named(workdir: Path) -> None:
                                        "--delta", "0.1", "--encoder", "identity"])
     assert result.exit_code != 0
     assert "'r0000017'" in result.output and "field 'cpu_pct'" in result.output
+    assert "record 17 " in result.output  # its position in the file, not in the split
+
+
+def _fails(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code != 0 and result.exception is not None
+    assert isinstance(result.exception, SystemExit), result.exception  # a message, no traceback
+    return result.output
+
+
+def test_bad_command_inputs_are_one_line_errors(workdir: Path) -> None:
+    data = workdir / "named.jsonl"
+    _invoke("generate", "--out", str(data), "--n", "700")
+    out = str(workdir / "unused-model")
+    for option in ("--label-field", "--class-field", "--id-field"):
+        assert "has a field 'nosuch'" in _fails("train", "--data", str(data), "--out", out,
+                                                option, "nosuch")
+    assert "--known-anomalies needs --label-field" in _fails(
+        "train", "--data", str(data), "--out", out, "--known-anomalies", "5")
+    (workdir / "bad-schema.json").write_text("{not json")
+    assert "not a JSON schema file" in _fails("train", "--data", str(data), "--out", out,
+                                              "--schema", str(workdir / "bad-schema.json"))
+    np.savez(workdir / "no-x.npz", Z=np.zeros((3, 2)))
+    assert "needs an 'X' array" in _fails("train", "--data", str(workdir / "no-x.npz"),
+                                          "--out", out)
+    np.savez(workdir / "five.npz", X=np.zeros((3, 5), dtype=np.float32))
+    assert "the model expects 4 columns" in _fails(
+        "score", "--model", str(workdir / "npz-model"), "--data", str(workdir / "five.npz"),
+        "--out", str(workdir / "five.jsonl"))
+    assert "unnamed columns" in _fails(
+        "score", "--model", str(workdir / "model"), "--data", str(workdir / "five.npz"),
+        "--out", str(workdir / "five.jsonl"))
+    (workdir / "blocker").write_text("a file, not a folder")
+    assert "cannot write" in _fails(
+        "score", "--model", str(workdir / "model"), "--data", str(data),
+        "--out", str(workdir / "blocker" / "out.jsonl"))

@@ -75,11 +75,21 @@ def train_command(
     from nearwatch.detector.threads import configure_threads
 
     configure_threads(1)
-    data = read_records(data_path, label_field=label_field)
+    if known_anomalies and label_field is None:
+        raise click.UsageError("--known-anomalies needs --label-field (which records are "
+                               "anomalies)")
+    try:
+        schema = json.loads(schema_path.read_text()) if schema_path else None
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"{schema_path}: not a JSON schema file ({exc})") from exc
+    data = _read(data_path, label_field)
     records = data.records
     unreadable = [r for r in records if isinstance(r, UnreadableRecord)]
     if unreadable:
         raise click.ClickException(f"{data_path}: {unreadable[0].reason}")
+    _check_named_fields(records, data_path, {"--label-field": label_field,
+                                             "--class-field": class_field,
+                                             "--id-field": None if id_field == "id" else id_field})
     is_anomaly = data.labels if data.labels is not None else np.zeros(len(records), dtype=bool)
     normal_rows = np.flatnonzero(~is_anomaly)
     anomaly_rows = np.flatnonzero(is_anomaly)[:known_anomalies]
@@ -91,7 +101,7 @@ def train_command(
         n_neighbors=k, alpha=alpha, delta=delta, id_field=id_field, encoder=encoder,
         random_state=seed, strict=strict,
         label_fields=tuple(f for f in (label_field, class_field) if f),
-        schema=json.loads(schema_path.read_text()) if schema_path else None, progress=True,
+        schema=schema, progress=True,
     )
     anomalies = take_rows(records, anomaly_rows) if len(anomaly_rows) else None
     try:
@@ -144,11 +154,22 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
     except (ValueError, OSError) as exc:  # SettingsError, BundleError, an unreadable header
         raise click.ClickException(str(exc)) from exc
     if isinstance(records, np.ndarray):
-        records = [{f"f{j}": float(v) for j, v in enumerate(row)} | {detector.id_field: i}
+        fields = [field["name"] for field in detector.feature_encoder_.fields_]
+        if fields != [f"f{j}" for j in range(len(fields))]:
+            raise click.ClickException(f"{data_path}: an .npz has unnamed columns, but this "
+                                       "model was trained on named fields: score JSON lines")
+        if records.ndim != 2 or records.shape[1] != len(fields):
+            raise click.ClickException(f"{data_path}: X has shape {records.shape}; the model "
+                                       f"expects {len(fields)} columns (f0..f{len(fields) - 1})")
+        records = [dict(zip(fields, row.tolist(), strict=True)) | {detector.id_field: i}
                    for i, row in enumerate(records)]
     counts = {"records": 0, "anomalies": 0, "errors": 0}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w") as stream, tqdm(total=len(records), unit="rec") as progress:
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        output = out_path.open("w")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out_path}: {exc}") from exc
+    with output as stream, tqdm(total=len(records), unit="rec") as progress:
         for start in range(0, len(records), batch_size):
             chunk = _screen(records[start : start + batch_size], start, detector.id_field,
                             limits)
@@ -164,6 +185,27 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         f"scored {counts['records']} records: {counts['anomalies']} anomalies, "
         f"{counts['errors']} errors; results in {out_path}"
     )
+
+
+def _read(data_path: Path, label_field: str | None, max_line_bytes: int | None = None) -> Any:
+    try:
+        return read_records(data_path, label_field=label_field, max_line_bytes=max_line_bytes)
+    except (ValueError, OSError) as exc:  # a bad .npz (no X, pickled), an unreadable file
+        message = str(exc)
+        raise click.ClickException(
+            message if message.startswith(str(data_path)) else f"{data_path}: {message}"
+        ) from exc
+
+
+def _check_named_fields(records: Any, data_path: Path, options: dict[str, str | None]) -> None:
+    """A field an option names must be in the records: a typo would silently train on the
+    anomalies (--label-field), without classes, or without ids."""
+    if isinstance(records, np.ndarray):
+        return
+    for option, field in options.items():
+        if field is not None and not any(isinstance(r, dict) and field in r for r in records):
+            raise click.BadParameter(f"no record in {data_path} has a field {field!r}",
+                                     param_hint=option)
 
 
 def _screen(chunk: list[Any], start: int, id_field: str, limits: RecordLimits) -> list[Any]:
