@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +118,33 @@ def golden_command(data_path: Path, capacity: int | None, seed: int) -> None:
     from .buffer import pin_golden
 
     settings = cli_settings()
-    loaded = read_records(data_path)
-    records = [r for r in loaded.records if isinstance(r, dict)]
-    if not records:
-        raise click.ClickException(f"{data_path}: no readable records (JSON objects)")
+    try:
+        records = _golden_records(read_records(data_path).records, data_path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     pinned = pin_golden(_redis(settings), records, capacity or settings.buffer.golden_records,
                         seed)
     click.echo(f"pinned {pinned} golden records of {len(records)} from {data_path}")
+
+
+def _golden_records(records: Any, data_path: Path) -> list[dict[str, Any]]:
+    """Every record of the file, or an error naming the first bad one: a dropped line or a
+    NaN stored as null would silently change the set every retraining mixes in."""
+    from nearwatch.detector.io import UnreadableRecord
+
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{data_path}: no records (golden takes JSON lines or CSV)")
+    for position, record in enumerate(records, start=1):
+        if isinstance(record, UnreadableRecord):
+            raise ValueError(f"{data_path}: {record.reason}")
+        if not isinstance(record, dict):
+            raise ValueError(f"{data_path}: record {position} is not a JSON object "
+                             f"(got {type(record).__name__})")
+        for field, value in record.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{data_path}: record {position} field {field!r}: {value!r} "
+                                 "is not a finite number")
+    return records
 
 
 scheduler_commands = [beat_command, retrain_command, feedback_command, golden_command]

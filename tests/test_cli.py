@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from nearwatch.worker.cli import main
 
+from nearwatch.cli import main as full_main
 from tests.test_detector import _auroc
 
 
@@ -134,3 +135,18 @@ def test_bad_command_inputs_are_one_line_errors(workdir: Path) -> None:
     assert "cannot write" in _fails(
         "score", "--model", str(workdir / "model"), "--data", str(data),
         "--out", str(workdir / "blocker" / "out.jsonl"))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("not json", "line 3 is not valid JSON"),
+    ("[1, 2]", "record 3 is not a JSON object (got list)"),
+    ('{"id": "x", "latency_ms": NaN}', "record 3 field 'latency_ms': nan is not a finite number"),
+])
+def test_golden_refuses_a_file_with_a_bad_record(workdir: Path, line: str, message: str) -> None:
+    # Checked before Redis is reached: nothing is pinned from a file with a bad line.
+    lines = [json.dumps({"id": i, "latency_ms": 1.0 + i}) for i in range(4)]
+    lines.insert(2, line)
+    (workdir / "golden.jsonl").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(full_main, ["golden", "--data", str(workdir / "golden.jsonl")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert message in result.output
