@@ -7,6 +7,9 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.service_fixtures import CLI, REPO, service_env
 
@@ -30,3 +33,15 @@ def test_demo_answers_every_record_and_known_anomalies_raise_recall(tmp_path: Pa
     assert int(informed_hits) >= 30 and int(informed_hits) > int(plain_hits)
     assert "field 'latency_ms': cannot convert 'fast' to a number" in text
     assert "model v0002" in text  # the worker hot-reloaded the retrained model
+
+
+def test_waiting_for_absent_workers_ends_with_what_to_do() -> None:
+    from nearwatch.worker.demo import _wait_for_version
+
+    class NoWorkers:  # what ScoringClient answers when no worker takes the batch
+        def score_batches(self, batches: list) -> Any:
+            yield [{"id": None, "error": "record 0: unanswered after 3 attempt(s)"}]
+
+    with pytest.raises(RuntimeError, match=r"no worker served model v0001 within \d+ s \(last "
+                       r"answer: record 0: unanswered.*is `nearwatch worker` running"):
+        _wait_for_version(NoWorkers(), "v0001", {"id": 1}, timeout=0.2)  # type: ignore[arg-type]

@@ -200,7 +200,10 @@ def demo_command(n_stream: int) -> None:
     """Synthetic records → train → stream through Celery → flagged records → /metrics."""
     from .demo import run_demo
 
-    status = run_demo(cli_settings(), click.echo, n_stream=n_stream)
+    try:
+        status = run_demo(cli_settings(), click.echo, n_stream=n_stream)
+    except RuntimeError as exc:  # no worker serves the model: a message, not a traceback
+        raise click.ClickException(str(exc)) from exc
     if status:
         raise SystemExit(status)
 

@@ -75,6 +75,7 @@ def run_demo(settings: Settings, echo: Echo, n_train: int = TRAIN_RECORDS,
              f"broker {app.conf.broker_url.split('@')[-1]}")
         client = ScoringClient(app, ClientOptions.from_settings(settings, batch_size=BATCH_SIZE))
         if settings.broker_configured:
+            echo(f"   waiting for the workers (`nearwatch worker`) to serve {version}")
             _wait_for_version(client, version, stream[0])
         t0 = time.perf_counter()
         results = list(client.score(stream))
@@ -155,13 +156,16 @@ def _real_workers(settings: Settings) -> tuple[Celery, str]:
 
 def _wait_for_version(client: ScoringClient, version: str, probe: dict[str, Any],
                       timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        (result,) = next(client.score_batches([[probe]]))
+    started, result = time.monotonic(), {}
+    while time.monotonic() < started + timeout:
+        (result,) = next(client.score_batches([[probe]]))  # unanswered: after the retries
         if result.get("model_version") == version:
             return
         time.sleep(0.5)
-    raise RuntimeError(f"the workers did not switch to model {version} within {timeout:g} s")
+    raise RuntimeError(
+        f"no worker served model {version} within {time.monotonic() - started:.0f} s (last "
+        f"answer: {result.get('error') or result.get('model_version')}): is `nearwatch worker` "
+        "running with the same NEARWATCH_* settings?")
 
 
 def _print_flagged(echo: Echo, stream: list[dict[str, Any]], results: list[dict[str, Any]]
