@@ -179,6 +179,16 @@ def test_client_answers_every_record_when_no_worker_answers(memory_app: Any) -> 
     assert client.stats.unanswered == 6 and client.stats.resubmissions == 2
 
 
+def test_unanswered_record_texts_keep_the_ids_a_worker_would_give(memory_app: Any) -> None:
+    client = ScoringClient(memory_app, ClientOptions(batch_size=4, batch_timeout=0.2,
+                                                     max_attempts=1, poll_interval=0.05))
+    texts = ['{"id": "a"}', '{"x": 1}', "not json", '{"id": "#9"}', '{"id": 7.5}']
+    (answers,) = list(client.score_json_batches([(texts, 5)]))
+    assert [json.loads(answer)["id"] for answer in answers] == ["a", "#6", None, None, 7.5]
+    assert all("unanswered after 1 attempt(s)" in answer for answer in answers)
+    assert json.loads(answers[1])["error"].startswith("record #6: ")
+
+
 def test_stream_path_assigns_ids_and_answers_bad_lines(registry: ModelRegistry,
                                                         tmp_path: Path) -> None:
     from nearwatch.worker.stream import read_input, stream_records

@@ -275,9 +275,10 @@ class ScoringClient:
                 answers.append(batch.local[i])
             elif batch.task == SCORE_JSON_BATCH:
                 first = batch.first_position
-                answers.append(Unanswered(json.dumps(
-                    {"id": None, "error": reason if first is None
-                     else f"record #{first + i}: {reason}"}, separators=(",", ":"))))
+                position = None if first is None else first + i
+                answers.append(Unanswered(json.dumps({
+                    "id": _text_id(record, self.options.id_field, position),
+                    "error": reason if position is None else f"record #{position}: {reason}"})))
             else:
                 answers.append({"id": answer_id(record, self.options.id_field),
                                 "error": reason})
@@ -287,6 +288,18 @@ class ScoringClient:
         for attempt in batch.attempts:
             self.answers.forget(attempt)
         batch.attempts.clear()
+
+
+def _text_id(text: Any, id_field: str, position: int | None) -> Any:
+    """The id a worker would answer an unanswered record text with: its own, else "#<n>"."""
+    try:
+        record = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    own = answer_id(record, id_field) if isinstance(record, dict) else None
+    if isinstance(own, str) and own.startswith("#"):  # reserved: the worker refuses it
+        return None
+    return own if own is not None or position is None else f"#{position}"
 
 
 def _check(batch: _Batch, results: Any, id_field: str) -> str | None:
