@@ -196,7 +196,8 @@ class Detector(EstimatorAPI, FittedAttributes):
             calibration_features = feature_encoder.transform(calibration_data)
         anomaly_features = None
         if inputs.anomalies is not None and len(inputs.anomalies):
-            anomaly_features = feature_encoder.transform(inputs.anomalies)
+            with named_by_input(inputs.anomaly_rows):
+                anomaly_features = feature_encoder.transform(inputs.anomalies)
 
         supervision = FitSupervision.restrict(
             inputs.labels, inputs.pairs, inputs.triplets, reference_rows, n)
@@ -243,9 +244,8 @@ class Detector(EstimatorAPI, FittedAttributes):
         self.certified_ = bool(calibrator.certified_)
         self.model_version_ = model_version_of(self)
         if self.alpha is not None and not self.certified_ and self.fpr_bound_ is not None:
-            warnings.warn(uncertified_message(
-                n, needed, self.alpha, self.delta, self.n_calibration_, self.fpr_bound_,
-            ), CalibrationWarning, stacklevel=2)
+            warnings.warn(uncertified_message(n, needed, self.alpha, self.delta,
+                          self.n_calibration_, self.fpr_bound_), CalibrationWarning, stacklevel=2)
         return self
 
     # ------------------------------------------------------------------ scoring

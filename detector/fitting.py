@@ -69,6 +69,7 @@ class FitInputs:
     triplets: np.ndarray | Sequence[Sequence[int]] | None
     anomalies: Data | None
     rows: np.ndarray
+    anomaly_rows: np.ndarray  # X rows of the y-flagged anomalies, then anomalies=' positions
 
 
 def anomaly_flags(y: Any, n: int) -> np.ndarray:
@@ -107,9 +108,9 @@ def route_anomaly_flags(
     anomalies: Data | None,
 ) -> FitInputs:
     """Split ``data`` by ``y`` into normals and known anomalies; re-index the supervision."""
-    n = len(data)
+    n, given = len(data), np.arange(0 if anomalies is None else len(anomalies))
     if y is None:
-        return FitInputs(data, labels, pairs, triplets, anomalies, np.arange(n))
+        return FitInputs(data, labels, pairs, triplets, anomalies, np.arange(n), given)
     flags = anomaly_flags(y, n)
     normal_rows = np.flatnonzero(~flags)
     if len(normal_rows) == 0:
@@ -128,7 +129,7 @@ def route_anomaly_flags(
         pairs=_reindex(pairs, "pairs", position),
         triplets=_reindex(triplets, "triplets", position),
         anomalies=_combine(flagged, anomalies),
-        rows=normal_rows,
+        rows=normal_rows, anomaly_rows=np.concatenate([np.flatnonzero(flags), given]),
     )
 
 

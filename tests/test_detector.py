@@ -198,3 +198,11 @@ def test_a_bad_training_record_is_named_by_its_position_in_the_input(position: i
     records[position] = {**records[position], "latency_ms": "fast"}
     with pytest.raises(ValueError, match=rf"^record {position} id '{records[position]['id']}'"):
         Detector(encoder="identity", alpha=None, random_state=0).fit(records)
+
+
+def test_a_bad_known_anomaly_is_named_by_its_position_in_x() -> None:
+    records = generate_records(80, anomaly_rate=0.0, seed=3)
+    records[45] = {**records[45], "latency_ms": "fast"}
+    flags = [0] * 40 + [1] * 10 + [0] * 30
+    with pytest.raises(ValueError, match=r"^record 45 id 'r0000045'"):
+        Detector(encoder="identity", alpha=None, random_state=0).fit(records, y=flags)

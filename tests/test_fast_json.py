@@ -76,6 +76,15 @@ def test_values_orjson_writes_differently_are_written_as_kombu_does(value: Any) 
     assert repr(got) == repr(expected)
 
 
+def test_deep_values_are_written_as_kombu_writes_them() -> None:
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(600):  # beyond what a recursive check of orjson's types can walk
+        inner.append([])
+        inner = inner[0]
+    assert fast_json.dumps(deep) == kombu_json.dumps(deep)
+
+
 @pytest.mark.parametrize("text", [
     '[18446744073709551616, {"a": -99999999999999999999}]',  # beyond 64 bits: stays exact
     '{"x": NaN, "y": Infinity}',  # json's literals, refused by orjson

@@ -80,11 +80,11 @@ def _revive(value: Any) -> Any:
 
 def dumps(value: Any, **_: Any) -> str:
     """``kombu.utils.json.dumps`` with orjson where it writes the same (module docstring)."""
-    if _plain(value):
-        try:
+    try:
+        if _plain(value):
             return orjson.dumps(value).decode("utf-8")
-        except TypeError:  # e.g. a dict or list nested deeper than orjson's limit
-            pass
+    except (TypeError, RecursionError):  # nested deeper than orjson's or Python's limit
+        pass
     return kombu_json.dumps(value)
 
 
