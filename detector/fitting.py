@@ -70,6 +70,7 @@ class FitInputs:
     anomalies: Data | None
     rows: np.ndarray
     anomaly_rows: np.ndarray  # X rows of the y-flagged anomalies, then anomalies=' positions
+    n_input: int  # len(X): explicit calibration records are numbered from here
 
 
 def anomaly_flags(y: Any, n: int) -> np.ndarray:
@@ -110,7 +111,7 @@ def route_anomaly_flags(
     """Split ``data`` by ``y`` into normals and known anomalies; re-index the supervision."""
     n, given = len(data), np.arange(0 if anomalies is None else len(anomalies))
     if y is None:
-        return FitInputs(data, labels, pairs, triplets, anomalies, np.arange(n), given)
+        return FitInputs(data, labels, pairs, triplets, anomalies, np.arange(n), given, n)
     flags = anomaly_flags(y, n)
     normal_rows = np.flatnonzero(~flags)
     if len(normal_rows) == 0:
@@ -130,6 +131,7 @@ def route_anomaly_flags(
         triplets=_reindex(triplets, "triplets", position),
         anomalies=_combine(flagged, anomalies),
         rows=normal_rows, anomaly_rows=np.concatenate([np.flatnonzero(flags), given]),
+        n_input=n,
     )
 
 
@@ -244,7 +246,7 @@ def split_for_fit(
     if n < n_neighbors:
         raise ValueError(f"need at least {n_neighbors} normal records for "
                          f"n_neighbors={n_neighbors}")
-    first = int(inputs.rows.max()) + 1 if n else 0
+    first = inputs.n_input
     return FitSplit(inputs.normals, calibration, np.arange(n),
                     np.concatenate([inputs.rows, np.arange(first, first + n_calibration)]),
                     needed)

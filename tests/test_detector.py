@@ -206,3 +206,13 @@ def test_a_bad_known_anomaly_is_named_by_its_position_in_x() -> None:
     flags = [0] * 40 + [1] * 10 + [0] * 30
     with pytest.raises(ValueError, match=r"^record 45 id 'r0000045'"):
         Detector(encoder="identity", alpha=None, random_state=0).fit(records, y=flags)
+
+
+def test_a_bad_explicit_calibration_record_is_numbered_after_x() -> None:
+    # Its number continues after X's rows, flagged ones included (never an X row's number).
+    records = generate_records(80, anomaly_rate=0.0, seed=3)
+    calibration = generate_records(40, anomaly_rate=0.0, seed=4)
+    calibration[2] = {**calibration[2], "latency_ms": "fast"}
+    with pytest.raises(ValueError, match=r"^record 82 id 'r0000002'"):
+        Detector(encoder="identity", alpha=None, random_state=0).fit(
+            records, y=[0] * 70 + [1] * 10, calibration=calibration)
