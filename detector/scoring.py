@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import SchemaMismatchError
+from .features.matrix import FEATURE_LIMIT
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -168,4 +169,6 @@ def _field_detail(
     if value_column is not None:
         detail["value"] = encoder.inverse_numeric(field, float(row[value_column]))
         detail["typical"] = encoder.inverse_numeric(field, float(typical[value_column]))
+        if abs(row[value_column]) >= np.float32(FEATURE_LIMIT):
+            detail["clipped"] = True  # the value is at least this far out (features are clipped)
     return detail

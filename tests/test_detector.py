@@ -216,3 +216,14 @@ def test_a_bad_explicit_calibration_record_is_numbered_after_x() -> None:
     with pytest.raises(ValueError, match=r"^record 82 id 'r0000002'"):
         Detector(encoder="identity", alpha=None, random_state=0).fit(
             records, y=[0] * 70 + [1] * 10, calibration=calibration)
+
+
+def test_explaining_a_clipped_value_says_so() -> None:
+    records = generate_records(800, anomaly_rate=0.0, seed=5)
+    detector = Detector(encoder="identity", alpha=None, random_state=0).fit(records)
+    huge = {**records[0], "cpu_pct": 1e25}  # finite in float32 once scaled, beyond the clip
+    (explanation,) = detector.explain([huge], n_fields=1)
+    (top,) = explanation["fields"]
+    assert top["field"] == "cpu_pct" and top["clipped"] is True and top["value"] > 1e15
+    (plain,) = detector.explain([records[1]], n_fields=3)
+    assert all("clipped" not in field for field in plain["fields"])
