@@ -48,6 +48,9 @@ def test_generate_train_score_finds_anomalies(workdir: Path) -> None:
     assert len(results) == 1002
     assert "not valid JSON" in results[5]["error"]
     assert results[9]["id"] == "bad-1" and "latency_ms" in results[9]["error"]
+    # named by input position (10th record, 10th line), not by its place among parsed records
+    assert results[5]["error"].startswith("line 6 ")
+    assert results[9]["error"].startswith("record 10 id 'bad-1': field 'latency_ms'")
     truth = {json.loads(line)["id"]: json.loads(line)["is_anomaly"]
              for line in test_lines if line.startswith('{"id": "r')}
     scored = [r for r in results if "score" in r]

@@ -173,7 +173,7 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         for start in range(0, len(records), batch_size):
             chunk = _screen(records[start : start + batch_size], start, detector.id_field,
                             limits)
-            for result in _score_chunk(detector, chunk):
+            for result in _score_chunk(detector, chunk, start):
                 counts["records"] += 1
                 counts["anomalies"] += bool(result.get("is_anomaly"))
                 counts["errors"] += "error" in result
@@ -223,17 +223,22 @@ def _screen(chunk: list[Any], start: int, id_field: str, limits: RecordLimits) -
     return screened
 
 
-def _score_chunk(detector: Any, chunk: list[Any]) -> list[dict[str, Any]]:
-    """Score a chunk; unreadable lines are answered with their parse error, in place."""
+def _score_chunk(detector: Any, chunk: list[Any], start: int) -> list[dict[str, Any]]:
+    """Score a chunk; unreadable lines are answered with their parse error, in place. An
+    error names its record by its 1-based position in the input, as ``_screen`` does."""
     readable = [r for r in chunk if not isinstance(r, UnreadableRecord)]
     scored = iter(detector.score_records(readable, n_neighbours=3))
     results = []
-    for record in chunk:
+    for position, record in enumerate(chunk, start=start + 1):
         if isinstance(record, UnreadableRecord):
             results.append({"id": None, "error": record.reason})
             continue
         result = next(scored)
-        result.pop("index", None)
+        prefix = f"record {result.pop('index', None)}"
+        error = result.get("error")
+        if isinstance(error, str) and (error.startswith(prefix + " ") or
+                                       error.startswith(prefix + ":")):
+            result["error"] = f"record {position}{error[len(prefix):]}"
         results.append(result)
     return results
 
