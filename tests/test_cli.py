@@ -134,6 +134,11 @@ def test_bad_command_inputs_are_one_line_errors(workdir: Path) -> None:
     assert "unnamed columns" in _fails(
         "score", "--model", str(workdir / "model"), "--data", str(workdir / "five.npz"),
         "--out", str(workdir / "five.jsonl"))
+    (workdir / "other.jsonl").write_text('{"id": 1, "foo": 2}\nnot json\n')
+    assert "every record of" in _fails("score", "--model", str(workdir / "model"), "--data",
+                                       str(workdir / "other.jsonl"), "--out",
+                                       str(workdir / "other-results.jsonl"))
+    assert len((workdir / "other-results.jsonl").read_text().splitlines()) == 2  # still written
     (workdir / "blocker").write_text("a file, not a folder")
     assert "cannot write" in _fails(
         "score", "--model", str(workdir / "model"), "--data", str(data),

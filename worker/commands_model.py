@@ -185,6 +185,9 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         f"scored {counts['records']} records: {counts['anomalies']} anomalies, "
         f"{counts['errors']} errors; results in {out_path}"
     )
+    if counts["records"] and counts["errors"] == counts["records"]:
+        # nothing could be scored (a wrong file, another model's records): not a success
+        raise click.ClickException(f"every record of {data_path} is an error (see {out_path})")
 
 
 def _read(data_path: Path, label_field: str | None, max_line_bytes: int | None = None) -> Any:
