@@ -68,7 +68,6 @@ class CalibrationWarning(UserWarning):
     """
 
 
-
 @contextmanager
 def named_by_input(rows: np.ndarray) -> Iterator[None]:
     """A RecordError raised inside names the record by its position in ``fit``'s input

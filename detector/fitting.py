@@ -316,4 +316,3 @@ def reference_ids(
     """Record ids where the records have them, else the training row number."""
     ids = list(encoder.record_ids(reference_data)) + list(encoder.record_ids(calibration_data))
     return [int(row) if rid is None else rid for rid, row in zip(ids, rows, strict=True)]
-

@@ -44,7 +44,7 @@ from celery.result import AsyncResult
 from .answers import FAILURE, SUCCESS, Answers, answers_for
 from .flow import NOTHING, BrokerUnavailable, Feeder, Outage, chunks, linger_chunks
 from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
-from .records import RecordRefused, answer_id, check_text, screen_record
+from .records import RecordRefused, answer_id, check_reserved_id, check_text, screen_record
 from .settings import ClientOptions
 
 if TYPE_CHECKING:
@@ -294,11 +294,11 @@ def _text_id(text: Any, id_field: str, position: int | None) -> Any:
     """The id a worker would answer an unanswered record text with: its own, else "#<n>"."""
     try:
         record = json.loads(text)
-    except (TypeError, ValueError, RecursionError):
+        if isinstance(record, dict):
+            check_reserved_id(record, id_field)  # a reserved id: the worker refuses the record
+    except (TypeError, ValueError, RecursionError):  # RecordRefused is a ValueError
         return None
     own = answer_id(record, id_field) if isinstance(record, dict) else None
-    if isinstance(own, str) and own.startswith("#"):  # reserved: the worker refuses it
-        return None
     return own if own is not None or position is None else f"#{position}"
 
 

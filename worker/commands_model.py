@@ -190,9 +190,9 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         raise click.ClickException(f"every record of {data_path} is an error (see {out_path})")
 
 
-def _read(data_path: Path, label_field: str | None, max_line_bytes: int | None = None) -> Any:
+def _read(data_path: Path, label_field: str | None) -> Any:
     try:
-        return read_records(data_path, label_field=label_field, max_line_bytes=max_line_bytes)
+        return read_records(data_path, label_field=label_field)
     except (ValueError, OSError) as exc:  # a bad .npz (no X, pickled), an unreadable file
         message = str(exc)
         raise click.ClickException(
