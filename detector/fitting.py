@@ -202,8 +202,8 @@ def calibration_split(
         )
     if n - n_calibration < n_neighbors:
         raise ValueError(
-            f"need more than {n_neighbors + n_calibration} records for "
-            f"n_neighbors={n_neighbors}"
+            f"{n} normal records leave {n - n_calibration} references beside {n_calibration} "
+            f"calibration records; n_neighbors={n_neighbors} needs at least {n_neighbors}"
         )
     order = np.random.default_rng(random_state).permutation(n)
     return np.sort(order[n_calibration:]), np.sort(order[:n_calibration]), needed

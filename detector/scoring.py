@@ -167,8 +167,14 @@ def _field_detail(
     detail: dict[str, Any] = {"field": field, "deviation": deviation}
     value_column = encoder.numeric_value_column(field)
     if value_column is not None:
-        detail["value"] = encoder.inverse_numeric(field, float(row[value_column]))
-        detail["typical"] = encoder.inverse_numeric(field, float(typical[value_column]))
+        # float32 features (after log or scale maps) keep ~6 significant digits, not more
+        detail["value"] = _float32_digits(encoder.inverse_numeric(field, float(row[value_column])))
+        detail["typical"] = _float32_digits(
+            encoder.inverse_numeric(field, float(typical[value_column])))
         if abs(row[value_column]) >= np.float32(FEATURE_LIMIT):
             detail["clipped"] = True  # the value is at least this far out (features are clipped)
     return detail
+
+
+def _float32_digits(value: float) -> float:
+    return float(f"{value:.6g}")

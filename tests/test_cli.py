@@ -62,6 +62,26 @@ def test_generate_train_score_finds_anomalies(workdir: Path) -> None:
     assert flagged[is_anomaly].mean() > 0.3
 
 
+def test_score_reads_stdin_writes_stdout_and_explains_flagged(workdir: Path) -> None:
+    """`--data - --out -` is a pipe: results alone on stdout, the summary on stderr; with
+    `--explain N` a flagged record names the fields that deviate, an unflagged one does not."""
+    spiked = {"id": "spike", "service": "api", "region": "eu", "status": 200,
+              "latency_ms": 90000.0, "cpu_pct": 30.0}
+    lines = (workdir / "test.jsonl").read_text().splitlines()[:40]
+    text = "\n".join([*lines, json.dumps(spiked), "not json"]) + "\n"
+    result = CliRunner().invoke(main, ["score", "--model", str(workdir / "model"), "--data",
+                                       "-", "--out", "-", "--explain", "2"], input=text)
+    assert result.exit_code == 0, result.output
+    results = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(results) == 42 and "scored 42 records" in result.stderr
+    assert results[-1]["error"].startswith("line 42 ")
+    top = results[-2]
+    assert top["id"] == "spike" and top["is_anomaly"]
+    assert [f["field"] for f in top["fields"]][0] == "latency_ms" and len(top["fields"]) == 2
+    assert top["fields"][0]["value"] == 90000.0  # float32 round-off is not shown
+    assert all("fields" not in r for r in results[:-2] if not r.get("is_anomaly"))
+
+
 def test_train_on_npz_uses_normals_only(workdir: Path) -> None:
     rng = np.random.default_rng(0)
     features = np.vstack([rng.normal(size=(800, 4)), rng.normal(6, 1, size=(20, 4))])

@@ -202,6 +202,15 @@ def test_uncertified_fit_reports_the_bound_it_achieves() -> None:
         Detector(encoder="identity", alpha=0.01, delta=0.05, strict=True).fit(x)
 
 
+def test_too_few_records_for_the_neighbours_says_how_many_it_has_and_needs() -> None:
+    """7 records: 3 calibrate, 4 references, fewer than n_neighbors=5; 8 records fit."""
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    with pytest.raises(ValueError, match="7 normal records leave 4 references beside 3 "
+                       "calibration records; n_neighbors=5 needs at least 5"):
+        Detector(encoder="identity", alpha=None).fit(x[:7])
+    assert Detector(encoder="identity", alpha=None).fit(x).n_calibration_ == 3
+
+
 def test_certified_fit_says_so_and_does_not_warn() -> None:
     x = np.random.default_rng(0).normal(size=(1_000, 4))
     with warnings.catch_warnings():

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
-from nearwatch.detector.io import UnreadableRecord, read_records, take_rows
+from nearwatch.detector.io import UnreadableRecord, iter_jsonl, read_records, take_rows
 
 from .command_settings import cli_settings
 from .records import truncate
@@ -133,11 +135,18 @@ def train_command(
 @click.option("--model", "model_dir", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", "data_path", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+              type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+              help="JSONL, CSV or .npz file, or - for JSON lines on stdin.")
+@click.option("--out", "out_path", required=True,
+              type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Results as JSON lines, or - for stdout (the summary goes to stderr).")
 @click.option("--batch", "batch_size", default=2_048, show_default=True,
               type=click.IntRange(min=1))
-def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: int) -> None:
+@click.option("--explain", "n_fields", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Flagged records also get the N fields deviating most from their nearest "
+              "normal references (\"fields\": field, deviation, value, typical).")
+def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: int,
+                  n_fields: int) -> None:
     """Score records: one JSON result per input record, in input order."""
     from nearwatch.detector import Detector
     from nearwatch.detector.threads import configure_threads
@@ -150,7 +159,7 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         settings = cli_settings()
         limits = settings.limits
         detector = Detector.load(model_dir, signing_key=settings.bundle_key)
-        records = read_records(data_path, max_line_bytes=limits.max_bytes).records
+        records = _read_scored(data_path, limits.max_bytes)
     except (ValueError, OSError) as exc:  # SettingsError, BundleError, an unreadable header
         raise click.ClickException(str(exc)) from exc
     if isinstance(records, np.ndarray):
@@ -164,16 +173,18 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         records = [dict(zip(fields, row.tolist(), strict=True)) | {detector.id_field: i}
                    for i, row in enumerate(records)]
     counts = {"records": 0, "anomalies": 0, "errors": 0}
+    to_stdout = str(out_path) == "-"
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        output = out_path.open("w")
+        if not to_stdout:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+        output = click.open_file(str(out_path), "w")
     except OSError as exc:
         raise click.ClickException(f"cannot write {out_path}: {exc}") from exc
-    with output as stream, tqdm(total=len(records), unit="rec") as progress:
+    with output as stream, tqdm(total=len(records), unit="rec", disable=None) as progress:
         for start in range(0, len(records), batch_size):
             chunk = _screen(records[start : start + batch_size], start, detector.id_field,
                             limits)
-            for result in _score_chunk(detector, chunk, start):
+            for result in _score_chunk(detector, chunk, start, n_fields):
                 counts["records"] += 1
                 counts["anomalies"] += bool(result.get("is_anomaly"))
                 counts["errors"] += "error" in result
@@ -183,7 +194,8 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
             progress.update(min(batch_size, len(records) - start))
     click.echo(
         f"scored {counts['records']} records: {counts['anomalies']} anomalies, "
-        f"{counts['errors']} errors; results in {out_path}"
+        f"{counts['errors']} errors; results in {'stdout' if to_stdout else out_path}",
+        err=to_stdout,
     )
     if counts["records"] and counts["errors"] == counts["records"]:
         # nothing could be scored (a wrong file, another model's records): not a success
@@ -226,11 +238,29 @@ def _screen(chunk: list[Any], start: int, id_field: str, limits: RecordLimits) -
     return screened
 
 
-def _score_chunk(detector: Any, chunk: list[Any], start: int) -> list[dict[str, Any]]:
+def _read_scored(data_path: Path, max_line_bytes: int) -> Any:
+    """Records from a file, or JSON lines from stdin (``-``)."""
+    if str(data_path) != "-":
+        return read_records(data_path, max_line_bytes=max_line_bytes).records
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape",
+                             newline="")
+    return list(iter_jsonl(stdin, max_line_bytes))
+
+
+def _score_chunk(detector: Any, chunk: list[Any], start: int, n_fields: int = 0
+                 ) -> list[dict[str, Any]]:
     """Score a chunk; unreadable lines are answered with their parse error, in place. An
-    error names its record by its 1-based position in the input, as ``_screen`` does."""
+    error names its record by its 1-based position in the input, as ``_screen`` does.
+    With ``n_fields``, flagged records also get their most deviating fields."""
     readable = [r for r in chunk if not isinstance(r, UnreadableRecord)]
-    scored = iter(detector.score_records(readable, n_neighbours=3))
+    scored_results = detector.score_records(readable, n_neighbours=3)
+    if n_fields:
+        flagged = [i for i, r in enumerate(scored_results) if r.get("is_anomaly")]
+        explained = detector.explain([readable[i] for i in flagged], n_neighbours=1,
+                                     n_fields=n_fields) if flagged else []
+        for i, explanation in zip(flagged, explained, strict=True):
+            scored_results[i]["fields"] = explanation["fields"]
+    scored = iter(scored_results)
     results = []
     for position, record in enumerate(chunk, start=start + 1):
         if isinstance(record, UnreadableRecord):
