@@ -75,10 +75,16 @@ def test_events_for_flagged_records_only_with_explanations_capped(scored: Any) -
     assert first["record"]["id"] == first["id"] and "service" in first["record"]
     assert len(first["fields"]) == 3 and {"field", "deviation"} <= set(first["fields"][0])
     assert all(e["fields"] for e in events[:3]) and all(e["fields"] is None for e in events[3:])
-    again = build_events(detector, "v0001", records, results, explain_max=0)
-    assert [e["event_id"] for e in again] == [e["event_id"] for e in events]  # stable id
-    other = build_events(detector, "v0002", records, results, explain_max=0)
-    assert other[0]["event_id"] != events[0]["event_id"]
+    ids = [e["event_id"] for e in events]
+    assert len(set(ids)) == len(ids)
+    # a redelivery (same delivery) repeats the ids; the same records sent again do not
+    delivered = [build_events(detector, "v0001", records, results, explain_max=0,
+                              delivery=delivery) for delivery in ("task:a", "task:a", "task:b")]
+    first, redelivered, sent_again = ([e["event_id"] for e in batch] for batch in delivered)
+    assert redelivered == first and not set(sent_again) & set(first)
+    assert not set(ids) & set(first)  # no delivery: a new one per call
+    other = build_events(detector, "v0002", records, results, explain_max=0, delivery="task:a")
+    assert other[0]["event_id"] != first[0]
 
 
 def test_writer_one_entry_per_flagged_record_and_failure_never_raises(

@@ -140,12 +140,51 @@ def test_redis_dead_letters_are_written_once(redis_client: Any) -> None:
     redis_client.delete("nearwatch:deadletter")
     letters = RedisDeadLetters(redis_client)
     result = {"id": "x1", "error": "field 'a': bad"}
-    assert letters.write({"id": "x1", "a": "?"}, result, "invalid_field", "v0001")
-    assert not letters.write({"id": "x1", "a": "?"}, result, "invalid_field", "v0001")
+    record = {"id": "x1", "a": "?"}
+    assert letters.write(record, result, "invalid_field", "v0001", "task:1#0")
+    assert not letters.write(record, result, "invalid_field", "v0001", "task:1#0")  # redelivery
+    assert letters.write(record, result, "invalid_field", "v0001", "task:2#0")  # sent again
     entries = redis_client.xrange("nearwatch:deadletter")
-    assert len(entries) == 1
+    assert len(entries) == 2
     fields = entries[0][1]
     assert fields[b"error"] == b"field 'a': bad" and fields[b"reason"] == b"invalid_field"
+
+
+def test_redelivery_writes_nothing_twice_a_record_sent_again_alerts_again(
+        registry: ModelRegistry, redis_client: Any) -> None:
+    """The helper's repro: the same anomalous record in two batches must alert twice (it
+    was one event for 24 h); the same batch redelivered (same delivery) must not."""
+    from types import SimpleNamespace
+
+    from nearwatch.worker.alerts import ALERTS_STREAM, RedisAlertWriter
+    from nearwatch.worker.tasks import delivery_key
+
+    for key in (ALERTS_STREAM, "nearwatch:deadletter"):
+        redis_client.delete(key)
+    holder = ModelHolder(registry, check_interval=0.0)
+    holder.load_initial()
+    scorer = BatchScorer(holder, RedisDeadLetters(redis_client),
+                         alerts=RedisAlertWriter(redis_client, maxlen=1000, explain_max=0))
+    spiked = dict(stream_records_for_test(1)[0], id="spike", latency_ms=1e7, cpu_pct=100.0)
+    batch = [spiked, dict(spiked, id="bad", latency_ms="slow")]
+    task = SimpleNamespace(request=SimpleNamespace(id="t-1"))
+    answer_key = "nearwatch:answers:" + "0" * 32
+    assert delivery_key(task, None) == delivery_key(task, answer_key) == "task:t-1"
+    positioned = delivery_key(task, answer_key, 41)
+    assert positioned == delivery_key(SimpleNamespace(request=SimpleNamespace(id="t-2")),
+                                      answer_key, 41)  # a resubmission is the same delivery
+    results = scorer.score_batch(batch, delivery="task:t-1")
+    assert results[0]["is_anomaly"] and "latency_ms" in results[1]["error"]
+    scorer.score_batch(batch, delivery="task:t-1")  # a redelivery
+
+    def event_ids() -> list[str]:  # the alert consumer counts an event id once
+        return [json.loads(f[b"event"])["event_id"]
+                for _, f in redis_client.xrange(ALERTS_STREAM)]
+
+    assert len(set(event_ids())) == 1 and redis_client.xlen("nearwatch:deadletter") == 1
+    scorer.score_batch(batch, delivery="task:t-2")  # the same records, sent again
+    scorer.score_batch(batch)  # called directly: a new delivery each time
+    assert len(set(event_ids())) == 3 and redis_client.xlen("nearwatch:deadletter") == 3
 
 
 @pytest.fixture()

@@ -12,7 +12,8 @@ fields, ~0.5 ms per record against ~0.07 ms to score one) runs for at most
 scoring; events beyond the cap carry ``"fields": null``.
 
 An event is the JSON text in the entry's field ``event`` (``event_from_fields``):
-``event_id`` (stable over re-deliveries of the batch, so the consumer counts a record once),
+``event_id`` (one per delivery of a record: a redelivered batch gives the same ids, so the
+consumer counts it once, while the same record sent again is a new event),
 ``time``, ``id``, ``score``, ``p_value``, ``threshold``, ``fpr_bound``, ``certified``,
 ``alpha``, ``model_version`` (registry version), ``model_hash``, ``neighbours``, ``fields``
 and ``record`` (the record itself, so a consumer can key on any of its fields).
@@ -24,6 +25,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -46,9 +48,12 @@ MAX_RECORD_CHARS = 8192
 
 
 def build_events(detector: Detector, version: str, records: list[Any],
-                 results: list[dict[str, Any]], explain_max: int, now: float | None = None
-                 ) -> list[dict[str, Any]]:
-    """One event per result flagged ``is_anomaly`` (records[i] is the record of results[i])."""
+                 results: list[dict[str, Any]], explain_max: int, now: float | None = None,
+                 delivery: str | None = None) -> list[dict[str, Any]]:
+    """One event per result flagged ``is_anomaly`` (records[i] is the record of results[i]).
+
+    ``delivery`` names this batch's delivery (``worker.tasks.delivery_key``): the same on a
+    redelivery of the batch, new when records are sent again. None: a new one per call."""
     flagged = [i for i, result in enumerate(results) if result.get("is_anomaly") is True]
     if not flagged:
         return []
@@ -66,19 +71,23 @@ def build_events(detector: Detector, version: str, records: list[Any],
               "alpha": detector.alpha, "model_version": version,
               "model_hash": str(detector.model_version_)}
     events = []
+    delivery = uuid.uuid4().hex if delivery is None else delivery
     for i, fields in zip(flagged, explained, strict=True):
         result = results[i]
-        event = {"event_id": event_id(version, result), "time": stamp, "id": result.get("id"),
-                 "score": result.get("score"), "p_value": result.get("p_value"), **common,
+        event = {"event_id": event_id(version, result, delivery, i), "time": stamp,
+                 "id": result.get("id"), "score": result.get("score"),
+                 "p_value": result.get("p_value"), **common,
                  "neighbours": result.get("neighbours", []), "fields": fields,
                  "record": _bounded(records[i])}
         events.append(event)
     return events
 
 
-def event_id(version: str, result: dict[str, Any]) -> str:
-    """Same record, same model → same id: a redelivered batch's events are recognised."""
-    text = f"{version}\0{result.get('id')!r}\0{result.get('score')!r}"
+def event_id(version: str, result: dict[str, Any], delivery: str, position: int) -> str:
+    """Same delivery, position, record and model → same id: a redelivered batch's events
+    are recognised; a record that recurs in a later batch is a new event."""
+    text = (f"{version}\0{delivery}\0{position}\0{result.get('id')!r}"
+            f"\0{result.get('score')!r}")
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
@@ -121,10 +130,11 @@ class RedisAlertWriter:
         self.stream = stream
 
     def emit(self, detector: Detector, version: str, records: list[Any],
-             results: list[dict[str, Any]]) -> int:
+             results: list[dict[str, Any]], delivery: str | None = None) -> int:
         """Write the events of one scored batch; the number written (0 on failure)."""
         try:
-            events = build_events(detector, version, records, results, self.explain_max)
+            events = build_events(detector, version, records, results, self.explain_max,
+                                  delivery=delivery)
             if not events:
                 return 0
             pipe = self.client.pipeline(transaction=False)

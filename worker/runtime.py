@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,21 +55,24 @@ return 0
 
 
 class DeadLetters(Protocol):
-    def write(self, record: Any, result: dict[str, Any], reason: str, model_version: str
-              ) -> bool: ...
+    def write(self, record: Any, result: dict[str, Any], reason: str, model_version: str,
+              delivery: str = "") -> bool: ...
 
 
 class RedisDeadLetters:
-    """Dead letters in the Redis stream ``nearwatch:deadletter`` (one entry per bad record)."""
+    """Dead letters in the Redis stream ``nearwatch:deadletter``: one entry per bad record
+    and delivery (``delivery``: the batch's delivery and the record's place in it), so a
+    redelivered batch is not written twice while a bad record sent again is."""
 
     def __init__(self, client: Redis, stream: str = DEADLETTER_STREAM) -> None:
         self._stream = stream
         self._script = client.register_script(_DEADLETTER_SCRIPT)
 
-    def write(self, record: Any, result: dict[str, Any], reason: str, model_version: str
-              ) -> bool:
+    def write(self, record: Any, result: dict[str, Any], reason: str, model_version: str,
+              delivery: str = "") -> bool:
         record_json = record_excerpt(record)
-        digest = hashlib.sha1(f"{record_json}\0{result['error']}".encode()).hexdigest()
+        digest = hashlib.sha1(
+            f"{delivery}\0{record_json}\0{result['error']}".encode()).hexdigest()
         written = self._script(
             keys=[f"{self._stream}:seen:{digest}", self._stream],
             args=[_DEDUP_TTL_S, DEADLETTER_MAXLEN, json.dumps(result.get("id")),
@@ -83,8 +87,8 @@ class LoggedDeadLetters:
     def __init__(self, keep: int = 1000) -> None:
         self.entries: deque[dict[str, Any]] = deque(maxlen=keep)
 
-    def write(self, record: Any, result: dict[str, Any], reason: str, model_version: str
-              ) -> bool:
+    def write(self, record: Any, result: dict[str, Any], reason: str, model_version: str,
+              delivery: str = "") -> bool:
         log.warning("dead letter (%s): %s", reason, result["error"])
         self.entries.append({"id": result.get("id"), "error": result["error"], "reason": reason})
         return True
@@ -176,16 +180,21 @@ class BatchScorer:
         self.alerts = alerts  # flagged records -> nearwatch:alerts (worker/alerts.py)
         self.buffer = buffer  # scored records -> the reference buffer (reference_buffer.py)
 
-    def score_batch(self, records: list[Any]) -> list[dict[str, Any]]:
-        """Records (parsed JSON) → one result dict per record, same order."""
+    def score_batch(self, records: list[Any], delivery: str | None = None
+                    ) -> list[dict[str, Any]]:
+        """Records (parsed JSON) → one result dict per record, same order.
+
+        ``delivery`` names this delivery of the batch (``worker.tasks.delivery_key``): a
+        redelivery with the same name writes no second alert event or dead letter."""
         def label(i: int) -> str:
             return f"record {i} of the batch"
 
         id_field = getattr(self.holder.current()[1], "id_field", "id")
         return self._score(records, prepare_objects(records, id_field, self.limits, label),
-                           label)
+                           label, delivery)
 
-    def score_json(self, lines: list[Any], first_position: int | None = None) -> list[str]:
+    def score_json(self, lines: list[Any], first_position: int | None = None,
+                   delivery: str | None = None) -> list[str]:
         """JSON texts → one JSON result text per record, same order.
 
         The text path of `nearwatch stream` and `nearwatch ingest`: records are parsed here,
@@ -200,11 +209,13 @@ class BatchScorer:
 
         id_field = getattr(self.holder.current()[1], "id_field", "id")
         records, refused = prepare_lines(lines, first_position, id_field, self.limits, label)
-        return [dump_result(r) for r in self._score(records, refused, label)]
+        return [dump_result(r) for r in self._score(records, refused, label, delivery)]
 
     def _score(self, records: list[Any], refused: dict[int, tuple[str, str]],
-               label: Callable[[int], str]) -> list[dict[str, Any]]:
+               label: Callable[[int], str], delivery: str | None = None
+               ) -> list[dict[str, Any]]:
         started = time.perf_counter()
+        delivery = uuid.uuid4().hex if delivery is None else delivery
         version, detector = self.holder.current()
         results: list[dict[str, Any]] = [{} for _ in records]
         reasons: dict[int, str] = {}
@@ -228,11 +239,11 @@ class BatchScorer:
                 reasons[i] = reason
                 if len(result["error"]) > self.limits.max_error_chars:
                     result["error"] = truncate(result["error"], self.limits.max_error_chars)
-                self._dead_letter(records[i], result, reason, version)
+                self._dead_letter(records[i], result, reason, version, f"{delivery}#{i}")
             else:
                 result["model_version"] = version
         if self.alerts is not None:  # one pipelined write per batch; never raises
-            self.alerts.emit(detector, version, records, results)
+            self.alerts.emit(detector, version, records, results, delivery)
         if self.buffer is not None:  # one round trip per batch; never raises
             self.buffer.write(detector, version, records, results)
         if self.metrics is not None:
@@ -256,10 +267,11 @@ class BatchScorer:
         return (self._score_objects(detector, records[:middle])
                 + self._score_objects(detector, records[middle:]))
 
-    def _dead_letter(self, record: Any, result: dict[str, Any], reason: str, version: str
-                     ) -> None:
+    def _dead_letter(self, record: Any, result: dict[str, Any], reason: str, version: str,
+                     delivery: str) -> None:
         try:
-            if self.dead_letters.write(record, result, reason, version) and self.metrics:
+            if self.dead_letters.write(record, result, reason, version, delivery) \
+                    and self.metrics:
                 self.metrics.dead_letters.inc()
         except Exception:  # the answer still carries the error; never fail the batch
             log.exception("could not write dead letter for record id %r", result.get("id"))

@@ -2,8 +2,10 @@
 
 ``nearwatch.score_batch`` runs with ``acks_late`` + ``reject_on_worker_lost``: the broker
 message is acknowledged only after the answer is stored, and a batch whose process died is
-requeued. Re-running is safe: scoring is a pure function of (records, model), dead letters
-are deduplicated per record, so a redelivered batch gives the same answers.
+requeued. Re-running is safe: scoring is a pure function of (records, model), and alert
+events and dead letters are keyed by the batch's delivery (``delivery_key``), so a
+redelivered batch gives the same answers and writes no second event or dead letter, while
+the same records sent again by a producer are new events.
 
 With ``answer_key`` (what ``ScoringClient`` sends when it has Redis), the answer is pushed
 onto that Redis list (``worker/answers.py``) before the message is acknowledged and the task
@@ -35,7 +37,7 @@ def score_batch(self: Task, records: list[Any], answer_key: str | None = None
     def score() -> list[dict[str, Any]]:
         if not isinstance(records, list):
             raise TypeError(f"score_batch takes a list of records, got {type(records).__name__}")
-        return scorer_for(self.app).score_batch(records)
+        return scorer_for(self.app).score_batch(records, delivery_key(self, answer_key))
 
     return _answer(self, answer_key, score, texts=False)
 
@@ -55,9 +57,20 @@ def score_json_batch(self: Task, lines: list[str], first_position: int | None = 
         if not isinstance(lines, list):
             raise TypeError("score_json_batch takes a list of JSON texts, got "
                             f"{type(lines).__name__}")
-        return scorer_for(self.app).score_json(lines, first_position)
+        return scorer_for(self.app).score_json(
+            lines, first_position, delivery_key(self, answer_key, first_position))
 
     return _answer(self, answer_key, score, texts=True)
+
+
+def delivery_key(task: Task, answer_key: str | None, first_position: int | None = None
+                 ) -> str:
+    """What a redelivery shares with the first delivery: the task id (a broker redelivery
+    keeps it); for a producer's positioned batch, its answer list and first position (the
+    same when the producer resubmits an overdue batch as a new task)."""
+    if answer_key is not None and isinstance(first_position, int):
+        return f"{answer_key}@{first_position}"
+    return f"task:{task.request.id}"
 
 
 def _answer(task: Task, answer_key: str | None, score: Callable[[], list[Any]], texts: bool
