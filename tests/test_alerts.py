@@ -6,6 +6,7 @@ import http.server
 import json
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,45 @@ def test_alert_settings_from_env_and_their_errors() -> None:
         Settings.from_env({"NEARWATCH_ALERTMANAGER_URL": "am:9093"})
     with pytest.raises(SettingsError, match="NEARWATCH_ALERTS='maybe'"):
         Settings.from_env({"NEARWATCH_ALERTS": "maybe"})
+
+
+def test_consumer_rides_out_a_dropped_connection_and_a_deleted_stream(alert_redis: Any) -> None:
+    """The trial's crashes: `CLIENT KILL` of the consumer's connection, and `DEL` of the
+    stream while the consumer blocks on it. Both are survived; every event is delivered."""
+    import redis
+
+    settings = AlertSettings(window_s=0.2, rate_limit=0)
+    sink = ListSink("webhook")
+    kwargs = {k: v for k, v in alert_redis.connection_pool.connection_kwargs.items()
+              if k in ("host", "port", "db")}
+    own = redis.Redis(**kwargs, client_name="steady-consumer")
+    consumer = AlertConsumer(own, [sink], settings, consumer="steady", block_ms=200)
+    runner = threading.Thread(target=consumer.run, daemon=True)
+    runner.start()
+
+    def delivered() -> int:
+        return sum(n["count"] for n in sink.sent)
+
+    def wait(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while delivered() < count and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runner.is_alive() and delivered() == count
+
+    try:
+        _add(alert_redis, "a0", "payments")
+        wait(1)
+        killed = [alert_redis.client_kill_filter(_id=client["id"])
+                  for client in alert_redis.client_list() if client["name"] == "steady-consumer"]
+        assert killed
+        _add(alert_redis, "a1", "payments")
+        wait(2)
+        alert_redis.delete(ALERTS_STREAM)  # the group goes with it
+        time.sleep(0.5)
+        _add(alert_redis, "a2", "payments")
+        wait(3)
+    finally:
+        consumer.stop.set()
+        runner.join(10)
+    assert not runner.is_alive()
+

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,44 @@ def test_ingest_leaves_unanswered_entries_pending_then_reclaims(redis_client: An
     results = [json.loads(f[b"result"]) for _, f in redis_client.xrange("nearwatch:scores")]
     assert [r["id"] for r in results] == [0, 1, 2]
     assert redis_client.xpending("nearwatch:records", "nearwatch")["pending"] == 0
+
+
+def test_ingest_recreates_its_group_when_the_stream_is_deleted(redis_client: Any) -> None:
+    """`DEL nearwatch:records` while ingest blocks on it (or Redis restarted empty) crashed
+    it with "UNBLOCKED the stream key no longer exists"; it now creates the group again and
+    scores what arrives next."""
+    import threading
+
+    from nearwatch.worker.ingest import IngestOptions, StreamIngest
+
+    for key in ("nearwatch:records", "nearwatch:scores"):
+        redis_client.delete(key)
+
+    def scorer(batches: Any) -> Any:
+        for lines, _ in batches:
+            yield [json.dumps({"id": json.loads(line)["id"], "score": 1.0}) for line in lines]
+
+    ingest = StreamIngest(redis_client, scorer, IngestOptions(consumer="d", block_ms=2000))
+    runner = threading.Thread(target=ingest.run, daemon=True)
+    runner.start()
+
+    def written() -> list[Any]:
+        deadline = time.monotonic() + 10
+        while runner.is_alive() and time.monotonic() < deadline:
+            scores = redis_client.xrange("nearwatch:scores")
+            if len(scores) == 2:
+                return [json.loads(f[b"result"])["id"] for _, f in scores]
+            time.sleep(0.05)
+        return []
+
+    try:
+        redis_client.xadd("nearwatch:records", {"record": json.dumps({"id": "before"})})
+        time.sleep(0.3)  # scored; ingest blocks again on the stream
+        redis_client.delete("nearwatch:records")
+        time.sleep(0.3)
+        redis_client.xadd("nearwatch:records", {"record": json.dumps({"id": "after"})})
+        assert written() == ["before", "after"]
+        assert runner.is_alive()
+    finally:
+        ingest.stop.set()
+        runner.join(10)

@@ -8,9 +8,12 @@ import sys
 from contextlib import ExitStack
 from typing import Any, TextIO
 
+import click
+
 from .alert_consumer import AlertConsumer
 from .alert_metrics import AlertMetrics
 from .alert_sinks import AlertmanagerSink, JsonlSink, Retry, Sink, WebhookSink
+from .flow import BrokerUnavailable
 from .settings import Settings
 
 
@@ -56,7 +59,8 @@ def run_alerts(settings: Settings, consumer: str, claim_idle_ms: int | None,
         sinks = build_sinks(settings, out, metrics)
         assert settings.redis_url is not None  # checked by the command
         alerts = AlertConsumer(redis.Redis.from_url(settings.redis_url), sinks, settings.alerts,
-                               consumer=consumer, claim_idle_ms=claim_idle_ms, metrics=metrics)
+                               consumer=consumer, claim_idle_ms=claim_idle_ms, metrics=metrics,
+                               outage_deadline=settings.outage_deadline)
         port = metrics.serve(settings.alerts.metrics_port, settings.metrics_host)
 
         def stop(*_: Any) -> None:  # deliver the open groups, acknowledge, exit
@@ -66,7 +70,12 @@ def run_alerts(settings: Settings, consumer: str, claim_idle_ms: int | None,
         signal.signal(signal.SIGINT, stop)
         print(f"alerts: consumer {alerts.consumer}, sinks "
               f"{', '.join(s.name for s in sinks)}, /metrics on port {port}", file=sys.stderr)
-        stats = alerts.run(stop_when_idle=stop_when_idle)
+        try:
+            stats = alerts.run(stop_when_idle=stop_when_idle)
+        except BrokerUnavailable as exc:
+            raise click.ClickException(
+                f"alerts stopped: {exc}; unacknowledged events stay pending and are taken "
+                "over by the next consumer") from exc
         print(f"alerts: {stats.events} events, {stats.duplicates} duplicates, "
               f"{stats.notifications} notifications ({stats.delivered} delivered, "
               f"{stats.failed} dead-lettered, {stats.rate_limited} rate-limited), "

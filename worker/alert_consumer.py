@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .alert_sinks import DeliveryError, RateLimiter, Sink, iso_time
 from .alerts import ALERTS_DEAD_STREAM, ALERTS_GROUP, ALERTS_STREAM, event_from_fields
+from .flow import Outage, group_lost
 from .names import INGEST_GROUP, RECORDS_STREAM, SCORING_QUEUE
 from .settings import AlertSettings
 
@@ -84,8 +85,10 @@ class AlertConsumer:
     def __init__(self, client: Redis, sinks: list[Sink], settings: AlertSettings,
                  consumer: str = "", claim_idle_ms: int | None = None, block_ms: int = 500,
                  batch_size: int = 200, metrics: AlertMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 outage_deadline: float = 120.0) -> None:
         self.redis = client
+        self.outage = Outage(outage_deadline)
         self.settings = settings
         self.sinks = [_SinkState(s, RateLimiter(settings.rate_limit, clock)) for s in sinks]
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -108,17 +111,33 @@ class AlertConsumer:
 
     def run(self, stop_when_idle: bool = False) -> AlertStats:
         """Consume until ``stop`` is set (or, with ``stop_when_idle``, nothing is left);
-        groups still open then are delivered before returning."""
-        self.ensure_group()
+        groups still open then are delivered before returning.
+
+        Redis unreachable: retried with backoff for ``outage_deadline`` s, then
+        ``BrokerUnavailable``. The stream or group deleted (or Redis restarted empty): the
+        group is created again. Unacknowledged events stay pending either way, so nothing
+        is lost (a notification may be sent twice)."""
+        self.outage.call("creating the consumer group", self.ensure_group)
         while not self.stop.is_set():
+            if self.outage.call("consuming alert events", lambda: self._step(stop_when_idle)):
+                break
+        self.outage.call("delivering the open groups", lambda: self.flush(everything=True))
+        return self.stats
+
+    def _step(self, stop_when_idle: bool) -> bool:
+        """One read-fold-flush round; True when idle and asked to stop then."""
+        try:
             raw = self._read()
             self.fold(raw)
             self.flush()
             self._observe_backlog()
-            if stop_when_idle and not raw and not self._pending():
-                break
-        self.flush(everything=True)
-        return self.stats
+            return stop_when_idle and not raw and not self._pending()
+        except Exception as exc:
+            if not group_lost(exc):
+                raise
+            log.warning("alert stream or consumer group gone (%s): creating it again", exc)
+            self.ensure_group()
+            return False
 
     # ------------------------------------------------------------------ reading
     def _read(self) -> list[tuple[Any, Any]]:

@@ -38,6 +38,15 @@ def transient_errors() -> tuple[type[BaseException], ...]:
             redis.exceptions.BusyLoadingError, OperationalError, ConnectionError, TimeoutError)
 
 
+def group_lost(exc: BaseException) -> bool:
+    """A Redis error that means the stream or its consumer group was deleted (or Redis
+    restarted empty) under a reader: create the group again and go on."""
+    import redis
+
+    return isinstance(exc, redis.exceptions.ResponseError) and (
+        "NOGROUP" in str(exc) or "no longer exists" in str(exc))
+
+
 class Outage:
     """Bounded retries with backoff around Redis/broker calls (one instance per producer)."""
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .client import Unanswered
-from .flow import Outage
+from .flow import Outage, group_lost
 from .records import RecordRefused, check_text, decode_line, dump_result, truncate
 from .settings import IngestOptions, RecordLimits
 
@@ -125,6 +125,17 @@ class StreamIngest:
 
     # ------------------------------------------------------------------ reading
     def _read(self, block_ms: int) -> list[_Entry]:
+        try:
+            return self._read_entries(block_ms)
+        except Exception as exc:
+            if not group_lost(exc):
+                raise
+            log.warning("%s or its consumer group gone (%s): creating it again",
+                        self.options.records_stream, exc)
+            self.ensure_group()
+            return []
+
+    def _read_entries(self, block_ms: int) -> list[_Entry]:
         raw = self.outage.call("claiming entries", self._claim)
         if not raw:
             # RESP2 reply [[stream, entries]]; redis-py types it as the RESP2/RESP3 union.
@@ -156,7 +167,12 @@ class StreamIngest:
         return claimed
 
     def _nothing_left(self) -> bool:
-        return bool(self.outage.call("checking for pending entries", self._idle))
+        try:
+            return bool(self.outage.call("checking for pending entries", self._idle))
+        except Exception as exc:  # the stream was deleted meanwhile: nothing is left
+            if not group_lost(exc):
+                raise
+            return False
 
     def _idle(self) -> bool:
         summary = self.redis.xpending(self.options.records_stream, self.options.group)
