@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nearwatch.detector import BundleError
 from nearwatch.detector.store.registry import ModelRegistry
 from nearwatch.worker.client import ClientOptions, ScoringClient
 from nearwatch.worker.runtime import BatchScorer, LoggedDeadLetters, ModelHolder, RedisDeadLetters
@@ -135,6 +136,35 @@ def test_hot_reload_and_refusal(registry: ModelRegistry, bundles: tuple[Path, Pa
     (registry.root / "CURRENT").write_text(bad + "\n")
     assert holder.current() == ("v0002", detector)
     assert holder.current() == ("v0002", detector)  # refused once, not retried every batch
+
+
+def test_an_empty_registry_is_waited_for_a_bad_model_is_refused_once(
+        tmp_path: Path, bundles: tuple[Path, Path]) -> None:
+    """`nearwatch_model_reloads_total{outcome="refused"}` (NearwatchModelRefused) counted a
+    worker started before any model was promoted; only a model that fails to load counts."""
+    class Counts:
+        refused = loaded = 0
+
+        def model_refused(self) -> None:
+            self.refused += 1
+
+        def model_loaded(self, version: str, detector: Any) -> None:
+            self.loaded += 1
+
+    empty = ModelRegistry(tmp_path / "empty")
+    counts = Counts()
+    holder = ModelHolder(empty, check_interval=0.0, metrics=counts)  # type: ignore[arg-type]
+    assert holder.load_initial() is False and counts.refused == 0
+    bad = empty.add(bundles[0])
+    (empty.path(bad) / "reference_ids.json").write_text("[]")
+    (empty.root / "CURRENT").write_text(bad + "\n")
+    restarted = ModelHolder(empty, check_interval=0.0, metrics=counts)  # type: ignore[arg-type]
+    assert restarted.load_initial() is False and counts.refused == 1
+    with pytest.raises(BundleError, match="no model to serve"):
+        restarted.current()
+    assert counts.refused == 1  # not counted again at every pointer check
+    good = empty.add(bundles[1], promote=True)
+    assert restarted.current()[0] == good and counts.loaded == 1
 
 
 def test_redis_dead_letters_are_written_once(redis_client: Any) -> None:

@@ -117,11 +117,18 @@ class ModelHolder:
     def load_initial(self) -> bool:
         """Load the current model; without one (or a refused one) the worker still starts,
         answers batches with a failure until a model is promoted, then picks it up."""
+        version = None
         try:
-            version, detector = self.registry.load_current()
+            version = self.registry.current_version()
+            if version is None:  # nothing promoted yet: waiting is not a refusal
+                log.warning("no model to serve yet: the registry %s has no current model "
+                            "(nearwatch models add BUNDLE_DIR --promote)", self.registry.root)
+                return False
+            detector = self.registry.load(version)
         except (BundleError, OSError, ValueError) as exc:
             log.error("no model to serve yet: %s", exc)
-            if self.metrics is not None:
+            self._refused = version  # counted once, not again at the next pointer check
+            if self.metrics is not None:  # a pointer or bundle that does not load
                 self.metrics.model_refused()
             return False
         self._install(version, detector)
