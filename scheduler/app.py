@@ -42,6 +42,7 @@ def run_beat_node(settings: Settings, loglevel: str | None = None) -> None:
     """Serve /metrics (retraining, drift, buffer, feedback) and run beat + maintenance."""
     import prometheus_client
     import redis
+    from nearwatch.worker.command_settings import metrics_bind_error
     from prometheus_client import CollectorRegistry
 
     from .metrics import SchedulerCollector
@@ -55,9 +56,9 @@ def run_beat_node(settings: Settings, loglevel: str | None = None) -> None:
         server, _ = prometheus_client.start_http_server(
             settings.retrain.metrics_port, addr=settings.metrics_host, registry=registry)
     except OSError as exc:
-        raise RuntimeError(f"cannot serve metrics on {settings.metrics_host}:"
-                           f"{settings.retrain.metrics_port}: {exc} "
-                           "(NEARWATCH_BEAT_METRICS_PORT)") from exc
+        raise RuntimeError(metrics_bind_error(exc, settings.metrics_host,
+                                              settings.retrain.metrics_port,
+                                              "NEARWATCH_BEAT_METRICS_PORT")) from exc
     log.warning("beat metrics on http://%s:%d/metrics; schedule: retrain %s, drift check "
                 "every %gs", settings.metrics_host, server.server_port,
                 settings.retrain.schedule or "by hand and on drift only",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +66,29 @@ def retrain_command(trigger: str) -> None:
 
     settings = cli_settings()
     client = _redis(settings)
-    with registry_session(settings) as registry:
+    with registry_session(settings) as registry, _log_without_tracebacks(settings.log_level):
         result = retrain_once(client, registry, settings, trigger)
     click.echo(json.dumps(result.to_json(), indent=2, default=str))
     if result.outcome == "failed":
         raise SystemExit(1)
+
+
+@contextmanager
+def _log_without_tracebacks(level: str) -> Iterator[None]:
+    """The retraining's log lines without tracebacks: a failure's reason is in the printed
+    result, and a traceback reads like a crash (NEARWATCH_LOG_LEVEL=DEBUG keeps them)."""
+
+    def drop_traceback(record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+    logger = logging.getLogger("nearwatch.retrain")
+    if level != "DEBUG":
+        logger.addFilter(drop_traceback)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop_traceback)
 
 
 def _parse_id(text: str) -> Any:
@@ -87,6 +108,7 @@ def _parse_id(text: str) -> Any:
                    "the dead letters.")
 def feedback_command(record_id: str, label: str, record_json: str | None) -> None:
     """Tell the next retraining that a record is normal (a false alarm) or an anomaly."""
+    from .feedback import refuse_non_finite
     from .tasks import give_feedback
 
     record = None
@@ -95,6 +117,10 @@ def feedback_command(record_id: str, label: str, record_json: str | None) -> Non
             record = json.loads(record_json)
         except ValueError as exc:
             raise click.ClickException(f"--record is not JSON: {exc}") from exc
+        try:  # before Redis is reached: NaN would be stored as null
+            refuse_non_finite(record, "--record")
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
     settings = cli_settings()
     try:
         stored = give_feedback(_redis(settings), settings, _parse_id(record_id), label, record)
@@ -111,7 +137,10 @@ def feedback_command(record_id: str, label: str, record_json: str | None) -> Non
 @click.option("--records", "capacity", default=None, type=click.IntRange(min=1),
               help="Sample size (default NEARWATCH_GOLDEN_RECORDS).")
 @click.option("--seed", default=0, show_default=True, type=int)
-def golden_command(data_path: Path, capacity: int | None, seed: int) -> None:
+@click.option("--label-field", default=None,
+              help="Ground-truth field (1/true = anomaly): labelled anomalies are not pinned.")
+def golden_command(data_path: Path, capacity: int | None, seed: int,
+                   label_field: str | None) -> None:
     """Pin a sample of the original training data beside the buffer (replaces the last)."""
     from nearwatch.detector.io import read_records
 
@@ -119,12 +148,25 @@ def golden_command(data_path: Path, capacity: int | None, seed: int) -> None:
 
     settings = cli_settings()
     try:
-        records = _golden_records(read_records(data_path).records, data_path)
+        data = read_records(data_path, label_field=label_field)
+        records = _golden_records(data.records, data_path)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    skipped = ""
+    if label_field is not None:  # pinned records train every retraining as normal
+        if not any(label_field in record for record in records):  # a typo pins them all
+            raise click.BadParameter(f"no record in {data_path} has a field {label_field!r}",
+                                     param_hint="--label-field")
+        assert data.labels is not None  # read with label_field
+        normal = [r for r, anomaly in zip(records, data.labels, strict=True) if not anomaly]
+        if not normal:  # pinning nothing would delete the golden set
+            raise click.ClickException(f"{data_path}: every record is labelled an anomaly "
+                                       f"({label_field}): nothing to pin")
+        skipped = f" ({len(records) - len(normal)} labelled anomalies skipped)"
+        records = normal
     pinned = pin_golden(_redis(settings), records, capacity or settings.buffer.golden_records,
                         seed)
-    click.echo(f"pinned {pinned} golden records of {len(records)} from {data_path}")
+    click.echo(f"pinned {pinned} golden records of {len(records)} from {data_path}{skipped}")
 
 
 def _golden_records(records: Any, data_path: Path) -> list[dict[str, Any]]:

@@ -85,6 +85,19 @@ def _normal(value: Any) -> Any:
     return value
 
 
+def refuse_non_finite(value: Any, what: str) -> None:
+    """``ValueError`` naming the first NaN or infinity in ``value``: JSON has neither, so it
+    would be stored as null, a value nobody gave (``nearwatch golden`` refuses them too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{what}: {value!r} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            refuse_non_finite(item, f"{what} field {key!r}")
+    elif isinstance(value, list | tuple):
+        for position, item in enumerate(value):
+            refuse_non_finite(item, f"{what}[{position}]")
+
+
 def _verdict(raw: bytes | str) -> Verdict:
     value = json.loads(raw)
     return Verdict(record_id=value["id"], label=value["label"], record=value["record"],
@@ -110,6 +123,8 @@ class FeedbackStore:
             raise ValueError(f"label must be one of {', '.join(LABELS)} (got {label!r})")
         if not isinstance(record, dict):
             raise ValueError(f"the record must be a JSON object (got {type(record).__name__})")
+        refuse_non_finite(record_id, "the id")
+        refuse_non_finite(record, "the record")
         verdict = Verdict(record_id=record_id, label=label, record=record, time=time.time(),
                           source=source)
         text = dump_json({"id": record_id, "label": label, "record": record,

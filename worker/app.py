@@ -137,6 +137,7 @@ def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None =
         raise RuntimeError(f"unknown pool {pool!r} (one of {', '.join(POOLS)})")
     from nearwatch.detector.threads import configure_threads
 
+    from .command_settings import metrics_bind_error
     from .metrics import prepare_multiprocess_dir, serve_metrics
     from .remote_registry import location_of, open_registry
 
@@ -155,8 +156,8 @@ def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None =
     try:
         port = serve_metrics(settings.metrics_port, directory, settings.metrics_host)
     except OSError as exc:
-        raise RuntimeError(f"cannot serve metrics on {settings.metrics_host}:"
-                           f"{settings.metrics_port}: {exc} (NEARWATCH_METRICS_PORT)") from exc
+        raise RuntimeError(metrics_bind_error(exc, settings.metrics_host, settings.metrics_port,
+                                              "NEARWATCH_METRICS_PORT")) from exc
     log.warning("metrics on http://%s:%d/metrics (multiprocess dir %s)",
                 settings.metrics_host, port, directory)
     app = create_app(settings)

@@ -17,6 +17,7 @@ from .command_settings import cli_settings
 
 if TYPE_CHECKING:
     from nearwatch.detector import Detector
+    from nearwatch.detector.store.registry import ModelRegistry
 
 
 @click.group("models")
@@ -40,6 +41,8 @@ def models_add(bundle_dir: Path, promote: bool) -> None:
             raise click.ClickException(f"refused {bundle_dir}: {exc}") from exc
         except RedisError as exc:
             raise click.ClickException(f"cannot reach {location_of(registry)}: {exc}") from exc
+        except OSError as exc:  # e.g. NEARWATCH_MODEL_DIR under a file, or read-only
+            raise click.ClickException(_unwritable(registry, exc)) from exc
         click.echo(f"added {version}{' (current)' if promote else ''} to "
                    f"{location_of(registry)}")
 
@@ -59,6 +62,8 @@ def models_promote(version: str) -> None:
             raise click.ClickException(f"refused {version}: {exc}") from exc
         except RedisError as exc:
             raise click.ClickException(f"cannot reach {location_of(registry)}: {exc}") from exc
+        except OSError as exc:
+            raise click.ClickException(_unwritable(registry, exc)) from exc
         click.echo(f"{version} is the current model of {location_of(registry)}")
 
 
@@ -76,6 +81,8 @@ def models_rollback() -> None:
             raise click.ClickException(f"cannot roll back: {exc}") from exc
         except RedisError as exc:
             raise click.ClickException(f"cannot reach {location_of(registry)}: {exc}") from exc
+        except OSError as exc:
+            raise click.ClickException(_unwritable(registry, exc)) from exc
         click.echo(f"rolled back: {version} is the current model of {location_of(registry)}")
 
 
@@ -87,7 +94,10 @@ def models_prune(keep: int) -> None:
     from .remote_registry import location_of, registry_session
 
     with registry_session(cli_settings()) as registry:
-        removed = registry.prune(keep)
+        try:
+            removed = registry.prune(keep)
+        except OSError as exc:
+            raise click.ClickException(_unwritable(registry, exc)) from exc
         click.echo(f"removed {', '.join(removed) or 'nothing'} from {location_of(registry)}")
 
 
@@ -111,9 +121,14 @@ def models_list() -> None:
     from .remote_registry import location_of, registry_session
 
     with registry_session(cli_settings()) as registry:
-        listed = registry.list()
+        try:
+            listed = registry.list()
+        except ValueError as exc:  # BundleError: a damaged pointer in Redis
+            raise click.ClickException(str(exc)) from exc
         if not listed:
             click.echo(f"no models in {location_of(registry)}")
+        elif not any(entry.current for entry in listed):
+            _warn_if_pointer_damaged(registry)
         outcomes = {entry.version: (registry.decision(entry.version) or {}).get("outcome")
                     for entry in listed}
     for entry in listed:
@@ -146,7 +161,11 @@ def models_show(version: str | None) -> None:
     from .remote_registry import location_of, registry_session
 
     with registry_session(cli_settings()) as registry:
-        version = version or registry.current_version()
+        try:
+            version = version or registry.current_version()
+        except ValueError as exc:  # BundleError: a damaged pointer
+            raise click.ClickException(f"{exc} (`nearwatch models promote VERSION` repairs it)"
+                                       ) from exc
         if version is None:
             raise click.ClickException(f"no current model in {location_of(registry)}")
         try:
@@ -158,6 +177,21 @@ def models_show(version: str | None) -> None:
         if decision is not None:  # added by a retraining: the gate's decision and figures
             facts["retraining"] = decision
         click.echo(json.dumps(facts, indent=2, default=str))
+
+
+def _unwritable(registry: ModelRegistry, exc: OSError) -> str:
+    from .remote_registry import location_of
+
+    return f"cannot write the model registry {location_of(registry)} (NEARWATCH_MODEL_DIR): {exc}"
+
+
+def _warn_if_pointer_damaged(registry: ModelRegistry) -> None:
+    """No version is current: say so when that is because the pointer is unreadable."""
+    try:
+        registry.current_version()
+    except ValueError as exc:  # BundleError
+        click.echo(f"warning: {exc}: no version is current (`nearwatch models promote "
+                   "VERSION` repairs it)", err=True)
 
 
 def model_facts(version: str, detector: Detector) -> dict[str, Any]:

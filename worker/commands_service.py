@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .command_settings import cli_settings
+from .command_settings import cli_settings, is_bind_error, metrics_bind_error
 from .commands_registry import models_group
 from .demo import STREAM_RECORDS
 from .names import RECORDS_STREAM
@@ -191,6 +191,14 @@ def alerts_command(consumer: str, claim_idle_ms: int | None, jsonl: str | None,
         run_alerts(settings, consumer, claim_idle_ms, jsonl, stop_when_idle)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        if exc.filename is not None:  # the --jsonl / NEARWATCH_ALERT_JSONL file
+            raise click.ClickException(f"cannot open {exc.filename}: {exc.strerror}") from exc
+        if not is_bind_error(exc):
+            raise
+        raise click.ClickException(metrics_bind_error(
+            exc, settings.metrics_host, settings.alerts.metrics_port,
+            "NEARWATCH_ALERT_METRICS_PORT")) from exc
 
 
 @click.command("demo")

@@ -47,6 +47,28 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
+def _broker_url(raw: str) -> str:
+    # kombu only fails on an unknown scheme when the worker connects, with a KeyError
+    # traceback: refuse it here, naming the variable ("a;b" is a failover list).
+    from kombu.transport import TRANSPORT_ALIASES
+
+    for url in raw.split(";"):
+        scheme = url.partition("://")[0].partition("+")[0]
+        if "://" in url and scheme not in TRANSPORT_ALIASES:  # a bare host is AMQP's
+            raise ValueError(f"unknown broker transport {scheme!r} (e.g. "
+                             f"{DEFAULT_BROKER_URL} or memory://)")
+    return raw
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's choices
+
+
+def _log_level(raw: str) -> str:
+    if raw.upper() not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return raw.upper()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker, the producers and the ingest loop need to know."""
@@ -108,7 +130,7 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"NEARWATCH_{name}={raw!r}: {exc}") from exc
 
-        broker_url = get("BROKER_URL", str, default.broker_url)
+        broker_url = get("BROKER_URL", _broker_url, default.broker_url)
         broker_is_redis = broker_url.startswith(("redis://", "rediss://"))
         redis_url = get("REDIS_URL", str, broker_url if broker_is_redis else "")
         backend_default = redis_url or ("cache+memory://" if broker_url == "memory://" else "")
@@ -145,7 +167,7 @@ class Settings:
                 max_depth=get("RECORD_MAX_DEPTH", int, default.limits.max_depth),
                 max_error_chars=get("ERROR_MAX_CHARS", int, default.limits.max_error_chars),
             ),
-            log_level=get("LOG_LEVEL", str, default.log_level).upper(),
+            log_level=get("LOG_LEVEL", _log_level, default.log_level),
             alerts=AlertSettings(
                 enabled=get("ALERTS", _flag, alert.enabled),
                 maxlen=get("ALERT_MAXLEN", int, alert.maxlen),

@@ -74,7 +74,7 @@ class ModelRegistry:
         """The version ``CURRENT`` points at, or ``None`` when nothing was promoted yet."""
         try:
             text = (self.root / POINTER).read_text().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no root (or a file there): no pointer
             return None
         if not _VERSION.match(text):
             raise BundleError(f"{self.root / POINTER}: not a version name: {text[:40]!r}")
@@ -107,7 +107,10 @@ class ModelRegistry:
     def list(self) -> list[ModelVersion]:
         import json
 
-        current = self.current_version()
+        try:
+            current = self.current_version()
+        except BundleError:  # a damaged pointer: the versions are still listed, none current
+            current = None
         listed = []
         for version in self.versions():
             path = self.root / version
@@ -188,7 +191,7 @@ class ModelRegistry:
         """Promotions, oldest first: ``{"version", "time", "reason"}``."""
         try:
             entries = json.loads((self.root / HISTORY).read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         except ValueError as exc:
             raise BundleError(f"{self.root / HISTORY} is corrupt: {exc}") from exc

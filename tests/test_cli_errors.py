@@ -1,0 +1,203 @@
+"""Service commands fail with one `Error: ...` line naming what to change, not a traceback.
+
+No test here needs Redis: NEARWATCH_REDIS_URL points at a closed port, so a command that
+reached Redis before its own check would fail with a different message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from nearwatch.detector.errors import BundleError
+from nearwatch.detector.store.registry import POINTER, ModelRegistry
+from nearwatch.scheduler.feedback import FeedbackStore
+from nearwatch.worker.settings import Settings, SettingsError
+
+from nearwatch.cli import main
+
+NO_REDIS = "redis://127.0.0.1:1/15"  # nothing listens there
+
+
+def _run(*args: str, **env: str) -> Result:
+    return CliRunner().invoke(main, list(args), env={"NEARWATCH_REDIS_URL": NO_REDIS, **env})
+
+
+def _one_line_error(result: Result, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not a traceback
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def _command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``nearwatch ARGS`` in a fresh process (the worker changes process-wide state)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEARWATCH_")}
+    environ.update({"NEARWATCH_REDIS_URL": NO_REDIS, "NEARWATCH_METRICS_PORT": "0", **env})
+    return subprocess.run([sys.executable, "-m", "nearwatch.cli", *args], env=environ,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture()
+def busy_port() -> Iterator[int]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def test_alerts_on_a_busy_metrics_port(busy_port: int) -> None:
+    out = _one_line_error(_run("alerts", "--jsonl", "-", "--stop-when-idle",
+                               NEARWATCH_METRICS_HOST="127.0.0.1",
+                               NEARWATCH_ALERT_METRICS_PORT=str(busy_port)))
+    assert f"cannot serve metrics on 127.0.0.1:{busy_port}" in out
+    assert "(NEARWATCH_ALERT_METRICS_PORT)" in out
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"NEARWATCH_BROKER_URL": "http://127.0.0.1:6379"},
+     "NEARWATCH_BROKER_URL='http://127.0.0.1:6379': unknown broker transport 'http'"),
+    ({"NEARWATCH_LOG_LEVEL": "verbose"},
+     "NEARWATCH_LOG_LEVEL='verbose': expected one of DEBUG, INFO, WARNING"),
+    ({"NEARWATCH_METRICS_HOST": "192.0.2.1"},  # TEST-NET-1: no machine's own address
+     "cannot serve metrics on 192.0.2.1:0: [Errno 99] Cannot assign requested address "
+     "(NEARWATCH_METRICS_HOST)"),
+])
+def test_worker_settings_errors_name_the_variable(tmp_path: Path, env: dict[str, str],
+                                                  expected: str) -> None:
+    result = _command("worker", NEARWATCH_MODEL_DIR=str(tmp_path / "models"), **env)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "--loglevel" not in result.stderr
+    assert expected in result.stderr
+
+
+def test_broker_url_schemes() -> None:
+    for url in ("memory://", "redis://a:6379/0;redis://b:6379/0", "sqla+sqlite:///x.db"):
+        assert Settings.from_env({"NEARWATCH_BROKER_URL": url,
+                                  "NEARWATCH_REDIS_URL": NO_REDIS}).broker_url == url
+    with pytest.raises(SettingsError, match="NEARWATCH_BROKER_URL=.*transport 'htp'"):
+        Settings.from_env({"NEARWATCH_BROKER_URL": "redis://a:6379/0;htp://b"})
+    assert Settings.from_env({"NEARWATCH_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+def test_models_add_into_a_path_under_a_file(tmp_path: Path,
+                                             bundles: tuple[Path, Path]) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    registry_dir = tmp_path / "afile" / "reg"
+    out = _one_line_error(_run("models", "add", str(bundles[0]), "--promote",
+                               NEARWATCH_MODEL_DIR=str(registry_dir)))
+    assert f"cannot write the model registry {registry_dir} (NEARWATCH_MODEL_DIR)" in out
+    assert "Not a directory" in out
+    assert "no models in" in _run("models", "list", NEARWATCH_MODEL_DIR=str(registry_dir)).output
+
+
+@pytest.mark.parametrize("pointer", ["", "../registry/v0001\n"])
+def test_models_list_with_a_damaged_pointer(tmp_path: Path, bundles: tuple[Path, Path],
+                                            pointer: str) -> None:
+    registry = ModelRegistry(tmp_path)
+    registry.add(bundles[0], promote=True)
+    registry.add(bundles[1])
+    (tmp_path / POINTER).write_text(pointer)
+    assert [(m.version, m.current) for m in registry.list()] == [("v0001", False),
+                                                                  ("v0002", False)]
+    result = _run("models", "list", NEARWATCH_MODEL_DIR=str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "  v0001  model" in result.stdout and "  v0002  model" in result.stdout
+    assert "CURRENT: not a version name" in result.stderr
+    assert "`nearwatch models promote VERSION` repairs it" in result.stderr
+    assert "not a version name" in _one_line_error(
+        _run("models", "show", NEARWATCH_MODEL_DIR=str(tmp_path)))
+
+
+@pytest.mark.parametrize(("level", "traceback"), [("INFO", False), ("DEBUG", True)])
+def test_retrain_failure_is_logged_without_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        level: str, traceback: bool) -> None:
+    from nearwatch.scheduler import retrain
+
+    def failing_retrain(client: Any, registry: ModelRegistry, settings: Settings,
+                        trigger: str) -> retrain.RetrainResult:
+        try:  # what retrain_once does with an empty registry, without Redis
+            registry.load_current()
+        except BundleError as exc:
+            retrain.log.exception("retraining failed")
+            return retrain.RetrainResult("failed", trigger, reasons=[str(exc)])
+        raise AssertionError("the registry is empty")
+
+    monkeypatch.setattr("nearwatch.scheduler.commands._redis", lambda settings: object())
+    monkeypatch.setattr(retrain, "retrain_once", failing_retrain)
+    with caplog.at_level(logging.WARNING, "nearwatch.retrain"):
+        result = _run("retrain", NEARWATCH_MODEL_DIR=str(tmp_path),
+                      NEARWATCH_LOG_LEVEL=level)
+    assert result.exit_code == 1 and json.loads(result.stdout)["outcome"] == "failed"
+    [logged] = [r for r in caplog.records if r.name == "nearwatch.retrain"]
+    assert logged.getMessage() == "retraining failed"
+    assert (logged.exc_info is not None) == traceback
+    assert retrain.log.filters == []  # the command leaves the logger as it found it
+
+
+def test_feedback_refuses_nan_before_reaching_redis() -> None:
+    out = _one_line_error(_run("feedback", "--id", "1", "--label", "normal",
+                               "--record", '{"latency_ms": NaN}'))
+    assert "--record field 'latency_ms': nan is not a finite number" in out
+    out = _one_line_error(_run("feedback", "--id", "1", "--label", "normal",
+                               "--record", '{"x": [1, 1e999]}'))
+    assert "--record field 'x'[1]: inf is not a finite number" in out
+
+
+def test_feedback_store_refuses_nan() -> None:
+    stored: list[Any] = []
+
+    class ScriptOnly:  # the one call FeedbackStore makes on Redis before a put
+        def register_script(self, script: str) -> Any:
+            return lambda keys, args: stored.append(args)
+
+    store = FeedbackStore(ScriptOnly(), 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"the record field 'a': -inf is not a finite"):
+        store.put(1, "normal", {"a": float("-inf")})
+    with pytest.raises(ValueError, match=r"the id: nan is not a finite number"):
+        store.put(float("nan"), "normal", {"a": 1})
+    assert stored == []
+    store.put(1, "normal", {"a": 1.5})
+    assert len(stored) == 1
+
+
+def _labelled(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"id": i, "latency_ms": 1.0 + i, "is_anomaly": i in {1, 3}})
+                            + "\n" for i in range(5)))
+    return path
+
+
+def test_golden_does_not_pin_labelled_anomalies(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned: list[dict[str, Any]] = []
+
+    def pin_golden(client: Any, records: list[dict[str, Any]], capacity: int,
+                   seed: int = 0) -> int:
+        pinned.extend(records)
+        return len(records)
+
+    monkeypatch.setattr("nearwatch.scheduler.commands._redis", lambda settings: object())
+    monkeypatch.setattr("nearwatch.scheduler.buffer.pin_golden", pin_golden)
+    data = _labelled(tmp_path / "train.jsonl")
+    result = _run("golden", "--data", str(data), "--label-field", "is_anomaly")
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in pinned] == [0, 2, 4]
+    assert "pinned 3 golden records of 3" in result.output
+    assert "(2 labelled anomalies skipped)" in result.output
+    # a label field no record has would pin every anomaly: the option is refused
+    out = _one_line_error(_run("golden", "--data", str(data), "--label-field", "nosuch"), 2)
+    assert "no record in" in out and "has a field 'nosuch'" in out
+    everything = tmp_path / "anomalies.jsonl"
+    everything.write_text('{"id": 1, "is_anomaly": 1}\n')
+    assert "nothing to pin" in _one_line_error(
+        _run("golden", "--data", str(everything), "--label-field", "is_anomaly"))
