@@ -138,6 +138,14 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
                               f"NEARWATCH_RETRAIN_MAX_FLAG_RATE="
                               f"{settings.retrain.max_flag_rate}: not learning from it")
         return
+    needed = _calibration_needed(champion)
+    if len(calibration) < needed:  # the gate would reject the uncertified challenger: no fit
+        result.outcome = "skipped"
+        result.reasons.append(
+            f"{len(calibration)} held-out calibration records (half of NEARWATCH_RETRAIN_HOLDOUT="
+            f"{settings.retrain.holdout_fraction} of {len(entries)}, less flagged ones), fewer "
+            f"than the {needed} that certify alpha={champion.alpha}: wait for more traffic")
+        return
     trained_on, judged_on = split_labelled([v for v in verdicts if v.label == "anomaly"])
     kept = [v for v in verdicts if v.label == "normal"] + trained_on
     references, pairs, anomalies = _training_set(client, champion, training, kept,
@@ -231,6 +239,15 @@ def _fit_challenger(champion: Detector, references: list[Any], calibration: list
     figures.update(training_records=len(references), fit_seconds=round(
         time.perf_counter() - started, 3), challenger_model=challenger.model_version_)
     return challenger
+
+
+def _calibration_needed(champion: Detector) -> int:
+    """Calibration records a challenger needs to be certified where the champion is (0: none)."""
+    from nearwatch.detector.calibration import required_calibration_size
+
+    if not champion.certified_ or champion.alpha is None:
+        return 0
+    return required_calibration_size(champion.alpha, champion.delta)
 
 
 def _flags(detector: Detector, records: list[Any]) -> list[bool]:

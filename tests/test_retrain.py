@@ -141,6 +141,12 @@ def test_too_little_traffic_or_a_contaminated_window_skips(tmp_path: Path,
     serve(redis_client, settings, champion, "v0001", generate_records(500, seed=3))
     skipped = retrain_once(redis_client, registry, settings)
     assert skipped.outcome == "skipped" and "fewer than" in skipped.reasons[0]
+    # 1200 records hold out 480: 240 calibrate, too few to certify alpha = 0.01 (299)
+    serve(redis_client, settings, champion, "v0001", generate_records(700, seed=5))
+    uncertifiable = retrain_once(redis_client, registry, settings)
+    assert champion.certified_ and uncertifiable.outcome == "skipped", uncertifiable
+    assert "that certify alpha=0.01" in uncertifiable.reasons[0], uncertifiable.reasons
+    assert "training_records" not in uncertifiable.figures  # skipped before any fit
     storm = [r for r in generate_records(8000, anomaly_rate=0.5, seed=4) if r[LABEL_FIELD]]
     serve(redis_client, settings, champion, "v0001", storm)
     contaminated = retrain_once(redis_client, registry, settings)

@@ -114,7 +114,9 @@ class RetrainSettings:
     schedule: str | None = None
     expires_s: float | None = None  # a run not started by then is dropped (default: interval)
     lock_ttl_s: float = 3_600.0  # the single-flight lock outlives a crashed retraining by this
-    min_records: int = 1_000  # fewer buffer records: the retraining is skipped
+    # fewer buffer records: skipped (2000 hold out 400, of which 200 calibrate: >= the 299
+    # that certify alpha = 0.01 after the champion's flags are left out)
+    min_records: int = 2_000
     holdout_fraction: float = 0.4  # buffer records held out: half calibrate, half gate
     max_flag_rate: float = 0.2  # held-out window flagged above this: skipped (contaminated)
     auroc_margin: float = 0.01  # challenger AUROC on labelled anomalies may be this much lower
