@@ -195,6 +195,8 @@ def test_fuzz_ingest(node: WorkerNode, redis_client: Any, corpus: Any, tmp_path:
         assert entry not in by_entry, f"entry {entry} answered twice"
         by_entry[entry] = json.loads(fields[b"result"])
     assert sorted(by_entry) == sorted(entry_ids)
+    for entry, answer in by_entry.items():  # named by its entry, never by ingest's batch
+        assert "of the batch" not in answer.get("error", ""), (entry, answer)
     assert redis_client.xpending("nearwatch:records", "nearwatch")["pending"] == 0
     _check([by_entry[e] for e in entry_ids], lines, "ingest")
 

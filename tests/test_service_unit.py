@@ -324,6 +324,36 @@ def test_ingest_leaves_unanswered_entries_pending_then_reclaims(redis_client: An
     assert redis_client.xpending("nearwatch:records", "nearwatch")["pending"] == 0
 
 
+def test_errors_name_the_batch_position_or_the_stream_entry(registry: ModelRegistry,
+                                                            redis_client: Any) -> None:
+    """An id-less record's field error named its index among the batch's objects ("record
+    0" for the third record); through ingest it said "record 2 of the batch", not its entry."""
+    from nearwatch.worker.ingest import IngestOptions, StreamIngest
+
+    scorer = _scorer(registry)
+    good = stream_records_for_test(1)[0]
+    bad = {k: v for k, v in good.items() if k != "id"} | {"latency_ms": "fast"}
+    results = scorer.score_batch([good, [1], bad])
+    assert results[2]["error"].startswith("record 2 of the batch: field 'latency_ms'"), results
+    texts = [json.dumps(good), "[1]", json.dumps(bad)]
+    assert json.loads(scorer.score_json(texts, 10)[2])["error"].startswith(
+        "id '#12': field 'latency_ms'")  # the stream path's id for an id-less record
+
+    for key in ("nearwatch:records", "nearwatch:scores"):
+        redis_client.delete(key)
+    entries = [redis_client.xadd("nearwatch:records", {"record": text}).decode()
+               for text in texts]
+    ingest = StreamIngest(redis_client, lambda batches: (
+        scorer.score_json(lines, first) for lines, first in batches),
+        IngestOptions(consumer="e", block_ms=20, stop_when_idle=True))
+    assert ingest.run().written == 3
+    errors = {f[b"entry"].decode(): json.loads(f[b"result"]).get("error")
+              for _, f in redis_client.xrange("nearwatch:scores")}
+    assert errors[entries[0]] is None
+    assert errors[entries[1]] == f"stream entry {entries[1]}: not a JSON object (got list)"
+    assert errors[entries[2]].startswith(f"stream entry {entries[2]}: field 'latency_ms'")
+
+
 def test_ingest_recreates_its_group_when_the_stream_is_deleted(redis_client: Any) -> None:
     """`DEL nearwatch:records` while ingest blocks on it (or Redis restarted empty) crashed
     it with "UNBLOCKED the stream key no longer exists"; it now creates the group again and

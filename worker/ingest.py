@@ -19,6 +19,7 @@ exits 1 and the entries it had not answered stay pending for the next consumer).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -188,18 +189,19 @@ class StreamIngest:
     def _write(self, entries: list[_Entry], results: list[str]) -> None:
         if not entries:
             return
-        answers = iter(results)
+        answers = enumerate(results)
         args: list[Any] = [self.options.group, self.options.scores_maxlen,
                            self.options.deadletter_maxlen]
         for entry in entries:
             if entry.problem:
                 result = dump_result({"id": None, "error": entry.problem})
             else:
-                result = next(answers)
+                sent, result = next(answers)
                 if isinstance(result, Unanswered):
                     # No worker answered: leave the entry pending; XAUTOCLAIM retries it.
                     self.stats.unanswered += 1
                     continue
+                result = _name_entry(result, sent, entry.entry_id)
             self.stats.errors += '"error":' in result  # only a key can match (see stream.py)
             args += [entry.entry_id, result, entry.problem]
         keys = [self.options.records_stream, self.options.scores_stream,
@@ -221,6 +223,19 @@ def _parse(entry_id: Any, fields: dict[Any, Any], limits: RecordLimits) -> _Entr
         return _Entry(entry, "", truncate(f"stream entry {entry}: {exc}",
                                           limits.max_error_chars))
     return _Entry(entry, record, "")
+
+
+def _name_entry(result: str, sent: int, entry_id: str) -> str:
+    """An error that names its record by batch position ("record 3 of the batch") names its
+    stream entry instead: the batch is ingest's, the entry id is the producer's."""
+    if '"error":' not in result:  # only a key can match (see stream.py)
+        return result
+    answer = json.loads(result)
+    label = f"record {sent} of the batch"
+    if not answer["error"].startswith(label):
+        return result
+    answer["error"] = f"stream entry {entry_id}{answer['error'][len(label):]}"
+    return dump_result(answer)
 
 
 def _text(value: Any) -> str:

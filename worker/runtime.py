@@ -239,6 +239,8 @@ class BatchScorer:
                 objects.append(i)
         scored = self._score_objects(detector, [records[i] for i in objects])
         for i, result in zip(objects, scored, strict=True):
+            if "error" in result and result["id"] is None:  # named by its batch position
+                result["error"] = f"{label(i)}: {result['error']}"
             results[i] = result
         for i, result in enumerate(results):
             if "error" in result:
@@ -285,11 +287,12 @@ class BatchScorer:
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
-    """The task's result format: no batch-relative index (the record's id names it)."""
+    """The task's result format: no index relative to the scored objects (the record's id,
+    or its caller's label of the batch position, names it)."""
     index = result.pop("index", None)
     if "error" in result:
         result.pop("field", None)
-        prefix = f"record {index} "
-        if result.get("id") is not None and result["error"].startswith(prefix):
-            result["error"] = result["error"][len(prefix):]
+        prefix = f"record {index}"
+        if result["error"].startswith(prefix + " ") or result["error"].startswith(prefix + ":"):
+            result["error"] = result["error"][len(prefix):].lstrip(" :")
     return result
