@@ -201,3 +201,13 @@ def test_golden_does_not_pin_labelled_anomalies(tmp_path: Path,
     everything.write_text('{"id": 1, "is_anomaly": 1}\n')
     assert "nothing to pin" in _one_line_error(
         _run("golden", "--data", str(everything), "--label-field", "is_anomaly"))
+
+
+@pytest.mark.parametrize("command", [("list",), ("show",), ("show", "v0001"), ("history",),
+                                     ("prune", "--keep", "3"), ("rollback",)])
+def test_models_commands_on_an_unreachable_registry(command: tuple[str, ...]) -> None:
+    """A registry in Redis that cannot be reached: one line naming it, not a traceback, and
+    not "no current model" (the last version a worker cached is no answer to a command)."""
+    out = _one_line_error(_run("models", *command, NEARWATCH_MODEL_DIR=NO_REDIS))
+    assert "redis://127.0.0.1:1/15" in out and "Connection refused" in out, out
+    assert "no current model" not in out

@@ -20,7 +20,22 @@ if TYPE_CHECKING:
     from nearwatch.detector.store.registry import ModelRegistry
 
 
-@click.group("models")
+class _RegistryGroup(click.Group):
+    """A registry in Redis that cannot be reached is one line naming it, for every command
+    (each still says what failed where it knows more)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return super().invoke(ctx)
+        except RedisError as exc:
+            store = cli_settings().model_store
+            raise click.ClickException(f"cannot reach the model registry {store}: {exc} "
+                                       "(NEARWATCH_MODEL_DIR)") from exc
+
+
+@click.group("models", cls=_RegistryGroup)
 def models_group() -> None:
     """The model registry: NEARWATCH_MODEL_DIR, a directory or redis://host:port/db."""
 

@@ -42,12 +42,15 @@ class MirroredRegistry(ModelRegistry):
 
     ``current_version`` reads the pointer in Redis and downloads that version when the cache
     lacks it; ``load`` verifies from the cache, exactly as for a directory registry. Redis
-    unreachable: the last current version this node verified (the local ``CURRENT``).
+    unreachable: the last current version this node verified (the local ``CURRENT``), unless
+    ``ride_out_outages`` is False (a one-shot command: "no current model" would mislead).
     """
 
-    def __init__(self, store: RedisModelStore, cache_dir: str | Path) -> None:
+    def __init__(self, store: RedisModelStore, cache_dir: str | Path,
+                 ride_out_outages: bool = True) -> None:
         super().__init__(cache_dir, store.signing_key)
         self.store = store
+        self.ride_out_outages = ride_out_outages
         self.location = store.location
         self._failed: dict[str, BundleError] = {}  # downloads refused, raised by ``load``
         self._wanted: str | None = None  # the pointer in Redis, as last read
@@ -73,6 +76,8 @@ class MirroredRegistry(ModelRegistry):
             self._failed[version] = exc  # the holder's load refuses it (logged, counted)
             self._bad = version  # not downloaded again at every check
         except (RedisError, OSError) as exc:
+            if isinstance(exc, RedisError) and not self.ride_out_outages:
+                raise
             local = super().current_version()
             if not self._unreachable:
                 log.warning("model registry %s unreachable (or cache unwritable), staying on "
@@ -154,24 +159,26 @@ class MirroredRegistry(ModelRegistry):
                 shutil.rmtree(staging, ignore_errors=True)
 
 
-def open_registry(settings: Settings, cache_dir: Path | None = None) -> ModelRegistry:
+def open_registry(settings: Settings, cache_dir: Path | None = None,
+                  ride_out_outages: bool = True) -> ModelRegistry:
     """The registry ``settings`` name: a directory, or Redis mirrored into a cache directory
     (``cache_dir``, else ``NEARWATCH_MODEL_CACHE``, else a fresh temporary directory)."""
     if settings.model_store is None:
         return ModelRegistry(settings.model_dir, settings.bundle_key)
     cache = cache_dir or settings.model_cache or Path(tempfile.mkdtemp(prefix="nearwatch-models-"))
     return MirroredRegistry(RedisModelStore.from_url(settings.model_store, settings.bundle_key),
-                            cache)
+                            cache, ride_out_outages)
 
 
 @contextmanager
 def registry_session(settings: Settings) -> Iterator[ModelRegistry]:
-    """``open_registry`` for one command: a temporary cache is removed afterwards."""
+    """``open_registry`` for one command: a temporary cache is removed afterwards, and Redis
+    unreachable is an error (``RedisError``), not the cache's last version."""
     if settings.model_store is None or settings.model_cache is not None:
-        yield open_registry(settings)
+        yield open_registry(settings, ride_out_outages=False)
         return
     with tempfile.TemporaryDirectory(prefix="nearwatch-models-") as cache:
-        yield open_registry(settings, Path(cache))
+        yield open_registry(settings, Path(cache), ride_out_outages=False)
 
 
 def location_of(registry: ModelRegistry) -> str:
