@@ -13,7 +13,13 @@ verdicts and known anomalies). A challenger passes when
    false positives. Leaving out the champion's flags can understate the challenger's rate by
    at most the champion's own false-positive rate; the rate on the whole window (anomalies
    included, an overstatement) is reported beside it;
-3. with labelled anomalies: its AUROC (labelled anomalies against every window record: a
+3. when the champion flags more of the window than its false-positive bound explains (95 %
+   lower bound above it), the excess is presumed anomalous: the challenger must still flag
+   all but ``margins.recall`` of as many of those records (records an analyst called normal
+   aside). Without it, a stream 15 % anomalous (below the 20 % flag-rate cap) trained a
+   challenger that flagged 9.7 % of the window against the champion's 15.7 %, and recall on
+   fresh traffic fell from 0.875 to 0.517 with no labelled anomaly to show it;
+4. with labelled anomalies: its AUROC (labelled anomalies against every window record: a
    normal set chosen by either model would favour that model) and its recall at threshold are
    not below the champion's by more than the configured margins.
 
@@ -27,6 +33,7 @@ Pure functions of the two fitted detectors and the records: no Redis, no Celery.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +83,27 @@ def auroc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
     return float((anomaly_rank_sum - n_anomaly * (n_anomaly + 1) / 2) / (n_anomaly * n_normal))
 
 
+def _excess_flags_kept(champion: Any, champion_flags: np.ndarray, challenger_flags: np.ndarray,
+                       called_normal: np.ndarray, margins: GateMargins,
+                       figures: dict[str, Any]) -> list[str]:
+    """Check 3: the challenger still flags the champion's flags that false alarms can't
+    explain (unlabelled evidence of anomalies in the window)."""
+    n, flagged = len(champion_flags), int(champion_flags.sum())
+    bound = champion.fpr_bound_
+    if bound is None or not n or clopper_pearson_lower(flagged, n) <= bound:
+        return []
+    suspects = champion_flags & ~called_normal
+    excess = int(suspects.sum()) - math.ceil(bound * n)
+    kept = int((challenger_flags & suspects).sum())
+    needed = math.ceil((1.0 - margins.recall) * excess)
+    figures.update(window_excess_flags=excess, challenger_flags_of_excess=kept)
+    if excess <= 0 or kept >= needed:
+        return []
+    return [f"the champion flags {flagged} of {n} window records, {excess} more than its "
+            f"false-positive bound {bound:.4g} explains (presumed anomalies); the challenger "
+            f"flags {kept} of them, fewer than {needed}: it would learn them as normal"]
+
+
 def _scores(detector: Any, records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Scores and flags of ``records`` (a record the model cannot read scores +inf)."""
     if not records:
@@ -89,8 +117,9 @@ def _scores(detector: Any, records: Sequence[Any]) -> tuple[np.ndarray, np.ndarr
 
 
 def judge(champion: Any, challenger: Any, window: Sequence[Any], anomalies: Sequence[Any],
-          margins: GateMargins) -> GateDecision:
-    """Compare the two fitted detectors on the gate ``window`` and labelled ``anomalies``."""
+          called_normal: Sequence[bool], margins: GateMargins) -> GateDecision:
+    """Compare the two fitted detectors on the gate ``window`` and labelled ``anomalies``;
+    ``called_normal`` marks the window records an analyst called normal."""
     reasons: list[str] = []
     champion_scores, champion_flags = _scores(champion, window)
     challenger_scores, challenger_flags = _scores(challenger, window)
@@ -120,6 +149,8 @@ def judge(champion: Any, challenger: Any, window: Sequence[Any], anomalies: Sequ
         reasons.append(f"realised false-positive rate {false_positives}/{n_normal} on the gate "
                        f"window: its 95 % lower bound {lower:.4g} exceeds the certified "
                        f"bound {bound:.4g}")
+    reasons += _excess_flags_kept(champion, champion_flags, challenger_flags,
+                                  np.asarray(called_normal, dtype=bool), margins, figures)
     if anomalies:
         champion_anomaly_scores, champion_hits = _scores(champion, anomalies)
         challenger_anomaly_scores, challenger_hits = _scores(challenger, anomalies)

@@ -8,11 +8,10 @@
    data, and the analyst verdicts (``scheduler/feedback.py``);
 3. the buffer is shuffled and split: a held-out part (half calibrates the challenger, half is
    the gate window) and the training part, of which only records with
-   ``p_value >= min_p`` become references. Calibration uses half the golden records when
-   that half certifies alpha (``_split_golden`` says why), else the held-out records the
-   champion did not flag: all of them would put the stream's anomalies among the calibration
-   scores (recall at threshold 0.74 -> 0.16, 1 % anomalies), and the certificate then covers
-   the traffic the champion accepted. Records with an anomaly verdict are removed everywhere;
+   ``p_value >= min_p`` become references. Half the golden records calibrate when that is
+   enough (``_split_golden``), else the held-out records the champion did not flag (all of
+   them would put the stream's anomalies among the calibration scores: recall at threshold
+   0.74 -> 0.16). Records with an anomaly verdict are removed everywhere;
 4. a challenger with the champion's parameters (α, δ, k, encoder, ...) is fitted on training
    + golden records (golden share ``golden_fraction``) + records labelled normal, with
    records labelled anomalous as known anomalies (hard negatives), and a false positive's
@@ -121,6 +120,8 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
     n_held = int(len(shuffled) * settings.retrain.holdout_fraction)
     held_out = [e.record for e in shuffled[: n_held // 2]]
     window = [e.record for e in shuffled[n_held // 2: n_held]]
+    normal_ids = {_id_key(v.record_id) for v in verdicts if v.label == "normal"} - {None}
+    called_normal = [_id_key(e.record_id) in normal_ids for e in shuffled[n_held // 2: n_held]]
     training = [e for e in shuffled[n_held:] if e.p_value >= settings.buffer.min_p]
     golden_calibration, golden = _split_golden(golden_records(client), champion, rng)
     if golden_calibration:  # clean normals the operator pinned: no champion in the loop
@@ -133,8 +134,8 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
         result.figures.update(calibration_source="traffic", calibration_flagged_left_out=len(
             held_out) - len(calibration))
     flag_rate = float(np.mean(_flags(champion, window))) if window else 0.0
-    result.figures.update(champion_window_flag_rate=flag_rate, calibration_records=len(
-        calibration), gate_records=len(window))
+    result.figures.update(champion_window_flag_rate=flag_rate, gate_records=len(window),
+                          calibration_records=len(calibration))
     if flag_rate > settings.retrain.max_flag_rate:
         result.outcome = "skipped"
         result.reasons.append(f"the champion flags {flag_rate:.1%} of the recent window, above "
@@ -157,7 +158,7 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
     challenger = _fit_challenger(champion, references, calibration, pairs, anomalies,
                                  result.figures)
     result.figures["gate_labelled_held_out"] = len(judged_on)
-    decision = judge(champion, challenger, window, [v.record for v in judged_on],
+    decision = judge(champion, challenger, window, [v.record for v in judged_on], called_normal,
                      GateMargins(settings.retrain.auroc_margin, settings.retrain.recall_margin))
     result.figures.update(decision.figures)
     result.reasons.extend(decision.reasons)
@@ -263,11 +264,10 @@ def _fit_challenger(champion: Detector, references: list[Any], calibration: list
 
 def _calibration_needed(champion: Detector) -> int:
     """Calibration records a challenger needs to be certified where the champion is (0: none)."""
-    from nearwatch.detector.calibration import required_calibration_size
+    from nearwatch.detector.calibration import required_calibration_size as needed
 
-    if not champion.certified_ or champion.alpha is None:
-        return 0
-    return required_calibration_size(champion.alpha, champion.delta)
+    alpha = champion.alpha if champion.certified_ else None
+    return 0 if alpha is None else needed(alpha, champion.delta)
 
 
 def _flags(detector: Detector, records: list[Any]) -> list[bool]:

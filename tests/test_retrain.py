@@ -398,3 +398,29 @@ def test_false_positive_rate_does_not_compound_across_retrainings(tmp_path: Path
         false_alarms = int(model.predict(fresh).sum())
         assert clopper_pearson_lower(false_alarms, len(fresh)) <= model.fpr_bound_ <= 0.05, (
             generation, false_alarms / len(fresh))
+
+
+def test_the_gate_keeps_the_champions_unexplained_flags() -> None:
+    """A window 15 % anomalous (under the 20 % flag-rate cap, no verdicts): a challenger that
+    learned those anomalies as normal flagged 9.7 % of it against the champion's 15.7 % and
+    was promoted (recall 0.875 -> 0.517 in an operator's trial). The champion flags far more
+    than its false-positive bound explains, so the gate wants most of those flags kept."""
+    from nearwatch.scheduler.gate import GateMargins, judge
+
+    params = {"label_fields": (LABEL_FIELD,), "encoder": "identity"}
+    champion = Detector(**params).fit(generate_records(3000, anomaly_rate=0.0, seed=1))
+    learned_them = Detector(**params).fit(generate_records(3000, anomaly_rate=0.15, seed=2))
+    clean = Detector(**params).fit(generate_records(3000, anomaly_rate=0.0, seed=3))
+    window = generate_records(1500, anomaly_rate=0.15, seed=4)
+    margins = GateMargins()
+    poisoned = judge(champion, learned_them, window, [], [False] * len(window), margins)
+    assert poisoned.figures["window_excess_flags"] > 50, poisoned.figures
+    assert not poisoned.passed
+    assert any("it would learn them as normal" in r for r in poisoned.reasons), poisoned.reasons
+    def kept(decision: Any) -> bool:
+        return not any("learn them as normal" in r for r in decision.reasons)
+
+    assert kept(judge(champion, clean, window, [], [False] * len(window), margins))
+    # records an analyst called normal may be unflagged: they are not counted as anomalies
+    called = [bool(f) for f in champion.predict(window)]
+    assert kept(judge(champion, learned_them, window, [], called, margins))
