@@ -42,6 +42,7 @@ from nearwatch.worker.settings import Settings
 
 from .buffer import BufferEntry, golden_records, read_buffer
 from .feedback import FeedbackStore, Verdict, canonical_id
+from .fields import calibration_needed, on_champion_fields, readable_records, readable_verdicts
 from .gate import GateMargins, judge
 from .lock import LockLost, SingleFlight
 
@@ -105,10 +106,12 @@ def retrain_once(client: Redis, registry: ModelRegistry, settings: Settings,
 def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: SingleFlight,
              result: RetrainResult) -> None:
     result.champion, champion = registry.load_current()
-    verdicts = FeedbackStore(client, settings.retrain.feedback_max).all()
+    verdicts = readable_verdicts(champion, FeedbackStore(
+        client, settings.retrain.feedback_max).all(), result.figures)
     anomaly_ids = {_id_key(v.record_id) for v in verdicts if v.label == "anomaly"} - {None}
-    entries = [e for e in read_buffer(client, record_schema(champion), settings.buffer)
-               if _id_key(e.record_id) not in anomaly_ids]
+    entries = on_champion_fields(champion, [
+        e for e in read_buffer(client, record_schema(champion), settings.buffer)
+        if _id_key(e.record_id) not in anomaly_ids])
     result.figures["buffer_records"] = len(entries)
     if len(entries) < settings.retrain.min_records:
         result.outcome = "skipped"
@@ -123,7 +126,8 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
     normal_ids = {_id_key(v.record_id) for v in verdicts if v.label == "normal"} - {None}
     called_normal = [_id_key(e.record_id) in normal_ids for e in shuffled[n_held // 2: n_held]]
     training = [e for e in shuffled[n_held:] if e.p_value >= settings.buffer.min_p]
-    golden_calibration, golden = _split_golden(golden_records(client), champion, rng)
+    golden_calibration, golden = _split_golden(readable_records(
+        champion, golden_records(client), "golden", result.figures), champion, rng)
     if golden_calibration:  # clean normals the operator pinned: no champion in the loop
         calibration = golden_calibration
         result.figures.update(calibration_source="golden")
@@ -142,7 +146,7 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
                               f"NEARWATCH_RETRAIN_MAX_FLAG_RATE="
                               f"{settings.retrain.max_flag_rate}: not learning from it")
         return
-    needed = _calibration_needed(champion)
+    needed = calibration_needed(champion)
     if len(calibration) < needed:  # the gate would reject the uncertified challenger: no fit
         result.outcome = "skipped"
         result.reasons.append(
@@ -260,14 +264,6 @@ def _fit_challenger(champion: Detector, references: list[Any], calibration: list
     figures.update(training_records=len(references), fit_seconds=round(
         time.perf_counter() - started, 3), challenger_model=challenger.model_version_)
     return challenger
-
-
-def _calibration_needed(champion: Detector) -> int:
-    """Calibration records a challenger needs to be certified where the champion is (0: none)."""
-    from nearwatch.detector.calibration import required_calibration_size as needed
-
-    alpha = champion.alpha if champion.certified_ else None
-    return 0 if alpha is None else needed(alpha, champion.delta)
 
 
 def _flags(detector: Detector, records: list[Any]) -> list[bool]:

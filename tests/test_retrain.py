@@ -424,3 +424,34 @@ def test_the_gate_keeps_the_champions_unexplained_flags() -> None:
     # records an analyst called normal may be unflagged: they are not counted as anomalies
     called = [bool(f) for f in champion.predict(window)]
     assert kept(judge(champion, learned_them, window, [], called, margins))
+
+
+def test_records_the_champion_cannot_read_neither_fail_nor_reshape_the_retraining(
+        tmp_path: Path, redis_client: Any) -> None:
+    """One feedback record with a string in a numeric field failed every later retraining;
+    one with an unknown field, or a golden file with other columns, changed the promoted
+    model's schema (its buffer orphaned: "0 buffer records" next time). Such records are left
+    out and named; every record is reduced to the champion's fields."""
+    from nearwatch.worker.reference_buffer import record_schema
+
+    registry, champion, train = champion_registry(tmp_path)
+    settings = make_settings(registry.root)
+    pin_golden(redis_client, [*train[:900], {"a": 1, "b": 2}, {"a": 3, "b": 4}], 1000)
+    store = FeedbackStore(redis_client, settings.retrain.feedback_max)
+    store.put("bad-kind", "normal", {**train[1], "id": "bad-kind", "latency_ms": "abc"})
+    store.put("foreign", "normal", {"id": "foreign", "foo": 1})
+    store.put("extra", "normal", {**train[2], "id": "extra", "retries": 3})
+    traffic = [{**r, "new_field": i % 7} for i, r in enumerate(
+        generate_records(6000, anomaly_rate=0.0, seed=7))]
+    serve(redis_client, settings, champion, "v0001", traffic)
+    result = retrain_once(redis_client, registry, settings)
+    assert result.outcome == "promoted", result.reasons
+    figures = result.figures
+    assert sorted(figures["feedback_unreadable"]) == ["bad-kind", "foreign"], figures
+    assert figures["golden_unreadable"] == 2 and figures["feedback_normal"] == 1
+    challenger = registry.load(str(result.version))
+    assert record_schema(challenger) == record_schema(champion)
+    assert challenger.n_features_ == champion.n_features_
+    serve(redis_client, settings, challenger, str(result.version), traffic[:2000])
+    again = retrain_once(redis_client, registry, settings)
+    assert again.figures["buffer_records"] >= 6000, again.figures  # the same buffer
