@@ -68,8 +68,8 @@ def read_records(path: str | Path, label_field: str | None = None,
                        else iter_jsonl(stream, max_line_bytes))
     labels = None
     if label_field is not None:
-        labels = np.array([_truthy(r.get(label_field)) if isinstance(r, dict) else False
-                           for r in records])
+        labels = np.array([_label(r.get(label_field), label_field, i, file_path)
+                           if isinstance(r, dict) else False for i, r in enumerate(records)])
     return RecordFile(records, labels)
 
 
@@ -157,7 +157,18 @@ def _csv_value(value: str | None) -> Any:
     return int(number) if number.is_integer() and "." not in value else number
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "anomaly")
-    return bool(value)
+_ANOMALY = ("1", "1.0", "true", "yes", "anomaly")
+_NORMAL = ("0", "0.0", "false", "no", "normal", "")
+
+
+def _label(value: Any, field: str, index: int, path: Path) -> bool:
+    """A ground-truth flag; a value that is none (``"maybe"``, 2) is an error naming the
+    record, never read as normal. A missing label is normal (unlabelled)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _ANOMALY + _NORMAL:
+        return value.strip().lower() in _ANOMALY
+    raise ValueError(f"{path}: record {index + 1}: {field}={value!r} is not a label "
+                     "(1/0, true/false, yes/no, anomaly/normal)")

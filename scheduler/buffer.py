@@ -159,3 +159,14 @@ def golden_records(client: Redis, key: str = GOLDEN_KEY) -> list[dict[str, Any]]
 def golden_size(client: Redis, key: str = GOLDEN_KEY) -> int:
     """The number of pinned golden records."""
     return int(client.llen(key))
+
+
+def buffer_pace(settings: BufferSettings, wanted: int) -> str:
+    """Why the buffer holds fewer than ``wanted`` records however busy the traffic: one
+    reservoir per time bucket (empty when a bucket can hold them)."""
+    per_bucket = -(-settings.capacity // settings.buckets)
+    if per_bucket >= wanted:
+        return ""
+    return (f" (the buffer keeps at most {per_bucket} records per "
+            f"{settings.window_s / settings.buckets:g} s of traffic: NEARWATCH_BUFFER_RECORDS "
+            f"/ NEARWATCH_BUFFER_BUCKETS)")

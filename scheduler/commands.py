@@ -108,7 +108,7 @@ def _parse_id(text: str) -> Any:
                    "the dead letters.")
 def feedback_command(record_id: str, label: str, record_json: str | None) -> None:
     """Tell the next retraining that a record is normal (a false alarm) or an anomaly."""
-    from .feedback import refuse_non_finite
+    from .feedback import check_inline_id, refuse_non_finite
     from .tasks import give_feedback
 
     record = None
@@ -119,6 +119,7 @@ def feedback_command(record_id: str, label: str, record_json: str | None) -> Non
             raise click.ClickException(f"--record is not JSON: {exc}") from exc
         try:  # before Redis is reached: NaN would be stored as null
             refuse_non_finite(record, "--record")
+            check_inline_id(_parse_id(record_id), record)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
     settings = cli_settings()

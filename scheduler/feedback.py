@@ -228,6 +228,14 @@ def _newest_in_buffer(client: Redis, wanted: str, prefix: str, limit: int
     return None if best is None else best[1]
 
 
+def check_inline_id(record_id: Any, record: Any) -> None:
+    """A record given inline with an ``id`` must carry the verdict's id (``7`` is not ``"7"``)."""
+    inline_id = record.get("id") if isinstance(record, dict) else None
+    if inline_id is not None and canonical_id(inline_id) != canonical_id(record_id):
+        raise ValueError(f"the record's id is {canonical_id(inline_id)}, not "
+                         f"{canonical_id(record_id)}: one verdict names one record")
+
+
 def record_feedback(client: Redis, store: FeedbackStore, record_id: Any, label: str,
                     record: dict[str, Any] | None) -> Verdict:
     """Store a verdict: the record given inline, else the one ``find_record`` finds;
@@ -235,9 +243,10 @@ def record_feedback(client: Redis, store: FeedbackStore, record_id: Any, label: 
     if label not in LABELS:  # before a search that may read many entries
         raise ValueError(f"label must be one of {', '.join(LABELS)} (got {label!r})")
     if record is not None:
+        check_inline_id(record_id, record)
         return store.put(record_id, label, record, source="inline")
     found = find_record(client, record_id)
     if found is None:
-        raise LookupError(f"record id {record_id!r} not found in {ALERTS_STREAM}, the buffer "
-                          f"or {DEADLETTER_STREAM}: give the record inline")
+        raise LookupError(f"record id {canonical_id(record_id)} not found in {ALERTS_STREAM}, "
+                          f"the buffer or {DEADLETTER_STREAM}: give the record inline")
     return store.put(record_id, label, found[0], source=found[1])

@@ -40,7 +40,7 @@ import numpy as np
 from nearwatch.worker.reference_buffer import record_schema
 from nearwatch.worker.settings import Settings
 
-from .buffer import BufferEntry, golden_records, read_buffer
+from .buffer import BufferEntry, buffer_pace, golden_records, read_buffer
 from .feedback import FeedbackStore, Verdict, canonical_id
 from .fields import calibration_needed, on_champion_fields, readable_records, readable_verdicts
 from .gate import GateMargins, judge
@@ -116,7 +116,8 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
     if len(entries) < settings.retrain.min_records:
         result.outcome = "skipped"
         result.reasons.append(f"{len(entries)} buffer records, fewer than "
-                              f"NEARWATCH_RETRAIN_MIN_RECORDS={settings.retrain.min_records}")
+                              f"NEARWATCH_RETRAIN_MIN_RECORDS={settings.retrain.min_records}"
+                              f"{buffer_pace(settings.buffer, settings.retrain.min_records)}")
         return
     rng = np.random.default_rng(int(lock.token or 0))
     shuffled = [entries[i] for i in rng.permutation(len(entries)).tolist()]

@@ -32,6 +32,7 @@ from nearwatch.worker.settings import RetrainSettings, SettingsError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+MAX_INTERVAL_S = 366 * 86400.0  # longer overflows Celery's timers (and means "never")
 CRON_EXPIRES_S = 3600.0  # a cron run is dropped by its next run, and within an hour at most
 
 
@@ -41,8 +42,9 @@ def parse_schedule(spec: str) -> schedule:
     match = _INTERVAL.match(text)
     if match:
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-        if seconds <= 0:
-            raise SettingsError(f"retraining schedule {spec!r}: the interval must be positive")
+        if not 0 < seconds <= MAX_INTERVAL_S:
+            raise SettingsError(f"retraining schedule {spec!r}: the interval must be positive "
+                                f"and at most {MAX_INTERVAL_S // 86400:.0f}d")
         return schedule(run_every=timedelta(seconds=seconds))
     parts = text.split()
     if len(parts) != 5:
@@ -95,13 +97,33 @@ def settings_from_file(path: Path, base: RetrainSettings) -> RetrainSettings:
     """``base`` with the keys of the ``[retrain]`` table of a TOML file (same names as the
     ``RetrainSettings`` fields); an unknown key is an error, not ignored."""
     try:
-        table = tomllib.loads(path.read_text()).get("retrain", {})
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"{path}: {exc}") from exc
-    known = {f.name for f in fields(RetrainSettings)}
-    unknown = sorted(set(table) - known)
+    table = document.get("retrain")
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: no [retrain] table" if table is None else
+                            f"{path}: retrain must be a table ([retrain]), not a "
+                            f"{type(table).__name__}")
+    known = {f.name: f for f in fields(RetrainSettings)}
+    unknown = sorted(set(table) - set(known))
     if unknown:
         raise SettingsError(f"{path}: unknown [retrain] keys {unknown}; known: {sorted(known)}")
-    updated = replace(base, **table)
-    updated.validate()
+    values: dict[str, Any] = {}
+    for key, value in table.items():  # TOML has types: "abc" for a number is the file's fault
+        kind, wanted = _TOML_KINDS[str(known[key].type).split(" | ")[0]]
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise SettingsError(f"{path}: [retrain] {key} = {value!r}: expected {wanted}")
+        values[key] = float(value) if kind == (int, float) else value
+    updated = replace(base, **values)
+    try:
+        updated.validate()
+    except SettingsError as exc:
+        raise SettingsError(f"{path}: [retrain]: {exc}") from exc
     return updated
+
+
+# a RetrainSettings field's annotation -> the TOML values it takes, and how to say so
+_TOML_KINDS: dict[str, tuple[Any, str]] = {
+    "bool": (bool, "true or false"), "int": (int, "an integer"),
+    "float": ((int, float), "a number"), "str": (str, "a string")}

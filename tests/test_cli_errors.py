@@ -211,3 +211,56 @@ def test_models_commands_on_an_unreachable_registry(command: tuple[str, ...]) ->
     out = _one_line_error(_run("models", *command, NEARWATCH_MODEL_DIR=NO_REDIS))
     assert "redis://127.0.0.1:1/15" in out and "Connection refused" in out, out
     assert "no current model" not in out
+
+
+def test_feedback_refuses_a_record_with_another_id() -> None:
+    out = _one_line_error(_run("feedback", "--id", "x", "--label", "normal",
+                               "--record", '{"id": "y", "latency_ms": 3}'))
+    assert 'the record\'s id is "y", not "x"' in out
+    out = _one_line_error(_run("feedback", "--id", "7", "--label", "normal",
+                               "--record", '{"id": "7"}'))
+    assert 'is "7", not 7' in out  # the integer 7 and the string "7" are two records
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[retrain]\nmin_records = "abc"\n', "[retrain] min_records = 'abc': expected an integer"),
+    ("retrain = 3\n", "retrain must be a table"),
+    ("[other]\nx = 1\n", "no [retrain] table"),
+    ("[retrain]\nholdout_fraction = 2.0\n", "[retrain]: NEARWATCH_RETRAIN_HOLDOUT"),
+    ("[retrain]\nlock_ttl_s = true\n", "lock_ttl_s = True: expected a number"),
+])
+def test_beat_config_errors_name_the_file_and_key(tmp_path: Path, text: str,
+                                                  expected: str) -> None:
+    from nearwatch.scheduler.schedule import settings_from_file
+    from nearwatch.worker.settings import RetrainSettings
+
+    config = tmp_path / "beat.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError) as raised:
+        settings_from_file(config, RetrainSettings())
+    assert str(raised.value).startswith(str(config)) and expected in str(raised.value)
+    config.write_bytes(b"\xff\xfe[retrain]")
+    with pytest.raises(SettingsError, match="can't decode"):
+        settings_from_file(config, RetrainSettings())
+    config.write_text("[retrain]\nschedule = \"6h\"\nexpires_s = 60\n")
+    assert settings_from_file(config, RetrainSettings()).expires_s == 60.0
+
+
+def test_beat_schedule_and_redis_url_errors() -> None:
+    from nearwatch.scheduler.schedule import parse_schedule
+
+    with pytest.raises(SettingsError, match="at most 366d"):
+        parse_schedule("999999999999999999999d")  # OverflowError in Celery's timer before
+    out = _one_line_error(_run("retrain", NEARWATCH_REDIS_URL="http://x"))
+    assert "NEARWATCH_REDIS_URL='http://x': expected redis://" in out
+
+
+def test_a_label_that_is_no_flag_is_an_error(tmp_path: Path) -> None:
+    data = tmp_path / "labelled.jsonl"
+    data.write_text('{"id": 1, "latency_ms": 3, "is_anomaly": false}\n'
+                    '{"id": 2, "latency_ms": 4, "is_anomaly": "maybe"}\n')
+    for command in (("train", "--data", str(data), "--label-field", "is_anomaly", "--out",
+                     str(tmp_path / "model")),
+                    ("golden", "--data", str(data), "--label-field", "is_anomaly")):
+        out = _one_line_error(_run(*command))
+        assert "record 2: is_anomaly='maybe' is not a label" in out, out

@@ -154,7 +154,7 @@ def test_record_feedback(client: Any) -> None:
     with pytest.raises(LookupError) as caught:
         record_feedback(client, store, "ghost", "normal", None)
     assert str(caught.value) == (
-        "record id 'ghost' not found in nearwatch:alerts, the buffer or nearwatch:deadletter: "
+        'record id "ghost" not found in nearwatch:alerts, the buffer or nearwatch:deadletter: '
         "give the record inline")
     with pytest.raises(ValueError, match="label"):
         record_feedback(client, store, "seen", "fine", None)

@@ -60,6 +60,12 @@ def _broker_url(raw: str) -> str:
     return raw
 
 
+def _redis_url(raw: str) -> str:
+    if raw and not raw.startswith(("redis://", "rediss://", "unix://")):  # redis-py's schemes
+        raise ValueError("expected redis://host:port/db (or rediss://, unix://)")
+    return raw
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's choices
 
 
@@ -132,7 +138,7 @@ class Settings:
 
         broker_url = get("BROKER_URL", _broker_url, default.broker_url)
         broker_is_redis = broker_url.startswith(("redis://", "rediss://"))
-        redis_url = get("REDIS_URL", str, broker_url if broker_is_redis else "")
+        redis_url = get("REDIS_URL", _redis_url, broker_url if broker_is_redis else "")
         backend_default = redis_url or ("cache+memory://" if broker_url == "memory://" else "")
         backend = get("RESULT_BACKEND", str, backend_default)
         metrics_dir = get("METRICS_DIR", str, "")
