@@ -151,7 +151,9 @@ def judge(champion: Any, challenger: Any, window: Sequence[Any], anomalies: Sequ
                        f"bound {bound:.4g}")
     reasons += _excess_flags_kept(champion, champion_flags, challenger_flags,
                                   np.asarray(called_normal, dtype=bool), margins, figures)
-    if anomalies:
+    if not anomalies:
+        figures["labelled_checks"] = "skipped: no labelled anomaly held out for the gate"
+    else:
         champion_anomaly_scores, champion_hits = _scores(champion, anomalies)
         challenger_anomaly_scores, challenger_hits = _scores(challenger, anomalies)
         figures.update({

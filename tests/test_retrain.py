@@ -132,6 +132,10 @@ def test_a_poisoned_challenger_is_rejected_and_the_champion_keeps_serving(
     assert "v0002" in listed.output and "retrain: rejected" in listed.output
     shown = CliRunner().invoke(_cli(), ["models", "show", "v0002"], env=_env(settings))
     assert "labelled anomalies fell" in shown.output
+    # an operator may still promote it by hand, told what the gate found
+    promoted = CliRunner().invoke(_cli(), ["models", "promote", "v0002"], env=_env(settings))
+    assert promoted.exit_code == 0 and "warning: the retraining gate rejected v0002" in \
+        promoted.stderr and "labelled anomalies fell" in promoted.stderr, promoted.output
 
 
 def test_too_little_traffic_or_a_contaminated_window_skips(tmp_path: Path,

@@ -80,6 +80,10 @@ def models_promote(version: str) -> None:
         except OSError as exc:
             raise click.ClickException(_unwritable(registry, exc)) from exc
         click.echo(f"{version} is the current model of {location_of(registry)}")
+        decision = registry.decision(version)
+        if decision is not None and decision.get("outcome") == "rejected":  # by hand: allowed
+            click.echo(f"warning: the retraining gate rejected {version}: "
+                       f"{'; '.join(decision.get('reasons', []))}", err=True)
 
 
 @models_group.command("rollback")
@@ -177,7 +181,7 @@ def models_show(version: str | None) -> None:
 
     with registry_session(cli_settings()) as registry:
         try:
-            version = version or registry.current_version()
+            version = registry.current_version() if version is None else version
         except ValueError as exc:  # BundleError: a damaged pointer
             raise click.ClickException(f"{exc} (`nearwatch models promote VERSION` repairs it)"
                                        ) from exc
