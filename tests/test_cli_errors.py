@@ -264,3 +264,13 @@ def test_a_label_that_is_no_flag_is_an_error(tmp_path: Path) -> None:
                     ("golden", "--data", str(data), "--label-field", "is_anomaly")):
         out = _one_line_error(_run(*command))
         assert "record 2: is_anomaly='maybe' is not a label" in out, out
+
+
+def test_models_add_of_a_directory_that_is_no_bundle(tmp_path: Path) -> None:
+    """`models add /tmp` named a symbolic link deep inside /tmp, not the missing manifest."""
+    folder = tmp_path / "not-a-bundle"
+    (folder / "deep").mkdir(parents=True)
+    (folder / "deep" / "link").symlink_to(tmp_path)
+    out = _one_line_error(_run("models", "add", str(folder),
+                               NEARWATCH_MODEL_DIR=str(tmp_path / "models")))
+    assert "not a nearwatch bundle: manifest.json is missing" in out, out

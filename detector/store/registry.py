@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BundleError
+from .bundle import MANIFEST
 
 if TYPE_CHECKING:
     from ..detector import Detector
@@ -134,6 +135,8 @@ class ModelRegistry:
         source = Path(bundle_dir)
         if not source.is_dir():
             raise BundleError(f"{source} is not a bundle directory")
+        if not (source / MANIFEST).is_file():  # before walking what may be any directory
+            raise BundleError(f"{source} is not a nearwatch bundle: {MANIFEST} is missing")
         _refuse_links(source)  # before anything reads a file through a link or a device
         # raises BundleError: a bad (or, with a key, unsigned) bundle never enters the registry
         Detector.load(source, signing_key=self.signing_key)
