@@ -34,6 +34,14 @@ def calibration_needed(champion: Detector) -> int:
     return 0 if alpha is None else required_calibration_size(alpha, champion.delta)
 
 
+def traffic_note(champion: Detector) -> str:
+    """What a certificate from the traffic the champion accepted covers, and the remedy."""
+    needed = calibration_needed(champion)
+    pin = f"pin at least {8 * needed} golden records" if needed else "pin golden records"
+    return ("calibrated on the traffic the champion did not flag: the bound covers that traffic "
+            f"and can grow over promotions; {pin} (`nearwatch golden`) to anchor it")
+
+
 def _project(champion: Detector, record: Any) -> Any:
     keep = {spec["name"] for spec in champion.feature_encoder_.fields_}
     keep |= {champion.id_field, *champion.label_fields}

@@ -40,9 +40,9 @@ import numpy as np
 from nearwatch.worker.reference_buffer import record_schema
 from nearwatch.worker.settings import Settings
 
+from . import fields as usable
 from .buffer import BufferEntry, buffer_pace, golden_records, read_buffer
 from .feedback import FeedbackStore, Verdict, canonical_id
-from .fields import calibration_needed, on_champion_fields, readable_records, readable_verdicts
 from .gate import GateMargins, judge
 from .lock import LockLost, SingleFlight
 
@@ -106,10 +106,10 @@ def retrain_once(client: Redis, registry: ModelRegistry, settings: Settings,
 def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: SingleFlight,
              result: RetrainResult) -> None:
     result.champion, champion = registry.load_current()
-    verdicts = readable_verdicts(champion, FeedbackStore(
+    verdicts = usable.readable_verdicts(champion, FeedbackStore(
         client, settings.retrain.feedback_max).all(), result.figures)
     anomaly_ids = {_id_key(v.record_id) for v in verdicts if v.label == "anomaly"} - {None}
-    entries = on_champion_fields(champion, [
+    entries = usable.on_champion_fields(champion, [
         e for e in read_buffer(client, record_schema(champion), settings.buffer)
         if _id_key(e.record_id) not in anomaly_ids])
     result.figures["buffer_records"] = len(entries)
@@ -127,7 +127,7 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
     normal_ids = {_id_key(v.record_id) for v in verdicts if v.label == "normal"} - {None}
     called_normal = [_id_key(e.record_id) in normal_ids for e in shuffled[n_held // 2: n_held]]
     training = [e for e in shuffled[n_held:] if e.p_value >= settings.buffer.min_p]
-    golden_calibration, golden = _split_golden(readable_records(
+    golden_calibration, golden = _split_golden(usable.readable_records(
         champion, golden_records(client), "golden", result.figures), champion, rng)
     if golden_calibration:  # clean normals the operator pinned: no champion in the loop
         calibration = golden_calibration
@@ -137,7 +137,7 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
         calibration = [r for r, flagged in zip(held_out, held_flags, strict=True)
                        if not flagged]
         result.figures.update(calibration_source="traffic", calibration_flagged_left_out=len(
-            held_out) - len(calibration))
+            held_out) - len(calibration), calibration_note=usable.traffic_note(champion))
     flag_rate = float(np.mean(_flags(champion, window))) if window else 0.0
     result.figures.update(champion_window_flag_rate=flag_rate, gate_records=len(window),
                           calibration_records=len(calibration))
@@ -147,7 +147,7 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
                               f"NEARWATCH_RETRAIN_MAX_FLAG_RATE="
                               f"{settings.retrain.max_flag_rate}: not learning from it")
         return
-    needed = calibration_needed(champion)
+    needed = usable.calibration_needed(champion)
     if len(calibration) < needed:  # the gate would reject the uncertified challenger: no fit
         result.outcome = "skipped"
         result.reasons.append(

@@ -89,6 +89,8 @@ def test_normal_traffic_promotes_and_records_the_decision(tmp_path: Path,
     assert figures["challenger_certified"]
     assert figures["calibration_records"] + figures["calibration_flagged_left_out"] == 1200
     assert 0 < figures["calibration_flagged_left_out"] < 60
+    # 1000 golden records are too few to anchor the bound: the decision says what would
+    assert "pin at least 2392 golden records" in figures["calibration_note"]
     assert figures["challenger_fpr_lower95"] <= figures["challenger_fpr_bound"] <= 0.01
     decision = registry.decision("v0002")
     assert decision is not None and decision["outcome"] == "promoted"
