@@ -153,6 +153,10 @@ def test_alertmanager_alert_follows_the_conventions() -> None:
     assert "2 notifications rate-limited" in alert["annotations"]["description"]
     assert alert["startsAt"] == "2030-01-01T00:00:00.000Z"
     assert alert["endsAt"] == "2030-01-01T00:05:00.000Z"
+    # delivered an hour after its last event (a consumer taken over, a sink back up): it
+    # still fires for resolve_s from now, instead of arriving resolved
+    late = alertmanager_alert(notification, "critical", 300, now=1_893_456_000.0 + 3600)
+    assert late["endsAt"] == "2030-01-01T01:05:00.000Z"
 
 
 class Receiver:

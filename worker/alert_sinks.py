@@ -114,8 +114,8 @@ class AlertmanagerSink:
     """Alertmanager's v2 API: ``POST <url>/api/v2/alerts`` with one alert per notification.
 
     The labels identify the alert (Alertmanager merges alerts with equal labels), so a key that
-    keeps firing updates one alert; ``endsAt`` = last event + ``resolve_s`` lets it resolve
-    when the key goes quiet, without a separate "resolved" message.
+    keeps firing updates one alert; ``endsAt`` = last event (or delivery, if later) +
+    ``resolve_s`` lets it resolve when the key goes quiet, without a "resolved" message.
     """
 
     name = "alertmanager"
@@ -133,8 +133,11 @@ class AlertmanagerSink:
         self.retry.run(lambda: self.post(self.url, body, self.timeout), self.counted)
 
 
-def alertmanager_alert(notification: dict[str, Any], severity: str, resolve_s: float
-                       ) -> dict[str, Any]:
+def alertmanager_alert(notification: dict[str, Any], severity: str, resolve_s: float,
+                       now: float | None = None) -> dict[str, Any]:
+    """``endsAt`` counts ``resolve_s`` from the delivery (``now``) when that is later than the
+    last event: a notification delivered late (a consumer taken over, a sink back after an
+    outage) reached Alertmanager already resolved and paged no one."""
     key: dict[str, Any] = notification["key"]
     labels = {"alertname": ALERTNAME, "severity": severity, "service": "nearwatch",
               "model_version": str(key.get("model_version", ""))}
@@ -159,7 +162,8 @@ def alertmanager_alert(notification: dict[str, Any], severity: str, resolve_s: f
             "record_id": str(top.get("id")),
         },
         "startsAt": notification["first_seen"],
-        "endsAt": iso_time(notification["last_seen_epoch"] + resolve_s),
+        "endsAt": iso_time(max(notification["last_seen_epoch"],
+                               time.time() if now is None else now) + resolve_s),
     }
 
 
