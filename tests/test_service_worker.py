@@ -190,7 +190,11 @@ def test_hot_reload_mid_stream(node: WorkerNode, node_registry: Any,
 
     wait_for(all_switched, 30, "both pool processes to load the new model", interval=0.3)
 
-    # a version failing verification is refused; the workers keep serving the old one
+    # a version failing verification is refused; the workers keep serving the old one. The
+    # refused series reads 0 before (a series born at 1 is no increase: the alert missed it)
+    before = http_get(node.metrics_url) or ""
+    assert re.search(r'nearwatch_model_reloads_total\{[^}]*outcome="refused"[^}]*\} 0\.0',
+                     before), before[:3000]
     bad = node_registry.add(bundles[0])
     (node_registry.path(bad) / "reference_ids.json").write_text("[]")
     (node_registry.root / "CURRENT").write_text(bad + "\n")

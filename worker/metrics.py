@@ -143,8 +143,7 @@ class ServiceMetrics:
         self.records_scored = Counter(
             "nearwatch_records_scored", "Records scored (each delivery of a batch counts)",
             registry=r)
-        self.anomalies = Counter(
-            "nearwatch_anomalies", "Records flagged as anomalous", registry=r)
+        self.anomalies = Counter("nearwatch_anomalies", "Records flagged as anomalous", registry=r)
         self.record_errors = Counter(
             "nearwatch_record_errors", "Records answered with an error, by reason",
             ["reason"], registry=r)
@@ -155,18 +154,19 @@ class ServiceMetrics:
         self.batch_duration = Histogram(
             "nearwatch_batch_duration_seconds", "Time to score one batch",
             buckets=BATCH_BUCKETS, registry=r)
-        self.model_reloads = Counter(
-            "nearwatch_model_reloads", "Model (re)loads by outcome (loaded | refused)",
-            ["outcome"], registry=r)
-        self.dead_letters = Counter(
-            "nearwatch_dead_letters", "Records written to the dead-letter stream", registry=r)
+        self.model_reloads = Counter("nearwatch_model_reloads", "Model (re)loads by outcome "
+                                     "(loaded | refused)", ["outcome"], registry=r)
+        for outcome in ("loaded", "refused"):  # 0 from the start: increase() sees the first
+            self.model_reloads.labels(outcome)
+        self.dead_letters = Counter("nearwatch_dead_letters", "Records written to the "
+                                    "dead-letter stream", registry=r)
         self.write_errors = Counter(
             "nearwatch_metrics_write_errors", "Metric updates lost (e.g. the metrics "
             "directory is full); scoring goes on", registry=r)
         self.lost_updates = 0  # the same, kept in memory when even the counter cannot write
         self._logged_at = 0.0
-        self.alert_events = Counter(
-            "nearwatch_alert_events", "Alert events written to nearwatch:alerts", registry=r)
+        self.alert_events = Counter("nearwatch_alert_events", "Alert events written to "
+                                    "nearwatch:alerts", registry=r)
         self.alert_write_failures = Counter(
             "nearwatch_alert_write_failures",
             "Scored batches whose alert events could not be written", registry=r)
