@@ -274,3 +274,21 @@ def test_models_add_of_a_directory_that_is_no_bundle(tmp_path: Path) -> None:
     out = _one_line_error(_run("models", "add", str(folder),
                                NEARWATCH_MODEL_DIR=str(tmp_path / "models")))
     assert "not a nearwatch bundle: manifest.json is missing" in out, out
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("ALERT_WINDOW_S", "inf", "finite number"),  # OverflowError at startup before
+    ("ALERT_RESOLVE_S", "1e300", "finite number"),  # crashed the consumer at its first delivery
+    ("ALERT_TIMEOUT_S", "nan", "finite number"),
+    ("ALERT_BACKOFF_S", "nan", "finite number"),  # accepted before
+    ("ALERT_WEBHOOK_URL", "http://127.0.0.1:notaport/x", "not a URL"),
+    ("ALERT_WEBHOOK_URL", "http://", "expected http(s)://host"),
+    ("ALERTMANAGER_URL", "ftp://am:9093", "expected http(s)://host"),
+])
+def test_settings_refuse_numbers_and_urls_no_setting_can_mean(variable: str, value: str,
+                                                              expected: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({f"NEARWATCH_{variable}": value})
+    assert str(raised.value).startswith(f"NEARWATCH_{variable}={value!r}: ")
+    assert expected in str(raised.value)
+    assert Settings.from_env({"NEARWATCH_ALERT_WEBHOOK_URL": "https://hooks.example:8443/x"})

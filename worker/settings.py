@@ -23,6 +23,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .names import DEADLETTER_MAXLEN, DEADLETTER_STREAM, INGEST_GROUP, RECORDS_STREAM, SCORES_STREAM
+from .setting_values import (
+    DEFAULT_BROKER_URL,
+    bounded,
+    parse_broker_url,
+    parse_flag,
+    parse_http_url,
+    parse_log_level,
+    parse_names,
+    parse_redis_url,
+)
 from .settings_sections import (
     AlertSettings,
     BufferSettings,
@@ -31,48 +41,7 @@ from .settings_sections import (
     SettingsError,
 )
 
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 T = TypeVar("T")
-
-
-def _flag(raw: str) -> bool:
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected 1/0, true/false, yes/no or on/off")
-
-
-def _names(raw: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in raw.split(",") if name.strip())
-
-
-def _broker_url(raw: str) -> str:
-    # kombu only fails on an unknown scheme when the worker connects, with a KeyError
-    # traceback: refuse it here, naming the variable ("a;b" is a failover list).
-    from kombu.transport import TRANSPORT_ALIASES
-
-    for url in raw.split(";"):
-        scheme = url.partition("://")[0].partition("+")[0]
-        if "://" in url and scheme not in TRANSPORT_ALIASES:  # a bare host is AMQP's
-            raise ValueError(f"unknown broker transport {scheme!r} (e.g. "
-                             f"{DEFAULT_BROKER_URL} or memory://)")
-    return raw
-
-
-def _redis_url(raw: str) -> str:
-    if raw and not raw.startswith(("redis://", "rediss://", "unix://")):  # redis-py's schemes
-        raise ValueError("expected redis://host:port/db (or rediss://, unix://)")
-    return raw
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's choices
-
-
-def _log_level(raw: str) -> str:
-    if raw.upper() not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
-    return raw.upper()
 
 
 @dataclass(frozen=True)
@@ -132,13 +101,13 @@ class Settings:
             if raw is None or raw.strip() == "":
                 return fallback
             try:
-                return parse(raw.strip())
+                return bounded(parse(raw.strip()))
             except ValueError as exc:
                 raise SettingsError(f"NEARWATCH_{name}={raw!r}: {exc}") from exc
 
-        broker_url = get("BROKER_URL", _broker_url, default.broker_url)
+        broker_url = get("BROKER_URL", parse_broker_url, default.broker_url)
         broker_is_redis = broker_url.startswith(("redis://", "rediss://"))
-        redis_url = get("REDIS_URL", _redis_url, broker_url if broker_is_redis else "")
+        redis_url = get("REDIS_URL", parse_redis_url, broker_url if broker_is_redis else "")
         backend_default = redis_url or ("cache+memory://" if broker_url == "memory://" else "")
         backend = get("RESULT_BACKEND", str, backend_default)
         metrics_dir = get("METRICS_DIR", str, "")
@@ -173,17 +142,18 @@ class Settings:
                 max_depth=get("RECORD_MAX_DEPTH", int, default.limits.max_depth),
                 max_error_chars=get("ERROR_MAX_CHARS", int, default.limits.max_error_chars),
             ),
-            log_level=get("LOG_LEVEL", _log_level, default.log_level),
+            log_level=get("LOG_LEVEL", parse_log_level, default.log_level),
             alerts=AlertSettings(
-                enabled=get("ALERTS", _flag, alert.enabled),
+                enabled=get("ALERTS", parse_flag, alert.enabled),
                 maxlen=get("ALERT_MAXLEN", int, alert.maxlen),
                 explain_max=get("ALERT_EXPLAIN_MAX", int, alert.explain_max),
-                webhook_url=get("ALERT_WEBHOOK_URL", str, alert.webhook_url or "") or None,
-                alertmanager_url=get("ALERTMANAGER_URL", str,
+                webhook_url=get("ALERT_WEBHOOK_URL", parse_http_url,
+                                alert.webhook_url or "") or None,
+                alertmanager_url=get("ALERTMANAGER_URL", parse_http_url,
                                      alert.alertmanager_url or "") or None,
                 jsonl=get("ALERT_JSONL", str, alert.jsonl or "") or None,
                 window_s=get("ALERT_WINDOW_S", float, alert.window_s),
-                key=get("ALERT_KEY", _names, alert.key),
+                key=get("ALERT_KEY", parse_names, alert.key),
                 rate_limit=get("ALERT_RATE_LIMIT", float, alert.rate_limit),
                 timeout_s=get("ALERT_TIMEOUT_S", float, alert.timeout_s),
                 retries=get("ALERT_RETRIES", int, alert.retries),
@@ -193,7 +163,7 @@ class Settings:
                 metrics_port=get("ALERT_METRICS_PORT", int, alert.metrics_port),
             ),
             buffer=BufferSettings(
-                enabled=get("BUFFER", _flag, buffer.enabled),
+                enabled=get("BUFFER", parse_flag, buffer.enabled),
                 capacity=get("BUFFER_RECORDS", int, buffer.capacity),
                 max_bytes=get("BUFFER_BYTES", int, buffer.max_bytes),
                 max_record_bytes=get("BUFFER_RECORD_BYTES", int, buffer.max_record_bytes),
