@@ -112,11 +112,12 @@ class SchedulerCollector:
         yield CounterMetricFamily("nearwatch_drift_alarms", "Drift alarms raised",
                                   value=float(client.get(DRIFT_ALARMS_KEY) or 0))
         schema = client.get(f"{BUFFER_PREFIX}:{CURRENT_SCHEMA}")
-        if schema:
-            yield GaugeMetricFamily(
-                "nearwatch_reference_buffer_records",
-                "Records in the reference buffer of the record schema written last",
-                value=buffer_size(client, _text(schema), self.settings.buffer))
+        # 0 before any worker wrote (NEARWATCH_BUFFER=0 on every worker, say): an absent
+        # series kept NearwatchReferenceBufferEmpty from ever firing
+        yield GaugeMetricFamily(
+            "nearwatch_reference_buffer_records",
+            "Records in the reference buffer of the record schema written last",
+            value=buffer_size(client, _text(schema), self.settings.buffer) if schema else 0.0)
         yield GaugeMetricFamily("nearwatch_golden_records", "Pinned golden records",
                                 value=golden_size(client))
         feedback = _decoded(client.hgetall(FEEDBACK_TOTAL_KEY))

@@ -461,3 +461,15 @@ def test_records_the_champion_cannot_read_neither_fail_nor_reshape_the_retrainin
     serve(redis_client, settings, challenger, str(result.version), traffic[:2000])
     again = retrain_once(redis_client, registry, settings)
     assert again.figures["buffer_records"] >= 6000, again.figures  # the same buffer
+
+
+def test_beat_exports_an_empty_buffer_as_zero(tmp_path: Path, redis_client: Any) -> None:
+    """Before any worker wrote to the buffer (or with NEARWATCH_BUFFER=0 on all of them) the
+    series was absent, so NearwatchReferenceBufferEmpty (`max(...) == 0`) could never fire."""
+    from nearwatch.scheduler.metrics import SchedulerCollector
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(SchedulerCollector(redis_client, make_settings(tmp_path / "models")))
+    text = generate_latest(registry).decode()
+    assert "\nnearwatch_reference_buffer_records 0.0\n" in text, text
