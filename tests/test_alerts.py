@@ -219,7 +219,7 @@ def _add(client: Any, event_id: str, service: str, score: float = 5.0) -> str:
 
 def test_consumer_groups_dedupes_dead_letters_and_rate_limits(alert_redis: Any) -> None:
     now = [0.0]
-    settings = AlertSettings(window_s=10, key=("service",), rate_limit=1)
+    settings = AlertSettings(window_s=10, key=("service",), rate_limit=1, redeliver_s=30)
     good, bad = ListSink("webhook"), ListSink("alertmanager", fail=True)
     consumer = AlertConsumer(alert_redis, [good, bad], settings, consumer="c1",
                              clock=lambda: now[0])
@@ -237,9 +237,18 @@ def test_consumer_groups_dedupes_dead_letters_and_rate_limits(alert_redis: Any) 
     consumer.flush()
     # rate limit 1/min: "search" (grouped second) was withheld from both sinks
     assert [(n["key"]["service"], n["count"]) for n in good.sent] == [("payments", 5)]
-    assert consumer.stats.rate_limited == 2 and consumer.stats.failed == 1
+    assert consumer.stats.rate_limited == 2 and consumer.stats.deferred == 1
     assert good.sent[0]["key"]["model_version"] == "v0001"
     assert [e["score"] for e in good.sent[0]["events"]] == [4.0, 3.0, 2.0, 1.0, 0.0]
+    # the failing sink is owed it: its five events stay pending, nothing is dead-lettered yet
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 5
+    assert alert_redis.xrange(ALERTS_DEAD_STREAM) == []
+    now[0] = 16.0  # tried again 5 s later, still down; then 10 s later, past redeliver_s
+    consumer.flush()
+    assert consumer.stats.deferred == 2 and consumer.stats.failed == 0
+    now[0] = 45.0
+    consumer.flush()
+    assert consumer.stats.failed == 1 and len(good.sent) == 1  # the webhook got it once
     dead = alert_redis.xrange(ALERTS_DEAD_STREAM)
     assert len(dead) == 1 and dead[0][1][b"sink"] == b"alertmanager"
     assert b"receiver down" in dead[0][1][b"error"]
@@ -249,6 +258,33 @@ def test_consumer_groups_dedupes_dead_letters_and_rate_limits(alert_redis: Any) 
     consumer.fold(consumer._read())
     consumer.flush(everything=True)
     assert good.sent[-1]["suppressed"] == 1 and good.sent[-1]["count"] == 1
+
+
+def test_a_sink_that_comes_back_gets_what_it_missed(alert_redis: Any) -> None:
+    """An Alertmanager down for longer than its retries (seconds) lost the notification to
+    the dead stream, and nothing sent it again when it came back: now it is owed it."""
+    now = [0.0]
+    settings = AlertSettings(window_s=10, key=("service",), redeliver_s=3600)
+    good, flaky = ListSink("webhook"), ListSink("alertmanager", fail=True)
+    consumer = AlertConsumer(alert_redis, [good, flaky], settings, consumer="c2",
+                             clock=lambda: now[0])
+    consumer.ensure_group()
+    for i in range(3):
+        _add(alert_redis, f"h{i}", "payments")
+    consumer.fold(consumer._read())
+    now[0] = 11.0
+    consumer.flush()
+    assert [n["count"] for n in good.sent] == [3] and flaky.sent == []
+    for later in (16.0, 26.0):  # down for half a minute
+        now[0] = later
+        consumer.flush()
+    assert consumer.stats.deferred == 3 and flaky.sent == []
+    flaky.fail = False
+    now[0] = 46.0
+    consumer.flush()
+    assert [n["count"] for n in flaky.sent] == [3] and len(good.sent) == 1
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 0
+    assert alert_redis.xrange(ALERTS_DEAD_STREAM) == [] and consumer.stats.failed == 0
 
 
 def test_dead_consumers_events_are_claimed_and_delivered_once(alert_redis: Any) -> None:

@@ -29,10 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .alert_redelivery import OwedNotifications
 from .alert_sinks import DeliveryError, RateLimiter, Sink, iso_time
 from .alerts import ALERTS_DEAD_STREAM, ALERTS_GROUP, ALERTS_STREAM, event_from_fields
+from .backlog import BacklogGauges, group_lag
 from .flow import Outage, group_lost
-from .names import INGEST_GROUP, RECORDS_STREAM, SCORING_QUEUE
 from .settings import AlertSettings
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("nearwatch.alerts")
 SEEN_TTL_S = 24 * 3600
 TOP_EVENTS = 5  # events carried by a notification (highest scores first)
-BACKLOG_EVERY_S = 5.0
 
 
 @dataclass
@@ -56,6 +56,7 @@ class AlertStats:
     delivered: int = 0
     failed: int = 0
     rate_limited: int = 0
+    deferred: int = 0  # failed attempts to be made again (alert_redelivery.py)
 
 
 @dataclass
@@ -98,9 +99,11 @@ class AlertConsumer:
         self.stats = AlertStats()
         self.stop = threading.Event()
         self.groups: dict[tuple[Any, ...], _Group] = {}
-        self._held: set[str] = set()  # entry ids in open groups
+        self._held: set[str] = set()  # entry ids in open groups and owed notifications
+        self.owed = OwedNotifications(settings.redeliver_s)
         self._claim_cursor = "0-0"
-        self._last_claim = self._last_backlog = float("-inf")
+        self._last_claim = float("-inf")
+        self.backlog = BacklogGauges(client, metrics, clock)
 
     def ensure_group(self) -> None:
         try:
@@ -130,8 +133,8 @@ class AlertConsumer:
             raw = self._read()
             self.fold(raw)
             self.flush()
-            self._observe_backlog()
-            return stop_when_idle and not raw and not self._pending()
+            self.backlog.observe()
+            return stop_when_idle and not raw and not self.owed and not self._pending()
         except Exception as exc:
             if not group_lost(exc):
                 raise
@@ -145,6 +148,7 @@ class AlertConsumer:
         if raw:
             return raw
         due = [g.opened + self.settings.window_s - self.clock() for g in self.groups.values()]
+        due += [item.due - self.clock() for item in self.owed.items]
         block = int(max(1.0, min([self.block_ms / 1000, *due]) * 1000))
         answer: Any = self.redis.xreadgroup(ALERTS_GROUP, self.consumer, {ALERTS_STREAM: ">"},
                                             count=self.batch_size, block=block)
@@ -168,7 +172,7 @@ class AlertConsumer:
     def _pending(self) -> bool:
         """Anything in Redis that is neither read nor held in our open groups?"""
         summary = self.redis.xpending(ALERTS_STREAM, ALERTS_GROUP)
-        return int(summary["pending"]) > len(self._held) or _group_lag(
+        return int(summary["pending"]) > len(self._held) or group_lag(
             self.redis, ALERTS_STREAM, ALERTS_GROUP) > 0
 
     # ------------------------------------------------------------------ grouping
@@ -227,6 +231,7 @@ class AlertConsumer:
             if everything or now - group.opened >= self.settings.window_s:
                 self._deliver(group)
                 del self.groups[ident]
+        self._redeliver()
         if self.metrics is not None:
             self.metrics.open_groups.set(len(self.groups))
 
@@ -237,28 +242,56 @@ class AlertConsumer:
             "last_seen_epoch": group.last_seen, "events": group.top,
         }
         self.stats.notifications += 1
+        owed = []
         for state in self.sinks:
-            name = state.sink.name
             if not state.limiter.allow():
                 state.suppressed += 1
-                self._outcome(name, "rate_limited")
-                continue
-            try:
-                state.sink.send({**notification, "suppressed": state.suppressed})
-            except (DeliveryError, OSError) as exc:
-                log.error("alert notification to %s failed, dead-lettered: %s", name, exc)
-                self.redis.xadd(ALERTS_DEAD_STREAM, {
-                    "sink": name, "error": str(exc)[:2000],
-                    "notification": json.dumps(notification, default=str)})
-                self._outcome(name, "failed")
-                if self.metrics is not None:
-                    self.metrics.dead_letters.inc()
-                continue
-            state.suppressed = 0
-            self._outcome(name, "delivered")
+                self._outcome(state.sink.name, "rate_limited")
+            elif self._send(state, notification, final=self.settings.redeliver_s <= 0):
+                owed.append(state.sink.name)
+        if owed:  # its entries stay held and pending until no sink is owed it
+            self.owed.add(notification, owed, group.entries, self.clock())
+        else:
+            self._acknowledge(group.entries)
+
+    def _redeliver(self) -> None:
+        """Send the owed notifications that are due again (``worker/alert_redelivery.py``)."""
+        now, by_name = self.clock(), {state.sink.name: state for state in self.sinks}
+        for item in self.owed.due(now):
+            final = self.owed.expired(item, now)
+            item.sinks = [name for name in item.sinks
+                          if self._send(by_name[name], item.notification, final)]
+            if item.sinks:
+                self.owed.later(item, now)
+            else:
+                self._acknowledge(item.entries)
+
+    def _send(self, state: _SinkState, notification: dict[str, Any], final: bool) -> bool:
+        """Deliver to one sink; True when it stays owed (a retryable failure, not final)."""
+        name = state.sink.name
+        try:
+            state.sink.send({**notification, "suppressed": state.suppressed})
+        except (DeliveryError, OSError) as exc:
+            if not final and getattr(exc, "retryable", True):
+                log.warning("alert notification to %s failed, sent again later: %s", name, exc)
+                self._outcome(name, "deferred")
+                return True
+            log.error("alert notification to %s failed, dead-lettered: %s", name, exc)
+            self.redis.xadd(ALERTS_DEAD_STREAM, {
+                "sink": name, "error": str(exc)[:2000],
+                "notification": json.dumps(notification, default=str)})
+            self._outcome(name, "failed")
+            if self.metrics is not None:
+                self.metrics.dead_letters.inc()
+            return False
+        state.suppressed = 0
+        self._outcome(name, "delivered")
+        return False
+
+    def _acknowledge(self, entries: list[str]) -> None:
         # Delivered or dead-lettered everywhere: only now is the hand-off complete.
-        self.redis.xack(ALERTS_STREAM, ALERTS_GROUP, *group.entries)
-        self._held.difference_update(group.entries)
+        self.redis.xack(ALERTS_STREAM, ALERTS_GROUP, *entries)
+        self._held.difference_update(entries)
 
     def _outcome(self, sink: str, outcome: str) -> None:
         setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
@@ -274,30 +307,6 @@ class AlertConsumer:
             self.stats.invalid += 1
         if self.metrics is not None:
             self.metrics.events.labels(outcome).inc()
-
-    def _observe_backlog(self) -> None:
-        """Export the scoring backlog (broker queue, ingest stream) for the stall alert."""
-        now = self.clock()
-        if self.metrics is None or now - self._last_backlog < BACKLOG_EVERY_S:
-            return
-        self._last_backlog = now
-        try:
-            self.metrics.queue_messages.labels(SCORING_QUEUE).set(self.redis.llen(SCORING_QUEUE))
-            backlog = _group_lag(self.redis, RECORDS_STREAM, INGEST_GROUP, pending=True)
-            self.metrics.stream_backlog.labels(RECORDS_STREAM).set(backlog)
-        except Exception as exc:  # a gauge is not worth stopping delivery for
-            log.warning("could not read the scoring backlog: %s", exc)
-
-
-def _group_lag(client: Redis, stream: str, group: str, pending: bool = False) -> int:
-    """Entries of ``stream`` not yet delivered to ``group`` (+ pending ones if asked)."""
-    if not client.exists(stream):
-        return 0
-    for info in client.xinfo_groups(stream):
-        if _text(info["name"]) == group:
-            lag = info.get("lag")
-            return int(lag or 0) + (int(info["pending"]) if pending else 0)
-    return int(client.xlen(stream))  # no group yet: nothing has been read
 
 
 def _text(value: Any) -> str:

@@ -10,7 +10,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 ALERT_SINKS = ("webhook", "alertmanager", "jsonl")
-ALERT_OUTCOMES = ("delivered", "failed", "rate_limited")
+ALERT_OUTCOMES = ("delivered", "deferred", "failed", "rate_limited")
 
 
 class AlertMetrics:
@@ -24,7 +24,8 @@ class AlertMetrics:
             "outcome (grouped | duplicate | invalid)", ["outcome"], registry=r)
         self.notifications = Counter(
             "nearwatch_alert_notifications", "Notifications per sink and outcome "
-            "(delivered | failed | rate_limited)", ["sink", "outcome"], registry=r)
+            "(delivered | deferred: to be sent again | failed | rate_limited)",
+            ["sink", "outcome"], registry=r)
         self.attempts = Counter(
             "nearwatch_alert_delivery_attempts", "HTTP delivery attempts per sink",
             ["sink"], registry=r)

@@ -160,6 +160,7 @@ class Settings:
                 backoff_s=get("ALERT_BACKOFF_S", float, alert.backoff_s),
                 severity=get("ALERT_SEVERITY", str, alert.severity),
                 resolve_s=get("ALERT_RESOLVE_S", float, alert.resolve_s),
+                redeliver_s=get("ALERT_REDELIVER_S", float, alert.redeliver_s),
                 metrics_port=get("ALERT_METRICS_PORT", int, alert.metrics_port),
             ),
             buffer=BufferSettings(

@@ -46,6 +46,9 @@ class AlertSettings:
     severity: str = "warning"  # Alertmanager label
     # Alertmanager's endsAt = the last event + this: a key that stops firing resolves.
     resolve_s: float = 300.0
+    # a sink still failing after its retries is owed the notification: tried again with
+    # backoff (5 s doubling to 5 min) for this long, then dead-lettered (0: at once)
+    redeliver_s: float = 3600.0
     metrics_port: int = 9809  # /metrics of `nearwatch alerts`
 
     def validate(self) -> None:
@@ -55,7 +58,8 @@ class AlertSettings:
             if value <= 0:
                 raise SettingsError(f"NEARWATCH_{name} must be positive")
         non_negative = {"ALERT_EXPLAIN_MAX": self.explain_max, "ALERT_RETRIES": self.retries,
-                        "ALERT_RATE_LIMIT": self.rate_limit, "ALERT_BACKOFF_S": self.backoff_s}
+                        "ALERT_RATE_LIMIT": self.rate_limit, "ALERT_BACKOFF_S": self.backoff_s,
+                        "ALERT_REDELIVER_S": self.redeliver_s}
         for name, value in non_negative.items():
             if value < 0:
                 raise SettingsError(f"NEARWATCH_{name} must not be negative")
