@@ -16,6 +16,7 @@ from nearwatch.worker.alert_consumer import AlertConsumer
 from nearwatch.worker.alert_sinks import (
     AlertmanagerSink,
     DeliveryError,
+    JsonlSink,
     RateLimiter,
     Retry,
     WebhookSink,
@@ -358,3 +359,23 @@ def test_consumer_rides_out_a_dropped_connection_and_a_deleted_stream(alert_redi
         runner.join(10)
     assert not runner.is_alive()
 
+
+
+def test_the_jsonl_file_is_not_rate_limited(alert_redis: Any) -> None:
+    """NEARWATCH_ALERT_RATE_LIMIT protects a pager; it dropped notifications from the local
+    JSONL file too, where nothing is paged and every one should be kept."""
+    import io
+
+    now = [0.0]
+    out = io.StringIO()
+    webhook = ListSink("webhook")
+    consumer = AlertConsumer(alert_redis, [webhook, JsonlSink(out)],
+                             AlertSettings(window_s=10, key=("service",), rate_limit=1),
+                             consumer="c3", clock=lambda: now[0])
+    consumer.ensure_group()
+    for service in ("api", "db", "cache"):
+        _add(alert_redis, f"j-{service}", service)
+    consumer.fold(consumer._read())
+    now[0] = 11.0
+    consumer.flush()
+    assert len(webhook.sent) == 1 and len(out.getvalue().splitlines()) == 3

@@ -97,6 +97,15 @@ def test_amtool_accepts_the_alertmanager_config(tmp_path: Path) -> None:
     assert inhibits(ALERTMANAGER, "NearwatchSchedulerRedisDown", "NearwatchModelStale")
     assert inhibits(ALERTMANAGER, "NearwatchBufferWriteFailing", "NearwatchReferenceBufferEmpty")
     assert not inhibits(ALERTMANAGER, "NearwatchModelStale", "NearwatchSchedulerDown")
+    # anomaly notifications keep their per-key groups at either severity (a critical one
+    # matched the critical route first and every key collapsed into one group)
+    for severity in ("warning", "critical"):
+        routed = _run([amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}",
+                       "alertname=NearwatchAnomalousRecords", f"severity={severity}"])
+        assert routed.stdout.strip() == f"nearwatch-{severity}", routed.stdout + routed.stderr
+    first = yaml.safe_load(ALERTMANAGER.read_text())["route"]["routes"][0]
+    assert first["matchers"] == ['alertname="NearwatchAnomalousRecords"']
+    assert first["group_by"] == ["..."]
     typo = yaml.safe_load(ALERTMANAGER.read_text().replace("NearwatchModelStale",
                                                            "NearwatchModelStail"))
     assert inhibited_unknown_alerts(typo) == ["NearwatchModelStail"]

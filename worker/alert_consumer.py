@@ -91,7 +91,8 @@ class AlertConsumer:
         self.redis = client
         self.outage = Outage(outage_deadline)
         self.settings = settings
-        self.sinks = [_SinkState(s, RateLimiter(settings.rate_limit, clock)) for s in sinks]
+        self.sinks = [_SinkState(s, RateLimiter(
+            settings.rate_limit if getattr(s, "rate_limited", True) else 0, clock)) for s in sinks]
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.claim_idle_ms = claim_idle_ms or default_claim_idle_ms(settings.window_s)
         self.block_ms, self.batch_size = block_ms, batch_size

@@ -86,6 +86,7 @@ class JsonlSink:
     """One JSON line per notification (stdout or a file), for scripts."""
 
     name = "jsonl"
+    rate_limited = False  # a local file: every notification is kept
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
