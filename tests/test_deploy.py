@@ -462,7 +462,8 @@ def test_every_deploy_command_is_a_real_cli_command() -> None:
     assert {"compose worker", "compose ingest", "compose alerts", "worker.yaml worker",
             "Dockerfile CMD", "Dockerfile HEALTHCHECK", "Procfile worker", "compose beat",
             "compose beat healthcheck", "beat.yaml beat", "Procfile beat",
-            "nearwatch-worker.service", "nearwatch-beat.service"} <= set(commands)
+            "nearwatch-worker.service", "nearwatch-beat.service", "nearwatch-alerts.service",
+            "nearwatch-ingest.service"} <= set(commands)
     cli: set[Argv] = set()
     for where, argv in commands.items():
         program = Path(argv[0]).name
@@ -551,7 +552,9 @@ def _systemd_complaints(unit_text: str, name: str, tmp_path: Path) -> str:
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:
-    assert [u.name for u in SYSTEMD_UNITS] == ["nearwatch-beat.service",
+    assert [u.name for u in SYSTEMD_UNITS] == ["nearwatch-alerts.service",
+                                               "nearwatch-beat.service",
+                                               "nearwatch-ingest.service",
                                                "nearwatch-worker.service"]
     for unit in SYSTEMD_UNITS:
         assert _systemd_complaints(unit.read_text(), unit.name, tmp_path) == ""
