@@ -292,3 +292,11 @@ def test_settings_refuse_numbers_and_urls_no_setting_can_mean(variable: str, val
     assert str(raised.value).startswith(f"NEARWATCH_{variable}={value!r}: ")
     assert expected in str(raised.value)
     assert Settings.from_env({"NEARWATCH_ALERT_WEBHOOK_URL": "https://hooks.example:8443/x"})
+
+
+def test_alerts_jsonl_errors_name_their_source(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no" / "dir" / "alerts.jsonl")
+    out = _one_line_error(_run("alerts", "--stop-when-idle", NEARWATCH_ALERT_JSONL=missing))
+    assert f"cannot open {missing}" in out and "(NEARWATCH_ALERT_JSONL)" in out
+    out = _one_line_error(_run("alerts", "--stop-when-idle", "--jsonl", missing))
+    assert "(--jsonl)" in out

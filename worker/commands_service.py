@@ -193,7 +193,9 @@ def alerts_command(consumer: str, claim_idle_ms: int | None, jsonl: str | None,
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         if exc.filename is not None:  # the --jsonl / NEARWATCH_ALERT_JSONL file
-            raise click.ClickException(f"cannot open {exc.filename}: {exc.strerror}") from exc
+            source = "--jsonl" if jsonl is not None else "NEARWATCH_ALERT_JSONL"
+            raise click.ClickException(f"cannot open {exc.filename}: {exc.strerror} "
+                                       f"({source})") from exc
         if not is_bind_error(exc):
             raise
         raise click.ClickException(metrics_bind_error(
