@@ -300,3 +300,14 @@ def test_alerts_jsonl_errors_name_their_source(tmp_path: Path) -> None:
     assert f"cannot open {missing}" in out and "(NEARWATCH_ALERT_JSONL)" in out
     out = _one_line_error(_run("alerts", "--stop-when-idle", "--jsonl", missing))
     assert "(--jsonl)" in out
+
+
+def test_models_add_says_when_a_model_is_already_registered(tmp_path: Path,
+                                                            bundles: tuple[Path, Path]) -> None:
+    first = _run("models", "add", str(bundles[0]), NEARWATCH_MODEL_DIR=str(tmp_path))
+    assert first.exit_code == 0 and "note:" not in first.stderr
+    again = _run("models", "add", str(bundles[0]), NEARWATCH_MODEL_DIR=str(tmp_path))
+    assert again.exit_code == 0 and "added v0002" in again.stdout
+    assert "note: v0002 holds the same model as v0001" in again.stderr
+    other = _run("models", "add", str(bundles[1]), NEARWATCH_MODEL_DIR=str(tmp_path))
+    assert other.exit_code == 0 and "note:" not in other.stderr

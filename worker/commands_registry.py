@@ -60,6 +60,11 @@ def models_add(bundle_dir: Path, promote: bool) -> None:
             raise click.ClickException(_unwritable(registry, exc)) from exc
         click.echo(f"added {version}{' (current)' if promote else ''} to "
                    f"{location_of(registry)}")
+        listed = {v.version: v.model_version for v in registry.list()}
+        same = [v for v, model in listed.items() if v != version and model is not None
+                and model == listed.get(version)]
+        if same:  # allowed (a re-add to promote it again), but worth knowing
+            click.echo(f"note: {version} holds the same model as {', '.join(same)}", err=True)
 
 
 @models_group.command("promote")
