@@ -268,7 +268,7 @@ def test_a_sink_that_comes_back_gets_what_it_missed(alert_redis: Any) -> None:
     settings = AlertSettings(window_s=10, key=("service",), redeliver_s=3600)
     good, flaky = ListSink("webhook"), ListSink("alertmanager", fail=True)
     consumer = AlertConsumer(alert_redis, [good, flaky], settings, consumer="c2",
-                             clock=lambda: now[0])
+                             clock=lambda: now[0], claim_idle_ms=200)
     consumer.ensure_group()
     for i in range(3):
         _add(alert_redis, f"h{i}", "payments")
@@ -276,6 +276,14 @@ def test_a_sink_that_comes_back_gets_what_it_missed(alert_redis: Any) -> None:
     now[0] = 11.0
     consumer.flush()
     assert [n["count"] for n in good.sent] == [3] and flaky.sent == []
+    # owed longer than the claim idle time, its events stay this consumer's: another one
+    # would claim them and send them to every sink again
+    time.sleep(0.3)
+    now[0] = 12.0
+    consumer.flush()
+    other = AlertConsumer(alert_redis, [ListSink("webhook")], settings, consumer="other",
+                          claim_idle_ms=200)
+    assert other._claim() == []
     for later in (16.0, 26.0):  # down for half a minute
         now[0] = later
         consumer.flush()

@@ -266,6 +266,9 @@ class AlertConsumer:
                 self.owed.later(item, now)
             else:
                 self._acknowledge(item.entries)
+        if self.owed.touch_due(now, self.claim_idle_ms / 3000):  # still ours: not claimable
+            owned: list[Any] = sorted(self.owed.entries())
+            self.redis.xclaim(ALERTS_STREAM, ALERTS_GROUP, self.consumer, 0, owned, justid=True)
 
     def _send(self, state: _SinkState, notification: dict[str, Any], final: bool) -> bool:
         """Deliver to one sink; True when it stays owed (a retryable failure, not final)."""

@@ -38,6 +38,7 @@ class OwedNotifications:
     def __init__(self, redeliver_s: float) -> None:
         self.redeliver_s = redeliver_s
         self.items: list[Owed] = []
+        self._touched = float("-inf")
 
     def add(self, notification: dict[str, Any], sinks: list[str], entries: list[str],
             now: float) -> None:
@@ -56,6 +57,14 @@ class OwedNotifications:
         item.delay = min(MAX_DELAY_S, item.delay * 2)
         item.due = now + item.delay
         self.items.append(item)
+
+    def touch_due(self, now: float, every_s: float) -> bool:
+        """Whether to reset the owed entries' idle time now: a notification owed for longer
+        than the claim idle time would be claimed and sent again by another consumer."""
+        if not self.items or now - self._touched < every_s:
+            return False
+        self._touched = now
+        return True
 
     def entries(self) -> set[str]:
         return {entry for item in self.items for entry in item.entries}
