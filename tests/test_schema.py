@@ -188,8 +188,9 @@ def test_missing_values_are_imputed_with_indicator_columns() -> None:
 
 
 def test_unseen_missing_category_goes_to_other() -> None:
-    encoder = FeatureEncoder().fit([{"c": "x"}, {"c": "y"}])
-    assert encoder.transform([{"c": None}]).tolist() == [[0.0, 0.0, pytest.approx(ONEHOT_WEIGHT)]]
+    encoder = FeatureEncoder().fit([{"c": "x", "n": 1}, {"c": "y", "n": 2}])
+    assert encoder.transform([{"c": None, "n": 1.5}])[:, :3].tolist() == [
+        [0.0, 0.0, pytest.approx(ONEHOT_WEIGHT)]]
 
 
 def test_unknown_fields_are_ignored_and_counted() -> None:
@@ -201,13 +202,17 @@ def test_unknown_fields_are_ignored_and_counted() -> None:
     assert (extra == plain).all()
     encoder.transform([{**base, "note": 5, "is_anomaly": True}])  # dropped/label: known fields
     assert encoder.unknown_fields_seen_ == 3
+    nulls = {spec["name"]: None for spec in encoder.fields_}
     _, errors = encoder.transform_records(
-        [{"other": 1}, {}, {"id": 7}, {"other": 1, "bytes": None}])
+        [{"other": 1}, {}, {"id": 7}, {"other": 1, "bytes": None}, nulls,
+         {**nulls, "bytes": 5}])
     assert encoder.unknown_fields_seen_ == 5
-    # None of the model's fields: nothing to score (a renamed feed must not read as normal);
-    # a field present but null is a missing value, imputed
-    assert [error is not None for error in errors] == [True, True, True, False]
-    assert "none of the model's fields" in str(errors[0]) and errors[2].record_id == 7
+    # No value for any of the model's fields (absent or null): nothing to score, a renamed
+    # feed must not read as normal (an all-null record was scored as all-imputed before);
+    # one value is enough: the other missing ones are imputed
+    assert [error is not None for error in errors] == [True, True, True, True, True, False]
+    assert "no value for any of the model's fields" in str(errors[0])
+    assert errors[2].record_id == 7
 
 
 BAD_VALUES = [

@@ -54,10 +54,12 @@ def screen_rows(rows: list, features: np.ndarray, bad: dict[int, tuple[str | Non
     scored; a renamed feed must not read as normal) and values beyond float32 once scaled."""
     names = {spec["name"] for spec in specs}
     for index, row in enumerate(rows):
-        if index not in bad and isinstance(row, dict) and names.isdisjoint(row):
+        if index not in bad and isinstance(row, dict) and all(
+                row[name] is None for name in names.intersection(row)):  # absent or all null
             shown = ", ".join(spec["name"] for spec in specs[:3])
             more = f", ... {len(specs)} in all" if len(specs) > 3 else ""
-            bad[index] = (None, f"record has none of the model's fields ({shown}{more})")
+            bad[index] = (None, f"record has no value for any of the model's fields "
+                                f"({shown}{more})")
     for index, field in out_of_range_rows(features, column_fields).items():
         if index not in bad:
             value = rows[index].get(field) if isinstance(rows[index], dict) else None
