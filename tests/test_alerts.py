@@ -387,3 +387,65 @@ def test_the_jsonl_file_is_not_rate_limited(alert_redis: Any) -> None:
     now[0] = 11.0
     consumer.flush()
     assert len(webhook.sent) == 1 and len(out.getvalue().splitlines()) == 3
+
+
+class CountingSink(ListSink):
+    def __init__(self, name: str, fail: bool = False) -> None:
+        super().__init__(name, fail)
+        self.calls = 0
+
+    def send(self, notification: dict[str, Any]) -> None:
+        self.calls += 1
+        super().send(notification)
+
+
+def test_a_down_sink_is_tried_once_per_backoff_and_no_owed_event_is_lost(
+        alert_redis: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A down sink cost one full retry cycle per owed notification (a consumer falling ever
+    further behind); a Redis error half-way through a redelivery pass lost the items of that
+    pass; a touch took back entries another consumer had claimed."""
+    import redis
+
+    now = [0.0]
+    settings = AlertSettings(window_s=10, key=("service",), redeliver_s=3600)
+    down = CountingSink("alertmanager", fail=True)
+    consumer = AlertConsumer(alert_redis, [down], settings, consumer="c4",
+                             clock=lambda: now[0], claim_idle_ms=60_000)
+    consumer.ensure_group()
+    for service in ("api", "db", "cache"):
+        _add(alert_redis, f"k-{service}", service)
+    consumer.fold(consumer._read())
+    now[0] = 11.0
+    consumer.flush()
+    assert down.calls == 1 and consumer.stats.deferred == 3 and len(consumer.owed) == 3
+    down.fail = False
+    acknowledge = consumer._acknowledge
+    failures = [redis.ConnectionError("Redis went away")]
+
+    def flaky_acknowledge(entries: list[str]) -> None:
+        if failures:
+            raise failures.pop()
+        acknowledge(entries)
+
+    monkeypatch.setattr(consumer, "_acknowledge", flaky_acknowledge)
+    now[0] = 16.1
+    with pytest.raises(redis.ConnectionError):
+        consumer.flush()
+    assert len(consumer.owed) == 3  # nothing of the interrupted pass is lost
+    now[0] = 40.0
+    consumer.flush()
+    assert len(consumer.owed) == 0 and len(down.sent) >= 3
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 0
+    # another consumer took an owed notification's entries: this one lets them go
+    down.fail = True
+    _add(alert_redis, "k-auth", "auth")
+    consumer.fold(consumer._read())
+    now[0] = 60.0
+    consumer.flush()
+    [entry] = consumer.owed.entries()
+    alert_redis.xclaim(ALERTS_STREAM, ALERTS_GROUP, "other", 0, [entry], justid=True)
+    now[0] = 200.0
+    consumer.flush()
+    assert len(consumer.owed) == 0 and entry not in consumer._held
+    [pending] = alert_redis.xpending_range(ALERTS_STREAM, ALERTS_GROUP, "-", "+", 10)
+    assert pending["consumer"] == b"other"

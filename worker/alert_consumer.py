@@ -1,20 +1,14 @@
 """`nearwatch alerts`: the stream ``nearwatch:alerts`` → de-duplicated notifications → sinks.
 
-Consumer group ``nearwatch-alerts``, as ``nearwatch ingest`` does it: each consumer reads new
-entries with ``XREADGROUP`` and takes over a dead consumer's pending entries with
-``XAUTOCLAIM``. An entry is acknowledged only once the notification that counts it has been
-delivered to every sink or written to ``nearwatch:alerts:dead``, so a consumer killed mid-window
-loses nothing: its entries are claimed and grouped again by another one.
-
-De-duplication, two kinds:
-- the same event twice (a redelivered scoring batch writes its events again): ``SET NX`` of
-  the event id, valued with the entry id, in Redis; a different entry with a seen event id is
-  acknowledged and counted as a duplicate, while the *same* entry (claimed from a dead
-  consumer, whose ``SET`` it finds) is grouped normally;
-- many events, one cause: events with equal key (``AlertSettings.key`` record fields + model
-  version) within ``window_s`` of the first become one notification with a ``count``.
-A sink over its rate limit skips the notification; the next one it gets says how many it missed
-(``suppressed``), and ``nearwatch_alert_notifications_total{outcome="rate_limited"}`` counts them.
+Consumer group ``nearwatch-alerts``, as ``nearwatch ingest`` does it (XREADGROUP, XAUTOCLAIM
+of a dead consumer's entries). An entry is acknowledged only once the notification counting it
+reached every sink or ``nearwatch:alerts:dead``: a consumer killed mid-window loses nothing. A
+failing sink is owed the notification (``alert_redelivery.py``). De-duplication: the same
+event twice (a redelivered scoring batch) by ``SET NX`` of its id, valued with the entry id
+(the *same* entry claimed from a dead consumer is grouped normally); many events, one cause:
+equal key (``AlertSettings.key`` fields + model version) within ``window_s`` make one
+notification with a ``count``. A sink over its rate limit skips it; its next one says how many
+it missed (``suppressed``).
 """
 
 from __future__ import annotations
@@ -29,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .alert_redelivery import OwedNotifications
+from .alert_redelivery import OwedNotifications, SinkBackoff
 from .alert_sinks import DeliveryError, RateLimiter, Sink, iso_time
 from .alerts import ALERTS_DEAD_STREAM, ALERTS_GROUP, ALERTS_STREAM, event_from_fields
-from .backlog import BacklogGauges, group_lag
+from .backlog import BacklogGauges, as_text, group_lag
 from .flow import Outage, group_lost
 from .settings import AlertSettings
 
@@ -75,6 +69,7 @@ class _SinkState:
     sink: Sink
     limiter: RateLimiter
     suppressed: int = 0  # notifications skipped by the rate limit since the last delivery
+    backoff: SinkBackoff = field(default_factory=SinkBackoff)  # down after a failure
 
 
 def default_claim_idle_ms(window_s: float) -> int:
@@ -163,8 +158,8 @@ class AlertConsumer:
         cursor, claimed, *_ = self.redis.xautoclaim(
             ALERTS_STREAM, ALERTS_GROUP, self.consumer, min_idle_time=self.claim_idle_ms,
             start_id=self._claim_cursor, count=self.batch_size)
-        self._claim_cursor = _text(cursor)
-        fresh = [(e, f) for e, f in claimed if f is not None and _text(e) not in self._held]
+        self._claim_cursor = as_text(cursor)
+        fresh = [(e, f) for e, f in claimed if f is not None and as_text(e) not in self._held]
         if fresh:
             log.warning("claimed %d alert events of a stalled consumer", len(fresh))
             self.stats.claimed += len(fresh)
@@ -182,7 +177,7 @@ class AlertConsumer:
         parsed: list[tuple[str, dict[str, Any]]] = []
         done: list[str] = []
         for entry_id, fields in raw:
-            entry = _text(entry_id)
+            entry = as_text(entry_id)
             try:
                 parsed.append((entry, event_from_fields(fields)))
             except ValueError as exc:
@@ -196,7 +191,7 @@ class AlertConsumer:
             pipe.get(key)
         owners = pipe.execute()[1::2] if parsed else []
         for (entry, event), owner in zip(parsed, owners, strict=True):
-            if owner is not None and _text(owner) != entry:
+            if owner is not None and as_text(owner) != entry:
                 done.append(entry)
                 self._count("duplicate")
                 continue
@@ -257,27 +252,38 @@ class AlertConsumer:
 
     def _redeliver(self) -> None:
         """Send the owed notifications that are due again (``worker/alert_redelivery.py``)."""
-        now, by_name = self.clock(), {state.sink.name: state for state in self.sinks}
-        for item in self.owed.due(now):
-            final = self.owed.expired(item, now)
+        by_name = {state.sink.name: state for state in self.sinks}
+        for item in self.owed.due(self.clock()):
+            self._keep_owned()  # between items too: a pass can be long
+            if item not in self.owed.items:
+                continue  # another consumer took its entries
+            final = self.owed.expired(item, self.clock())
             item.sinks = [name for name in item.sinks
                           if self._send(by_name[name], item.notification, final)]
             if item.sinks:
-                self.owed.later(item, now)
+                self.owed.later(item, self.clock())
             else:
                 self._acknowledge(item.entries)
-        if self.owed.touch_due(now, self.claim_idle_ms / 3000):  # still ours: not claimable
-            owned: list[Any] = sorted(self.owed.entries())
-            self.redis.xclaim(ALERTS_STREAM, ALERTS_GROUP, self.consumer, 0, owned, justid=True)
+                self.owed.settle(item)
+        self._keep_owned()
+
+    def _keep_owned(self) -> None:
+        lost = self.owed.keep(self.redis, self.consumer, self.clock(), self.claim_idle_ms / 3000)
+        self._held.difference_update(lost)
 
     def _send(self, state: _SinkState, notification: dict[str, Any], final: bool) -> bool:
-        """Deliver to one sink; True when it stays owed (a retryable failure, not final)."""
+        """Deliver to one sink; True when it stays owed (a retryable failure, not final).
+        A sink that failed is not tried again before its backoff ends."""
         name = state.sink.name
+        if not final and state.backoff.down(self.clock()):
+            self._outcome(name, "deferred")
+            return True
         try:
             state.sink.send({**notification, "suppressed": state.suppressed})
         except (DeliveryError, OSError) as exc:
             if not final and getattr(exc, "retryable", True):
                 log.warning("alert notification to %s failed, sent again later: %s", name, exc)
+                state.backoff.failed(self.clock())
                 self._outcome(name, "deferred")
                 return True
             log.error("alert notification to %s failed, dead-lettered: %s", name, exc)
@@ -289,6 +295,7 @@ class AlertConsumer:
                 self.metrics.dead_letters.inc()
             return False
         state.suppressed = 0
+        state.backoff.answered()
         self._outcome(name, "delivered")
         return False
 
@@ -303,15 +310,7 @@ class AlertConsumer:
             self.metrics.notifications.labels(sink, outcome).inc()
 
     def _count(self, outcome: str) -> None:
-        if outcome == "grouped":
-            self.stats.events += 1
-        elif outcome == "duplicate":
-            self.stats.duplicates += 1
-        else:
-            self.stats.invalid += 1
+        counted = {"grouped": "events", "duplicate": "duplicates"}.get(outcome, "invalid")
+        setattr(self.stats, counted, getattr(self.stats, counted) + 1)
         if self.metrics is not None:
             self.metrics.events.labels(outcome).inc()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -4,9 +4,11 @@ A sink's own retries last seconds (``retries`` x ``backoff_s``); an Alertmanager
 webhook outage lasts longer, and the notification went to ``nearwatch:alerts:dead`` with
 nothing to send it again: the page was lost. Now a retryable failure (network, HTTP 5xx, 429)
 leaves the notification *owed* to that sink: it is tried again after 5 s, doubling up to 5
-minutes, until ``redeliver_s`` after its first failure, and only then dead-lettered. The
-stream entries it counts stay unacknowledged meanwhile, so a consumer killed in between loses
-nothing (another one claims and delivers them again; a sink may then get it twice).
+minutes, until ``redeliver_s`` after its first failure, and only then dead-lettered. A sink
+that failed is *down* for as long (``SinkBackoff``): what it is owed meanwhile is not tried,
+so an outage costs one attempt per period, not one per notification. The stream entries stay
+unacknowledged and owned by this consumer (their idle time reset, ``keep``), so a consumer
+killed in between loses nothing: another one claims them and sends them again.
 
 >>> owed = OwedNotifications(redeliver_s=60)
 >>> owed.add({"count": 1}, ["webhook"], ["1-0"], now=0.0)
@@ -16,9 +18,13 @@ nothing (another one claims and delivers them again; a sink may then get it twic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .alerts import ALERTS_GROUP, ALERTS_STREAM
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 FIRST_DELAY_S = 5.0
 MAX_DELAY_S = 300.0
@@ -34,6 +40,24 @@ class Owed:
     delay: float = FIRST_DELAY_S
 
 
+@dataclass
+class SinkBackoff:
+    """A sink that failed is not tried again before ``until`` (5 s, doubling to 5 min)."""
+
+    until: float = float("-inf")
+    delay: float = FIRST_DELAY_S
+
+    def down(self, now: float) -> bool:
+        return now < self.until
+
+    def failed(self, now: float) -> None:
+        self.until = now + self.delay
+        self.delay = min(MAX_DELAY_S, self.delay * 2)
+
+    def answered(self) -> None:
+        self.until, self.delay = float("-inf"), FIRST_DELAY_S
+
+
 class OwedNotifications:
     def __init__(self, redeliver_s: float) -> None:
         self.redeliver_s = redeliver_s
@@ -44,11 +68,10 @@ class OwedNotifications:
             now: float) -> None:
         self.items.append(Owed(notification, sinks, entries, now, now + FIRST_DELAY_S))
 
-    def due(self, now: float) -> Iterator[Owed]:
-        """The owed notifications to try now (each then either settled or ``later``)."""
-        ready = [item for item in self.items if item.due <= now]
-        self.items = [item for item in self.items if item.due > now]
-        yield from ready
+    def due(self, now: float) -> list[Owed]:
+        """The owed notifications to try now; each stays listed until ``settle`` (a failure
+        half-way through a pass loses none)."""
+        return [item for item in self.items if item.due <= now]
 
     def expired(self, item: Owed, now: float) -> bool:
         return now - item.failed_since >= self.redeliver_s
@@ -56,18 +79,35 @@ class OwedNotifications:
     def later(self, item: Owed, now: float) -> None:
         item.delay = min(MAX_DELAY_S, item.delay * 2)
         item.due = now + item.delay
-        self.items.append(item)
 
-    def touch_due(self, now: float, every_s: float) -> bool:
-        """Whether to reset the owed entries' idle time now: a notification owed for longer
-        than the claim idle time would be claimed and sent again by another consumer."""
-        if not self.items or now - self._touched < every_s:
-            return False
-        self._touched = now
-        return True
+    def settle(self, item: Owed) -> None:
+        self.items.remove(item)
 
     def entries(self) -> set[str]:
         return {entry for item in self.items for entry in item.entries}
 
+    def keep(self, client: Redis, consumer: str, now: float, every_s: float) -> set[str]:
+        """Every ``every_s``: reset the idle time of the owed entries this consumer still
+        owns (else another consumer would claim them and send them to every sink again) and
+        forget the items whose entries another consumer took meanwhile (it delivers them).
+        Returns the forgotten entries."""
+        if not self.items or now - self._touched < every_s:
+            return set()
+        self._touched = now
+        wanted = self.entries()
+        pending = client.xpending_range(ALERTS_STREAM, ALERTS_GROUP, "-", "+",
+                                        count=len(wanted) + 1000, consumername=consumer)
+        owned = {_text(p["message_id"]) for p in pending} & wanted
+        lost = {item_id for item_id in wanted - owned}
+        self.items = [item for item in self.items if not lost.intersection(item.entries)]
+        kept: list[Any] = sorted(self.entries())
+        if kept:
+            client.xclaim(ALERTS_STREAM, ALERTS_GROUP, consumer, 0, kept, justid=True)
+        return wanted - set(kept)
+
     def __len__(self) -> int:
         return len(self.items)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -45,11 +45,11 @@ def group_lag(client: Redis, stream: str, group: str, pending: bool = False) -> 
     if not client.exists(stream):
         return 0
     for info in client.xinfo_groups(stream):
-        if _text(info["name"]) == group:
+        if as_text(info["name"]) == group:
             lag = info.get("lag")
             return int(lag or 0) + (int(info["pending"]) if pending else 0)
     return int(client.xlen(stream))  # no group yet: nothing has been read
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
