@@ -106,9 +106,9 @@ def retrain_once(client: Redis, registry: ModelRegistry, settings: Settings,
 def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: SingleFlight,
              result: RetrainResult) -> None:
     result.champion, champion = registry.load_current()
-    verdicts = usable.readable_verdicts(champion, FeedbackStore(
-        client, settings.retrain.feedback_max).all(), result.figures)
-    anomaly_ids = {_id_key(v.record_id) for v in verdicts if v.label == "anomaly"} - {None}
+    given = FeedbackStore(client, settings.retrain.feedback_max).all()
+    verdicts = usable.readable_verdicts(champion, given, result.figures)  # ids: all verdicts
+    anomaly_ids = {_id_key(v.record_id) for v in given if v.label == "anomaly"} - {None}
     entries = usable.on_champion_fields(champion, [
         e for e in read_buffer(client, record_schema(champion), settings.buffer)
         if _id_key(e.record_id) not in anomaly_ids])
@@ -124,7 +124,7 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
     n_held = int(len(shuffled) * settings.retrain.holdout_fraction)
     held_out = [e.record for e in shuffled[: n_held // 2]]
     window = [e.record for e in shuffled[n_held // 2: n_held]]
-    normal_ids = {_id_key(v.record_id) for v in verdicts if v.label == "normal"} - {None}
+    normal_ids = {_id_key(v.record_id) for v in given if v.label == "normal"} - {None}
     called_normal = [_id_key(e.record_id) in normal_ids for e in shuffled[n_held // 2: n_held]]
     training = [e for e in shuffled[n_held:] if e.p_value >= settings.buffer.min_p]
     golden_calibration, golden = _split_golden(usable.readable_records(
@@ -154,7 +154,7 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
             f"{len(calibration)} held-out calibration records (half of NEARWATCH_RETRAIN_HOLDOUT="
             f"{settings.retrain.holdout_fraction} of {len(entries)}, less flagged ones), fewer "
             f"than the {needed} that certify alpha={champion.alpha}: wait for more traffic, or "
-            f"pin {2 * needed} golden records (`nearwatch golden`)")
+            f"pin {8 * needed} golden records (`nearwatch golden`)")
         return
     trained_on, judged_on = split_labelled([v for v in verdicts if v.label == "anomaly"])
     kept = [v for v in verdicts if v.label == "normal"] + trained_on

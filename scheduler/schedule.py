@@ -28,6 +28,7 @@ from typing import Any
 
 from celery.schedules import crontab, schedule
 from nearwatch.worker.names import DRIFT_CHECK, MAINTENANCE_QUEUE, RETRAIN
+from nearwatch.worker.setting_values import bounded
 from nearwatch.worker.settings import RetrainSettings, SettingsError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -114,7 +115,10 @@ def settings_from_file(path: Path, base: RetrainSettings) -> RetrainSettings:
         kind, wanted = _TOML_KINDS[str(known[key].type).split(" | ")[0]]
         if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
             raise SettingsError(f"{path}: [retrain] {key} = {value!r}: expected {wanted}")
-        values[key] = float(value) if kind == (int, float) else value
+        try:  # TOML has inf and nan too (lock_ttl_s = inf broke every retraining)
+            values[key] = bounded(float(value)) if kind == (int, float) else value
+        except ValueError as exc:
+            raise SettingsError(f"{path}: [retrain] {key} = {value!r}: {exc}") from exc
     updated = replace(base, **values)
     try:
         updated.validate()

@@ -228,6 +228,8 @@ def test_feedback_refuses_a_record_with_another_id() -> None:
     ("[other]\nx = 1\n", "no [retrain] table"),
     ("[retrain]\nholdout_fraction = 2.0\n", "[retrain]: NEARWATCH_RETRAIN_HOLDOUT"),
     ("[retrain]\nlock_ttl_s = true\n", "lock_ttl_s = True: expected a number"),
+    ("[retrain]\nlock_ttl_s = inf\n", "lock_ttl_s = inf: expected a finite number"),
+    ("[retrain]\ndrift_threshold = nan\n", "drift_threshold = nan: expected a finite"),
 ])
 def test_beat_config_errors_name_the_file_and_key(tmp_path: Path, text: str,
                                                   expected: str) -> None:
