@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .calibration import required_calibration_size
+from .embedding.supervision import parse_row
 from .errors import CalibrationError
 from .features.schema import FeatureEncoder
 from .index import KINDS
@@ -140,7 +141,8 @@ def _reindex(
 ) -> np.ndarray | None:
     if rows is None:
         return None
-    table = np.asarray([[int(v) for v in row] for row in rows], dtype=np.int64).reshape(-1, 3)
+    table = np.asarray([parse_row(row, name, k) for k, row in enumerate(rows)],
+                       dtype=np.int64).reshape(-1, 3)
     n_index = 2 if name == "pairs" else 3
     indices = table[:, :n_index]
     n = len(position)

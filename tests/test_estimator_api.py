@@ -86,6 +86,29 @@ def test_supervision_indices_refer_to_x_and_are_remapped() -> None:
         route_anomaly_flags(x, y, list("abcd"), None, None, None)
 
 
+@pytest.mark.parametrize("pair", [(0, 1.9, 1), (0.5, 1, 1), (0, 1), (0, 1, "maybe")])
+def test_pairs_that_are_not_three_whole_numbers_are_refused(pair: tuple[Any, ...]) -> None:
+    """(0, 1.9, 1) was truncated to (0, 1); (0, 1) said "cannot reshape array"."""
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError, match=r"pairs\[0\] = .*: expected \(i, j, similar\)"):
+        Detector(encoder="identity", alpha=0.2).fit(x, pairs=[pair])
+    with pytest.raises(ValueError, match=r"pairs\[0\] = .*: expected \(i, j, similar\)"):
+        Detector(encoder="identity", alpha=0.2).fit(x, np.zeros(40), pairs=[pair])
+
+
+def test_pairs_on_calibration_records_are_reported_not_silently_dropped() -> None:
+    from nearwatch.detector.embedding.supervision import FitSupervision
+
+    with pytest.warns(UserWarning, match="1 pairs/triplets name a calibration record"):
+        kept = FitSupervision.restrict(None, [(0, 2, True), (1, 3, False)], None,
+                                       reference_rows=np.array([0, 2, 3]), n=4)
+    assert kept.mode == "weakly_supervised" and kept.pairs.tolist() == [[0, 1, 1]]
+    with pytest.warns(UserWarning, match="none is left, so the encoder trains self-supervised"):
+        lost = FitSupervision.restrict(None, None, [(1, 0, 2)],
+                                       reference_rows=np.array([0, 2, 3]), n=4)
+    assert lost.mode == "self_supervised"
+
+
 def test_y_with_pairs_trains_weakly_supervised() -> None:
     x, y = _flagged_data()
     normal = np.flatnonzero(y == 0)

@@ -12,6 +12,7 @@ so labels, pairs and triplets are restricted to R and re-indexed into it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +56,15 @@ class FitSupervision:
             restricted_labels = _encode_labels(label_array[reference_rows])
         restricted_pairs, unused_pairs = _restrict_rows(pairs, "pairs", position, n)
         restricted_triplets, unused_triplets = _restrict_rows(triplets, "triplets", position, n)
-        return cls(restricted_labels, restricted_pairs, restricted_triplets,
-                   unused_pairs + unused_triplets)
+        fitted = cls(restricted_labels, restricted_pairs, restricted_triplets,
+                     unused_pairs + unused_triplets)
+        if fitted.n_unused:  # said, not silent: the training mode may fall back
+            left = "" if fitted.pairs is not None or fitted.triplets is not None else (
+                f"; none is left, so the encoder trains {fitted.mode.replace('_', '-')}")
+            warnings.warn(f"{fitted.n_unused} pairs/triplets name a calibration record (held "
+                          f"out to certify the threshold) and do not train the encoder{left}",
+                          UserWarning, stacklevel=3)
+        return fitted
 
 
 def _encode_labels(labels: np.ndarray) -> np.ndarray:
@@ -71,7 +79,8 @@ def _restrict_rows(
 ) -> tuple[np.ndarray | None, int]:
     if rows is None:
         return None, 0
-    table = np.asarray([[int(v) for v in row] for row in rows], dtype=np.int64).reshape(-1, 3)
+    table = np.asarray([parse_row(row, name, k) for k, row in enumerate(rows)],
+                       dtype=np.int64).reshape(-1, 3)
     if len(table) == 0:
         return None, 0
     index_columns = table[:, :2] if name == "pairs" else table
@@ -87,6 +96,21 @@ def _restrict_rows(
     keep = (remapped[:, : index_columns.shape[1]] >= 0).all(axis=1)
     kept = remapped[keep]
     return (kept if len(kept) else None), int((~keep).sum())
+
+
+def parse_row(row: Any, name: str, k: int) -> list[int]:
+    """Three whole numbers (a bool is 1/0: ``similar``), or a ValueError naming the row
+    (``1.9`` was truncated to 1, ``(0, 1)`` said "cannot reshape array")."""
+    shape = "(i, j, similar)" if name == "pairs" else "(anchor, positive, negative)"
+    try:
+        values = list(row)
+    except TypeError:
+        values = []
+    whole = [v for v in values if isinstance(v, (int, np.integer)) or (
+        isinstance(v, float | np.floating) and float(v).is_integer())]
+    if len(values) != 3 or len(whole) != 3:
+        raise ValueError(f"{name}[{k}] = {row!r}: expected {shape}, three whole numbers")
+    return [int(v) for v in values]
 
 
 def build_embedder_for_fit(
