@@ -70,7 +70,7 @@ def score_record_batch(
             f"records were prepared for schema version {schema_version}, but this model "
             f"uses schema version {detector.schema_version_}: re-train or send matching records"
         )
-    records = list(records)
+    records = _array_rows(detector, records) if isinstance(records, np.ndarray) else list(records)
     features, errors = detector.feature_encoder_.transform_records(records)
     id_field = detector.id_field
     results: list[dict[str, Any]] = [
@@ -178,3 +178,12 @@ def _field_detail(
 
 def _float32_digits(value: float) -> float:
     return float(f"{value:.6g}")
+
+
+def _array_rows(detector: Detector, matrix: np.ndarray) -> list[Any]:
+    """Rows of a numeric array as records over the model's fields, in schema order (as
+    ``score`` reads an array): ``score_records`` refused every row as "not a JSON object"."""
+    names = [spec["name"] for spec in detector.feature_encoder_.fields_]
+    if matrix.ndim != 2 or matrix.shape[1] != len(names):
+        raise ValueError(f"an array to score needs shape (n, {len(names)}), got {matrix.shape}")
+    return [dict(zip(names, row, strict=True)) for row in matrix.tolist()]

@@ -352,3 +352,17 @@ def test_cli_train_reports_certified_and_can_allow_uncertified(tmp_path: Path) -
     assert loose.exit_code == 0, loose.output
     assert "certified_=False" in loose.output and "needs at least 598 normal" in loose.output
     assert Detector.load(tmp_path / "m").certified_ is False
+
+
+def test_score_records_takes_the_arrays_score_takes() -> None:
+    """score_records answered every row of an array with "not a JSON object"."""
+    x = np.random.default_rng(1).normal(size=(700, 4))
+    detector = Detector(encoder="identity").fit(x)
+    bad = x[:3].copy()
+    bad[1, 2] = np.nan
+    results = detector.score_records(bad)
+    assert [r.get("score") for r in results[::2]] == pytest.approx(
+        detector.score(bad[::2]).tolist())
+    assert results[1]["error"] == "record 1: field 'f2': nan is not a finite number"
+    with pytest.raises(ValueError, match=r"needs shape \(n, 4\), got \(3, 3\)"):
+        detector.score_records(x[:3, :3])
