@@ -229,13 +229,19 @@ class ReferenceIndex:
     def from_file(cls, path: str | Path, params: dict[str, Any]) -> ReferenceIndex:
         """Like ``from_bytes``, but memory-maps the vectors or codes where faiss can.
 
-        Flat vectors and IVF codes are mapped read-only from the (verified) file, so every
-        process serving the same bundle shares one copy through the page cache; an HNSW graph
-        is read into memory (faiss cannot map it).
+        Flat vectors, an HNSW graph with its vectors, and IVF codes are mapped read-only from
+        the (verified) file, so every process serving the same bundle shares one copy through
+        the page cache. A faiss that cannot map an HNSW index (before 1.10) reads it instead.
         """
-        flags = {"flat": faiss.IO_FLAG_MMAP_IFC, "ivf": faiss.IO_FLAG_MMAP}.get(
-            str(params.get("kind")), 0)
-        return cls._restore(lambda: faiss.read_index(str(path), flags), params)
+        kind = str(params.get("kind"))
+        flags = {"flat": faiss.IO_FLAG_MMAP_IFC, "hnsw": faiss.IO_FLAG_MMAP_IFC,
+                 "ivf": faiss.IO_FLAG_MMAP}.get(kind, 0)
+        try:
+            return cls._restore(lambda: faiss.read_index(str(path), flags), params)
+        except RuntimeError:
+            if kind != "hnsw":
+                raise
+            return cls._restore(lambda: faiss.read_index(str(path)), params)
 
     @classmethod
     def from_bytes(cls, data: bytes, params: dict[str, Any]) -> ReferenceIndex:

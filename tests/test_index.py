@@ -254,7 +254,7 @@ def test_compressed_ivf_finds_the_exact_neighbours_and_round_trips(tmp_path: Pat
     np.testing.assert_array_equal(mapped.search(queries, 5)[0], distances)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_from_file_memory_maps_the_vectors(kind: str, tmp_path: Path) -> None:
     refs = np.random.default_rng(3).normal(size=(5_000, 16)).astype(np.float32)
     index = ReferenceIndex(kind=kind).fit(refs)
