@@ -165,3 +165,22 @@ def sample_repetitive(
     fresh = rng.random(n) >= repeat_rate
     chosen[fresh] = chosen[fresh] + rng.normal(scale=0.3, size=(int(fresh.sum()), chosen.shape[1]))
     return chosen.astype(np.float32)
+
+
+def telemetry_matrix(
+    n: int = 5_000, anomaly_rate: float = 0.02, seed: int = 0, n_extra_fields: int = 0
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The numeric fields of ``generate_records`` as a float64 matrix (no missing values):
+    ``(matrix, field names, anomaly labels)``, for producers whose records are numbers.
+
+    >>> matrix, fields, labels = telemetry_matrix(100, anomaly_rate=0.1, seed=1)
+    >>> matrix.shape, fields[:3], int(labels.sum())
+    ((100, 6), ['latency_ms', 'bytes_out', 'bytes_in'], 10)
+    """
+    records = generate_records(n, anomaly_rate, seed, n_extra_fields, missing_rate=0.0)
+    fields = [name for name, value in records[0].items()
+              if isinstance(value, int | float) and not isinstance(value, bool)]
+    matrix = np.array([[record[name] for name in fields] for record in records],
+                      dtype=np.float64)
+    labels = np.array([bool(record[LABEL_FIELD]) for record in records])
+    return matrix, fields, labels

@@ -44,8 +44,9 @@ ANSWER_FAILED = "failed"
 SUCCESS, FAILURE, PENDING = "SUCCESS", "FAILURE", "PENDING"
 
 
-def encode_answer(task_id: str, answers: list[Any], texts: bool) -> bytes:
-    """The list entry of a batch answered with ``answers`` (JSON texts, or result dicts)."""
+def encode_answer(task_id: str, answers: Any, texts: bool) -> bytes:
+    """The list entry of a batch answered with ``answers`` (JSON texts, result dicts, or
+    a numeric batch's answer object)."""
     if texts:
         body = "\n".join(answers)
     else:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,10 +42,12 @@ from typing import TYPE_CHECKING, Any
 
 from celery.result import AsyncResult
 
+from .answer_checks import accept_answer, text_id
 from .answers import FAILURE, SUCCESS, Answers, answers_for
 from .flow import NOTHING, BrokerUnavailable, Feeder, Outage, chunks, linger_chunks
-from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORING_QUEUE
-from .records import RecordRefused, answer_id, check_reserved_id, check_text, screen_record
+from .matrix import MatrixAnswer, encode_matrix, payload_rows
+from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORE_MATRIX_BATCH, SCORING_QUEUE
+from .records import RecordRefused, answer_id, check_text, screen_record
 from .settings import ClientOptions
 
 if TYPE_CHECKING:
@@ -76,9 +79,10 @@ class ClientStats:
 
 @dataclass
 class _Batch:
-    records: list[Any]
+    records: list[Any]  # a numeric batch: one None per row
     task: str = SCORE_BATCH
     first_position: int | None = None  # text batches: input position of records[0]
+    matrix: dict[str, Any] | None = None  # a numeric batch's payload (worker/matrix.py)
     attempts: list[AsyncResult] = field(default_factory=list)
     first_submitted_at: float = 0.0
     submitted_at: float = 0.0
@@ -120,6 +124,26 @@ class ScoringClient:
         """
         return self._run(self._screen(_Batch(list(lines), SCORE_JSON_BATCH, first))
                          for lines, first in batches)
+
+    def score_matrix_batches(self, batches: Iterable[Any]) -> Iterator[MatrixAnswer]:
+        """Numeric batches (``worker/matrix.py``) → one ``MatrixAnswer`` per batch, in order.
+
+        Each batch is a payload of ``encode_matrix(matrix, fields, ids, first_position)``
+        (its ``batch`` tag, if it has none: a new one, kept when the batch is resubmitted);
+        answers are checked by row count. No record is parsed or serialised per row.
+        """
+        return self._run(_Batch([None] * payload_rows(payload), SCORE_MATRIX_BATCH,  # type: ignore
+                                matrix={"batch": uuid.uuid4().hex, **payload})
+                         for payload in batches)
+
+    def score_matrix(self, matrix: Any, fields: Sequence[str],
+                     ids: Sequence[Any] | None = None) -> Iterator[MatrixAnswer]:
+        """A numeric matrix (rows × ``fields``) in batches of ``batch_size`` rows."""
+        size = self.options.batch_size
+        return self.score_matrix_batches(
+            encode_matrix(matrix[start:start + size], fields,
+                          None if ids is None else ids[start:start + size], start + 1)
+            for start in range(0, len(matrix), size))
 
     def _screen(self, batch: _Batch) -> _Batch:
         """Answer here what must not be sent; it travels as a ``None`` stand-in."""
@@ -175,7 +199,7 @@ class ScoringClient:
 
     # ------------------------------------------------------------------ internals
     def _submit(self, batch: _Batch) -> None:
-        args: list[Any] = [batch.records]
+        args: list[Any] = [batch.records if batch.matrix is None else batch.matrix]
         if batch.task == SCORE_JSON_BATCH:
             args.append(batch.first_position)
         # argsrepr: a short label instead of Celery's repr of every record (client CPU)
@@ -199,7 +223,7 @@ class ScoringClient:
 
     def _resolve(self, head: _Batch, pending: deque[_Batch], exhausted: bool) -> list[Any]:
         if not head.records:
-            return []
+            return [] if head.matrix is None else MatrixAnswer.failed(0, "")  # type: ignore
         if len(head.local) == len(head.records):
             return [head.local[i] for i in range(len(head.records))]
         while True:
@@ -238,10 +262,12 @@ class ScoringClient:
             state, results = self.outage.call("reading a result",
                                               partial(self.answers.outcome, attempt, texts))
             if state == SUCCESS:
-                problem = _check(batch, results, self.options.id_field)
+                accepted, problem = accept_answer(batch, results, self.options.id_field)
                 if problem is None:
                     self._forget(batch)
                     self.stats.latencies.append(time.monotonic() - batch.first_submitted_at)
+                    if batch.matrix is not None:
+                        return accepted
                     for i, answer in batch.local.items():
                         results[i] = answer
                     return list(results)
@@ -269,6 +295,8 @@ class ScoringClient:
         self.stats.unanswered += len(batch.records) - len(batch.local)
         reason = (f"{UNANSWERED} {batch.n_submitted} attempt(s): "
                   f"{batch.last_problem or 'no answer'}")
+        if batch.matrix is not None:
+            return MatrixAnswer.failed(len(batch.records), reason)  # type: ignore[return-value]
         answers: list[Any] = []
         for i, record in enumerate(batch.records):
             if i in batch.local:
@@ -277,7 +305,7 @@ class ScoringClient:
                 first = batch.first_position
                 position = None if first is None else first + i
                 answers.append(Unanswered(json.dumps({
-                    "id": _text_id(record, self.options.id_field, position),
+                    "id": text_id(record, self.options.id_field, position),
                     "error": reason if position is None else f"record #{position}: {reason}"})))
             else:
                 answers.append({"id": answer_id(record, self.options.id_field),
@@ -288,33 +316,3 @@ class ScoringClient:
         for attempt in batch.attempts:
             self.answers.forget(attempt)
         batch.attempts.clear()
-
-
-def _text_id(text: Any, id_field: str, position: int | None) -> Any:
-    """The id a worker would answer an unanswered record text with: its own, else "#<n>"."""
-    try:
-        record = json.loads(text)
-        if isinstance(record, dict):
-            check_reserved_id(record, id_field)  # a reserved id: the worker refuses the record
-    except (TypeError, ValueError, RecursionError):  # RecordRefused is a ValueError
-        return None
-    own = answer_id(record, id_field) if isinstance(record, dict) else None
-    return own if own is not None or position is None else f"#{position}"
-
-
-def _check(batch: _Batch, results: Any, id_field: str) -> str | None:
-    """Why an answer cannot be accepted for ``batch``, or None when it matches."""
-    records = batch.records
-    if not isinstance(results, list) or len(results) != len(records):
-        count = len(results) if isinstance(results, list) else "?"
-        return f"answer has {count} results for {len(records)} records"
-    if batch.task == SCORE_JSON_BATCH:
-        return None if all(isinstance(r, str) for r in results) else "answer is not JSON texts"
-    for i, (record, result) in enumerate(zip(records, results, strict=True)):
-        if i in batch.local:
-            continue
-        expected = answer_id(record, id_field)
-        # answer_id: None for an id JSON cannot carry (NaN), as the worker answers it
-        if not isinstance(result, dict) or result.get("id") != expected:
-            return f"answer does not match record id {expected!r}"
-    return None

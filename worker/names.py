@@ -11,6 +11,7 @@ SCORING_QUEUE = "scoring"
 TASK_PATTERN = "nearwatch.*"
 SCORE_BATCH = "nearwatch.score_batch"
 SCORE_JSON_BATCH = "nearwatch.score_json_batch"
+SCORE_MATRIX_BATCH = "nearwatch.score_matrix_batch"
 
 # Redis streams: input and output of `nearwatch ingest`, and the dead letters of the workers.
 RECORDS_STREAM = "nearwatch:records"

@@ -214,14 +214,15 @@ class BufferWriter:
         limit = self.settings.max_record_bytes
         base = self._seen.get(key, 0)
         draw = self.rng.random
-        for record, result in zip(records, results, strict=True):
+        # records[i] is read only for a record that enters (a numeric batch builds it then)
+        for i, result in enumerate(results):
             if not _offered(result):
                 continue
             offered += 1
             u = draw()
             if base + offered > self.cap and math.floor(u * (base + offered)) >= self.cap:
                 continue
-            body = dump_json(record)
+            body = dump_json(records[i])
             if len(body) > limit:
                 skipped += 1
                 continue

@@ -218,6 +218,12 @@ class BatchScorer:
         records, refused = prepare_lines(lines, first_position, id_field, self.limits, label)
         return [dump_result(r) for r in self._score(records, refused, label, delivery)]
 
+    def score_matrix(self, payload: Any, delivery: str | None = None) -> dict[str, Any]:
+        """A numeric batch (``worker/matrix.py``) → its answer object (columns)."""
+        from .matrix_scorer import score_matrix_payload
+
+        return score_matrix_payload(self, payload, delivery)
+
     def _score(self, records: list[Any], refused: dict[int, tuple[str, str]],
                label: Callable[[int], str], delivery: str | None = None
                ) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from .answers import check_answer_key, encode_answer, failure_entry
-from .names import SCORE_BATCH, SCORE_JSON_BATCH
+from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORE_MATRIX_BATCH
 from .pool import push_answer_for, scorer_for
 
 
@@ -63,6 +63,21 @@ def score_json_batch(self: Task, lines: list[str], first_position: int | None = 
     return _answer(self, answer_key, score, texts=True)
 
 
+@shared_task(
+    name=SCORE_MATRIX_BATCH, bind=True, acks_late=True,
+    reject_on_worker_lost=True, ignore_result=False,
+)
+def score_matrix_batch(self: Task, batch: dict[str, Any], answer_key: str | None = None
+                       ) -> dict[str, Any] | None:
+    """A numeric batch (``worker/matrix.py``): a matrix in, score columns out. The
+    producer's batch tag (kept when it resubmits the batch) names the delivery."""
+    tag = batch.get("batch") if isinstance(batch, dict) else None
+    delivery = f"{answer_key or ''}@m:{tag}" if isinstance(tag, str) and 0 < len(tag) <= 64 \
+        else delivery_key(self, answer_key)
+    return _answer(self, answer_key,
+                   lambda: scorer_for(self.app).score_matrix(batch, delivery), texts=False)
+
+
 def delivery_key(task: Task, answer_key: str | None, first_position: int | None = None
                  ) -> str:
     """What a redelivery shares with the first delivery: the task id (a broker redelivery
@@ -73,7 +88,7 @@ def delivery_key(task: Task, answer_key: str | None, first_position: int | None 
     return f"task:{task.request.id}"
 
 
-def _answer(task: Task, answer_key: str | None, score: Callable[[], list[Any]], texts: bool
+def _answer(task: Task, answer_key: str | None, score: Callable[[], Any], texts: bool
             ) -> Any:
     """The answer as the task's result, or pushed to ``answer_key`` (a failure, too: the
     producer then resubmits or gives up at once instead of after its batch timeout)."""
