@@ -148,6 +148,7 @@ def test_an_unreadable_numeric_batch_answers_every_row_with_why(
     assert [e["reason"] for e in letters.entries] == ["invalid_batch"]  # one for the batch
     wire = scorer.score_matrix(orjson.loads(orjson.dumps(payload)))
     assert wire["error"] == answer.batch_error and "errors" not in wire  # said once, not per row
+    assert repr(answer).startswith("MatrixAnswer(rows=4, start=0, batch_error=")
 
 
 def test_a_payload_without_a_row_count_fails_and_a_wrong_answer_is_refused(
@@ -227,6 +228,14 @@ def test_a_redelivered_numeric_batch_writes_no_second_dead_letter_or_event(
     per_delivery = len(event_ids) // 3
     assert per_delivery > 0 and event_ids[:per_delivery] == event_ids[per_delivery:2 * per_delivery]
     assert not set(event_ids[:per_delivery]) & set(event_ids[2 * per_delivery:])
+    # dead letters hold strict JSON: the bad value as text, an unreadable batch's own fields
+    strict = {"parse_constant": lambda name: pytest.fail(f"{name} in a dead letter")}
+    record = json.loads(matrix_redis.xrange("nearwatch:deadletter")[0][1][b"record"], **strict)
+    assert record["id"] == "d5" and record[fields[1]] == "nan"
+    scorer.score_matrix({**payload, "fields": ["x", *fields[1:]]}, "client@m:tag-3")
+    letter = matrix_redis.xrange("nearwatch:deadletter")[-1][1]
+    assert letter[b"reason"] == b"invalid_batch"
+    assert json.loads(letter[b"record"], **strict)["fields"] == ["x", *fields[1:]]
 
 
 def test_a_model_with_categorical_fields_answers_a_matrix_with_why(tmp_path: Path) -> None:
@@ -261,12 +270,15 @@ def test_numeric_batches_through_a_worker_node(
                              NEARWATCH_REDIS_URL=MATRIX_REDIS)
     try:
         client = scoring_client(node, batch_size=128)
+        with pytest.raises(ValueError, match=f"{len(rows) - 1} ids for a matrix of {len(rows)}"):
+            client.score_matrix(rows, fields, ids[:-1])  # refused before any batch is sent
+        assert matrix_redis.llen("scoring") == 0
         answers = list(client.score_matrix(rows, fields, ids))
-        assert [len(a) for a in answers] == [128, 128, 128, 128, 88]
+        assert [(a.start, len(a)) for a in answers] == [
+            (0, 128), (128, 128), (256, 128), (384, 128), (512, 88)]
         score = np.concatenate([a.score for a in answers])
         flags = np.concatenate([a.is_anomaly for a in answers])
-        errors = {128 * n + row: error for n, a in enumerate(answers)
-                  for row, error in a.errors.items()}
+        errors = {a.start + row: error for a in answers for row, error in a.errors.items()}
         good = [i for i in range(len(rows)) if i != 11]
         assert np.array_equal(score[good], detector.score(
             [dict(zip(fields, rows[i], strict=True)) for i in good]))

@@ -36,7 +36,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ from celery.result import AsyncResult
 from .answer_checks import accept_answer, text_id
 from .answers import FAILURE, SUCCESS, Answers, answers_for
 from .flow import NOTHING, BrokerUnavailable, Feeder, Outage, chunks, linger_chunks
-from .matrix import MatrixAnswer, encode_matrix, payload_rows
+from .matrix import MatrixAnswer, check_matrix, encode_matrix, payload_rows
 from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORE_MATRIX_BATCH, SCORING_QUEUE
 from .records import RecordRefused, answer_id, check_text, screen_record
 from .settings import ClientOptions
@@ -128,10 +128,8 @@ class ScoringClient:
     def score_matrix_batches(self, batches: Iterable[Any]) -> Iterator[MatrixAnswer]:
         """Numeric batches (``worker/matrix.py``) → one ``MatrixAnswer`` per batch, in order.
 
-        Each batch is a payload of ``encode_matrix(matrix, fields, ids, first_position)``
-        (its ``batch`` tag, if it has none: a new one, kept when the batch is resubmitted);
-        answers are checked by row count. No record is parsed or serialised per row.
-        """
+        Each batch is a payload of ``encode_matrix(matrix, fields, ids, first_position)``;
+        its ``batch`` tag (new if it has none) is kept when the batch is resubmitted."""
         return self._run(_Batch([None] * payload_rows(payload), SCORE_MATRIX_BATCH,  # type: ignore
                                 matrix={"batch": uuid.uuid4().hex, **payload})
                          for payload in batches)
@@ -139,11 +137,14 @@ class ScoringClient:
     def score_matrix(self, matrix: Any, fields: Sequence[str],
                      ids: Sequence[Any] | None = None) -> Iterator[MatrixAnswer]:
         """A numeric matrix (rows × ``fields``) in batches of ``batch_size`` rows."""
-        size = self.options.batch_size
-        return self.score_matrix_batches(
+        check_matrix(matrix, fields, ids)  # before any batch is sent
+        size, starts = self.options.batch_size, range(0, len(matrix), self.options.batch_size)
+        answers = self.score_matrix_batches(
             encode_matrix(matrix[start:start + size], fields,
                           None if ids is None else ids[start:start + size], start + 1)
-            for start in range(0, len(matrix), size))
+            for start in starts)
+        return (replace(answer, start=start)
+                for start, answer in zip(starts, answers, strict=True))
 
     def _screen(self, batch: _Batch) -> _Batch:
         """Answer here what must not be sent; it travels as a ``None`` stand-in."""

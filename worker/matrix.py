@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,16 @@ def encode_matrix(matrix: Any, fields: Sequence[str], ids: Sequence[Any] | None 
     return {"fields": [str(name) for name in fields], "dtype": dtype, "rows": len(array),
             "data": base64.b64encode(data.tobytes()).decode("ascii"),
             "ids": id_list, "first_position": first_position}
+
+
+def check_matrix(matrix: Any, fields: Sequence[str], ids: Sequence[Any] | None) -> None:
+    """A whole matrix's shape against its fields and ids, before any batch is sent."""
+    shape = np.shape(matrix)
+    if len(shape) != 2 or shape[1] != len(fields):
+        raise ValueError(f"a matrix of {len(fields)} fields needs shape (n, {len(fields)}), "
+                         f"got {shape}: pass only the model's columns (e.g. df[fields])")
+    if ids is not None and len(ids) != shape[0]:
+        raise ValueError(f"{len(ids)} ids for a matrix of {shape[0]} rows")
 
 
 def _ids_problem(ids: Any, rows: int) -> str | None:
@@ -181,6 +192,8 @@ class RowRecords(Sequence[dict[str, Any]]):
         values = self.batch.matrix[row].tolist()
         if self.batch.matrix.dtype == np.float32:  # 0.1, not 0.10000000149011612
             values = [float(str(value)) for value in self.batch.matrix[row]]
+        # a bad row's NaN or infinity as text: its dead letter stays valid JSON
+        values = [v if math.isfinite(v) else str(v) for v in values]
         record: dict[str, Any] = dict(zip(self.fields, values, strict=True))
         answer_id = self.batch.answer_id(row)
         if answer_id is not None:
@@ -202,9 +215,11 @@ def _column(answer: dict[str, Any], name: str, dtype: str, rows: int) -> np.ndar
     return values
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class MatrixAnswer:
-    """A numeric batch's answer: arrays over its rows, errors by row."""
+    """A numeric batch's answer: arrays over its rows, ``errors`` and ``neighbours`` keyed by
+    the row in this batch (``start + row`` in the matrix ``ScoringClient.score_matrix`` was
+    given), and the model's facts. ``batch_error``: why no row of the batch could be read."""
 
     score: np.ndarray
     p_value: np.ndarray
@@ -216,9 +231,16 @@ class MatrixAnswer:
     certified: bool | None = None
     fpr_bound: float | None = None
     batch_error: str | None = None  # the batch could not be read: every row's error
+    start: int = 0  # the matrix row of this batch's row 0 (set by ScoringClient.score_matrix)
 
     def __len__(self) -> int:
         return len(self.score)
+
+    def __repr__(self) -> str:
+        what = f"batch_error={self.batch_error!r}" if self.batch_error is not None else (
+            f"flagged={int(self.is_anomaly.sum())}, errors={len(self.errors)}")
+        return (f"MatrixAnswer(rows={len(self)}, start={self.start}, {what}, "
+                f"model_version={self.model_version!r}, threshold={self.threshold!r})")
 
     def to_wire(self) -> dict[str, Any]:
         model = {"rows": len(self), "model_version": self.model_version,

@@ -79,12 +79,21 @@ def _batch_failed(scorer: BatchScorer, payload: dict[str, Any], rows: int, messa
                   ) -> dict[str, Any]:
     """Every row answered with ``message``; one dead letter for the batch."""
     message = truncate(message, scorer.limits.max_error_chars)
-    excerpt = {k: str(v)[:200] for k, v in payload.items() if k != "data"}
+    excerpt = {k: _bounded(v) for k, v in payload.items() if k != "data"}
     scorer._dead_letter(excerpt, {"id": None, "error": message}, reason, version,
                         f"{delivery}#batch")
     if scorer.metrics is not None:
         scorer.metrics.batch_scored([], [reason] * rows, time.perf_counter() - started)
     return _with_model(MatrixAnswer.failed(rows, message), version, detector).to_wire()
+
+
+def _bounded(value: Any) -> Any:
+    """A payload value as JSON, cut for a dead letter: lists to 50 items, texts to 200."""
+    if isinstance(value, list):
+        return [_bounded(item) for item in value[:50]] + (["..."] if len(value) > 50 else [])
+    if isinstance(value, str):
+        return value[:200]
+    return value if value is None or isinstance(value, int | float | bool) else str(value)[:200]
 
 
 def _error_text(label: str, error: Any) -> str:
