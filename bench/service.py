@@ -170,18 +170,26 @@ def _measure(detector: Any, records: list[dict[str, Any]], data: Path, node: Any
     e2e = _end_to_end(app, data, batch_size, max_in_flight, answer_list)
     cpu = {k: v - cpu_before[k] for k, v in _cpu_seconds(node).items()}
     single = _single_record_latency(app, records[:latency_samples], answer_list)
-    per_record = {f"cpu_us_per_record_{k}": round(v / n_records * 1e6, 1)
-                  for k, v in cpu.items()}
-    total_us = sum(cpu.values()) / n_records * 1e6
+    figures = cpu_and_rate_figures(n_records, cpu, in_cpu, e2e["e2e_rps"], in_1, in_2)
+    total_us = figures["cpu_us_per_record_e2e_total"]
     return {
-        "in_process_1proc_rps": round(in_1), "in_process_2proc_rps": round(in_2),
-        **e2e, **single, **per_record,
-        "cpu_us_per_record_e2e_total": round(total_us, 1),
-        "cpu_us_per_record_in_process": round(in_cpu, 1),
+        **e2e, **single, **figures,
         # what the pipeline would sustain on this machine's cores with nothing else running
         "e2e_cpu_capacity_rps": round((os.cpu_count() or 1) * 1e6 / total_us),
-        "e2e_vs_in_process_1proc": round(e2e["e2e_rps"] / in_1, 3),
-        "e2e_vs_in_process_2proc": round(e2e["e2e_rps"] / in_2, 3),
+    }
+
+
+def cpu_and_rate_figures(n_records: int, cpu: dict[str, float], in_process_cpu_us: float,
+                         e2e_rps: float, in_1: float, in_2: float) -> dict[str, Any]:
+    """The figures every service benchmark reports: in-process rates, CPU µs per record of
+    each part (client, worker node, Redis) and in all, and end to end / in-process."""
+    return {
+        "in_process_1proc_rps": round(in_1), "in_process_2proc_rps": round(in_2),
+        **{f"cpu_us_per_record_{k}": round(v / n_records * 1e6, 1) for k, v in cpu.items()},
+        "cpu_us_per_record_e2e_total": round(sum(cpu.values()) / n_records * 1e6, 1),
+        "cpu_us_per_record_in_process": round(in_process_cpu_us, 1),
+        "e2e_vs_in_process_1proc": round(e2e_rps / in_1, 3),
+        "e2e_vs_in_process_2proc": round(e2e_rps / in_2, 3),
     }
 
 
@@ -208,7 +216,7 @@ def _workload(n_refs: int, n_records: int) -> tuple[list[dict[str, Any]], list[d
     return train, records
 
 
-def _in_process_rate(detector: Any, records: list[dict[str, Any]], batch_size: int,
+def _in_process_rate(detector: Any, records: Any, batch_size: int,
                      processes: int) -> float:
     """Records/s of ``Detector.score`` over parsed records, in ``processes`` processes."""
     if processes == 1:
@@ -240,7 +248,7 @@ def _score_share(part: int) -> None:
         state["detector"].score(records[i:i + size])
 
 
-def _in_process_cpu_us(detector: Any, records: list[dict[str, Any]], batch_size: int) -> float:
+def _in_process_cpu_us(detector: Any, records: Any, batch_size: int) -> float:
     started = time.process_time()
     for i in range(0, len(records), batch_size):
         detector.score(records[i:i + batch_size])

@@ -36,7 +36,7 @@ from typing import Any
 import click
 import numpy as np
 
-from bench.service import _in_process_cpu_us, _in_process_rate, _median
+from bench.service import _in_process_cpu_us, _in_process_rate, _median, cpu_and_rate_figures
 from bench.service_node import _cpu_seconds, _worker_node
 
 N_EXTRA_FIELDS = 34  # + 6 numeric telemetry fields = 40 numeric fields per record
@@ -123,9 +123,9 @@ def _measure(detector: Any, live: np.ndarray, fields: list[str], app: Any, batch
     from nearwatch.worker.client import ClientOptions, ScoringClient
 
     n = len(live)
-    in_1 = _in_process_rate(detector, live, batch_size, processes=1)  # type: ignore[arg-type]
-    in_2 = _in_process_rate(detector, live, batch_size, processes=concurrency)  # type: ignore[arg-type]
-    in_cpu = _in_process_cpu_us(detector, live, batch_size)  # type: ignore[arg-type]
+    in_1 = _in_process_rate(detector, live, batch_size, processes=1)
+    in_2 = _in_process_rate(detector, live, batch_size, processes=concurrency)
+    in_cpu = _in_process_cpu_us(detector, live, batch_size)
     client = ScoringClient(app, ClientOptions(batch_size=batch_size, max_in_flight=max_in_flight))
     before = _cpu_seconds(node)
     started = time.perf_counter()
@@ -135,17 +135,11 @@ def _measure(detector: Any, live: np.ndarray, fields: list[str], app: Any, batch
         errors += len(answer.errors)
     e2e = n / (time.perf_counter() - started)
     cpu = {k: v - before[k] for k, v in _cpu_seconds(node).items()}
-    total_us = sum(cpu.values()) / n * 1e6
     latencies = np.array(client.stats.latencies) * 1000
-    return {"in_process_1proc_rps": round(in_1), "in_process_2proc_rps": round(in_2),
-            "e2e_rps": round(e2e), "e2e_errors": errors, "e2e_flagged": flagged,
+    return {"e2e_rps": round(e2e), "e2e_errors": errors, "e2e_flagged": flagged,
             "batch_latency_p50_ms": round(float(np.percentile(latencies, 50)), 1),
             "batch_latency_p99_ms": round(float(np.percentile(latencies, 99)), 1),
-            **{f"cpu_us_per_record_{k}": round(v / n * 1e6, 1) for k, v in cpu.items()},
-            "cpu_us_per_record_e2e_total": round(total_us, 1),
-            "cpu_us_per_record_in_process": round(in_cpu, 1),
-            "e2e_vs_in_process_1proc": round(e2e / in_1, 3),
-            "e2e_vs_in_process_2proc": round(e2e / in_2, 3)}
+            **cpu_and_rate_figures(n, cpu, in_cpu, e2e, in_1, in_2)}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -66,9 +66,9 @@ def matrix_refusal(detector: Detector) -> str | None:
 def score_matrix(detector: Detector, matrix: np.ndarray, n_neighbours: int = 3
                  ) -> MatrixScores:
     """Score the rows of ``matrix`` (n × the model's fields, in ``field_names`` order)."""
-    if matrix.ndim != 2 or matrix.shape[1] != len(field_names(detector)):
-        raise ValueError(f"a matrix to score needs shape (n, {len(field_names(detector))}), "
-                         f"got {matrix.shape}")
+    n_fields = len(detector.feature_encoder_.fields_)
+    if matrix.ndim != 2 or matrix.shape[1] != n_fields:
+        raise ValueError(f"a matrix to score needs shape (n, {n_fields}), got {matrix.shape}")
     features, error_list = detector.feature_encoder_.transform_records(matrix)
     errors = {row: error for row, error in enumerate(error_list) if error is not None}
     n_rows = len(matrix)

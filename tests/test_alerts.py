@@ -380,13 +380,18 @@ def test_the_jsonl_file_is_not_rate_limited(alert_redis: Any) -> None:
     consumer = AlertConsumer(alert_redis, [webhook, JsonlSink(out)],
                              AlertSettings(window_s=10, key=("service",), rate_limit=1),
                              consumer="c3", clock=lambda: now[0])
-    consumer.ensure_group()
-    for service in ("api", "db", "cache"):
-        _add(alert_redis, f"j-{service}", service)
-    consumer.fold(consumer._read())
+    _fold_three_services(alert_redis, consumer, "j")
     now[0] = 11.0
     consumer.flush()
     assert len(webhook.sent) == 1 and len(out.getvalue().splitlines()) == 3
+
+
+def _fold_three_services(client: Any, consumer: AlertConsumer, prefix: str) -> None:
+    """One event each for services api, db and cache, read and folded by ``consumer``."""
+    consumer.ensure_group()
+    for service in ("api", "db", "cache"):
+        _add(client, f"{prefix}-{service}", service)
+    consumer.fold(consumer._read())
 
 
 class CountingSink(ListSink):
@@ -411,10 +416,7 @@ def test_a_down_sink_is_tried_once_per_backoff_and_no_owed_event_is_lost(
     down = CountingSink("alertmanager", fail=True)
     consumer = AlertConsumer(alert_redis, [down], settings, consumer="c4",
                              clock=lambda: now[0], claim_idle_ms=60_000)
-    consumer.ensure_group()
-    for service in ("api", "db", "cache"):
-        _add(alert_redis, f"k-{service}", service)
-    consumer.fold(consumer._read())
+    _fold_three_services(alert_redis, consumer, "k")
     now[0] = 11.0
     consumer.flush()
     assert down.calls == 1 and consumer.stats.deferred == 3 and len(consumer.owed) == 3
