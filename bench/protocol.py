@@ -21,6 +21,8 @@ from nearwatch.detector.errors import CalibrationError
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from bench.memory import PeakMemory
+
 
 @dataclass(frozen=True)
 class Split:
@@ -71,25 +73,28 @@ def evaluate_detector(
     ``alpha=None`` (same scores, no threshold).
     """
     anomalies = s.labelled_anomalies if len(s.labelled_anomalies) else None
-    started = time.perf_counter()
-    certified = True
-    try:
-        detector = Detector(alpha=alpha, delta=delta, random_state=seed, strict=True,
-                            **detector_params)
-        detector.fit(s.train, anomalies=anomalies)
-    except CalibrationError:
-        certified = False
-        detector = Detector(alpha=None, delta=delta, random_state=seed, **detector_params)
-        detector.fit(s.train, anomalies=anomalies)
-    train_s = time.perf_counter() - started
-    started = time.perf_counter()
-    scores = detector.score(s.test)
-    score_s = time.perf_counter() - started
+    peak = PeakMemory()
+    with peak:  # fit and scoring: the run's peak memory above the loaded data
+        started = time.perf_counter()
+        certified = True
+        try:
+            detector = Detector(alpha=alpha, delta=delta, random_state=seed, strict=True,
+                                **detector_params)
+            detector.fit(s.train, anomalies=anomalies)
+        except CalibrationError:
+            certified = False
+            detector = Detector(alpha=None, delta=delta, random_state=seed, **detector_params)
+            detector.fit(s.train, anomalies=anomalies)
+        train_s = time.perf_counter() - started
+        started = time.perf_counter()
+        scores = detector.score(s.test)
+        score_s = time.perf_counter() - started
     run: dict[str, Any] = {
         **_quality(s.test_is_anomaly, scores),
         "train_s": train_s,
         "score_s": score_s,
         "records_per_s": len(s.test) / max(score_s, 1e-9),
+        "peak_mb": peak.mb,
         "n_train": len(s.train),
         "n_test_normal": int((~s.test_is_anomaly).sum()),
         "n_test_anomaly": int(s.test_is_anomaly.sum()),

@@ -43,9 +43,11 @@ def summarise_dataset(runs: list[dict[str, Any]], alpha: float) -> dict[str, Any
     summary["calibration_index"] = runs[0]["nearwatch"].get("calibration_index")
     calibration = pooled_calibration([r["nearwatch"] for r in runs], alpha)
     summary["records_per_s"] = _mean_std([r["nearwatch"]["records_per_s"] for r in runs])
+    summary["peak_mb"] = _peak_mb([r["nearwatch"] for r in runs])
     for peer in (key for key in runs[0] if key.startswith("pyod_")):
         summary[peer] = {metric: _mean_std([r[peer][metric] for r in runs])
                          for metric in ("auroc", "auprc", "fit_s", "records_per_s")}
+        summary[peer]["peak_mb"] = _peak_mb([r[peer] for r in runs])
     if "nearwatch_exact" in runs[0]:
         exact = [r["nearwatch_exact"] for r in runs]
         summary["nearwatch_exact"] = {
@@ -54,6 +56,12 @@ def summarise_dataset(runs: list[dict[str, Any]], alpha: float) -> dict[str, Any
         summary["nearwatch_exact"]["calibration"] = pooled_calibration(exact, alpha)
     summary["calibration"] = calibration
     return summary
+
+
+def _peak_mb(runs: list[dict[str, Any]]) -> float | None:
+    """Largest peak memory (MB above the loaded data) over the seeds; None where unmeasured."""
+    peaks = [r.get("peak_mb") for r in runs]
+    return None if any(p is None for p in peaks) else float(max(peaks))
 
 
 def pooled_calibration(runs: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
@@ -84,22 +92,25 @@ PEER_CAP_S = 600.0  # a peer slower than this on one dataset would be reported a
 
 
 def peers_table(report: dict[str, Any]) -> str:
-    """The Detector beside PyOD's detectors on the same splits: AUROC and scoring rate."""
+    """The Detector beside PyOD's detectors on the same splits: AUROC, fit seconds, peak memory
+    of fit and scoring (MB above the loaded data) and scoring rate."""
     names = [key for key in next(iter(report["datasets"].values())) if key.startswith("pyod_")]
-    header = " | ".join(f"{name[5:]} AUROC | {name[5:]} rec/s" for name in names)
-    lines = [f"| dataset | nearwatch AUROC | nearwatch rec/s | {header} |",
-             "|---|" + "---|" * (2 + 2 * len(names))]
+    header = " | ".join(f"{label} AUROC | {label} fit s | {label} peak MB | {label} rec/s"
+                        for label in ["nearwatch"] + [name[5:] for name in names])
+    lines = [f"| dataset | {header} |", "|---|" + "---|" * (4 + 4 * len(names))]
     means: dict[str, list[float]] = {"nearwatch": [], **{name: [] for name in names}}
     for dataset, d in report["datasets"].items():
-        cells = [f"{d['nearwatch']['auroc']['mean']:.2f}", f"{d['records_per_s']['mean']:,.0f}"]
+        cells = _peer_cells(d["nearwatch"]["auroc"]["mean"], d["train_s"]["mean"],
+                            d.get("peak_mb"), d["records_per_s"]["mean"])
         means["nearwatch"].append(d["nearwatch"]["auroc"]["mean"])
         for name in names:
-            cells += [f"{d[name]['auroc']['mean']:.2f}", f"{d[name]['records_per_s']['mean']:,.0f}"]
+            cells += _peer_cells(d[name]["auroc"]["mean"], d[name]["fit_s"]["mean"],
+                                 d[name].get("peak_mb"), d[name]["records_per_s"]["mean"])
             means[name].append(d[name]["auroc"]["mean"])
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     averages = {name: float(np.mean(values)) for name, values in means.items()}
-    lines.append("| **mean** | **" + f"{averages['nearwatch']:.2f}** | | " + " | ".join(
-        f"{averages[name]:.2f} | " for name in names) + "|")
+    lines.append("| **mean** | **" + f"{averages['nearwatch']:.2f}** | | | | " + " | ".join(
+        f"{averages[name]:.2f} | | | " for name in names) + "|")
     best = max(names, key=lambda name: averages[name]) if names else None
     summary = "" if best is None else (
         f"\nBest peer: {best[5:]} ({averages[best]:.2f}); nearwatch is "
@@ -113,7 +124,31 @@ def peers_table(report: dict[str, Any]) -> str:
                         f"{name[5:]} {seconds:.1f} s" for name, seconds in longest.items())
                     + (f"; over the cap: {', '.join(over)}" if over else "; none over it")
                     + ".\n")
-    return "\n".join(lines) + "\n" + summary
+    return "\n".join(lines) + "\n" + summary + scoring_time_summary(report, names)
+
+
+def _peer_cells(auroc: float, fit_s: float, peak_mb: float | None, rate: float) -> list[str]:
+    peak = "–" if peak_mb is None else f"{peak_mb:,.0f}"
+    return [f"{auroc:.2f}", f"{fit_s:.1f}", peak, f"{rate:,.0f}"]
+
+
+def scoring_time_summary(report: dict[str, Any], peers: list[str]) -> str:
+    """Seconds to score every test record of every dataset and seed, nearwatch against each
+    peer, and on how many datasets nearwatch scored faster: a total alone would hide a peer
+    that wins on the small or low-dimensional sets."""
+    runs = [r for dataset_runs in report["runs"].values() for r in dataset_runs]
+    if not peers or not runs:
+        return ""
+    ours = sum(r["nearwatch"]["score_s"] for r in runs)
+    parts = []
+    for name in peers:
+        theirs = sum(r[name]["score_s"] for r in runs)
+        faster = sum(d["records_per_s"]["mean"] > d[name]["records_per_s"]["mean"]
+                     for d in report["datasets"].values())
+        parts.append(f"{name[5:]} {theirs:.1f} s ({theirs / max(ours, 1e-9):.2f}× nearwatch's "
+                     f"time; nearwatch faster on {faster} of {len(report['datasets'])} datasets)")
+    return (f"\nScoring time over all test records: nearwatch {ours:.1f} s; "
+            + "; ".join(parts) + ".\n")
 
 
 def exact_table(report: dict[str, Any]) -> str:

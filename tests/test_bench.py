@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
+from bench.memory import PeakMemory
 from bench.quality import bench_command
 from bench.readme_table import table
 from bench.report import fpr_lower_bound
@@ -88,13 +90,32 @@ def test_bench_runs_pyod_peers_on_the_same_splits(tmp_path: Path) -> None:
     for peer in ("pyod_knn", "pyod_ecod"):
         assert 90 <= blobs[peer]["auroc"]["mean"] <= 100
         assert blobs[peer]["records_per_s"]["mean"] > 0
+        if sys.platform == "linux":
+            assert blobs[peer]["peak_mb"] >= 0
+    if sys.platform == "linux":  # torch training allocates: a peak above the loaded data
+        assert blobs["peak_mb"] > 0
     assert "Best peer:" in result.output and "| knn AUROC |" in result.output
+    assert "| knn peak MB |" in result.output
+    assert "Scoring time over all test records" in result.output
     assert "Time cap per peer run" in result.output
     checks = json.loads((out / "report.json").read_text())["overall"]["checks"]
     assert any(name.startswith("mean AUROC >= best PyOD peer + 1") for name in checks)
     bad = CliRunner().invoke(bench_command, ["--data-dir", str(tmp_path), "--peers", "svm",
                                              "--out", str(out)])
     assert bad.exit_code != 0 and "unknown peers ['svm']" in bad.output
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="VmHWM and clear_refs are Linux's")
+def test_peak_memory_counts_what_the_block_allocates_not_what_came_before() -> None:
+    resident_before = np.ones(25_000_000)  # 200 MB already resident: not the block's
+    with PeakMemory() as idle:
+        pass
+    with PeakMemory() as allocating:
+        block = np.ones(12_500_000)  # 100 MB, touched, then freed inside the block
+        del block
+    del resident_before
+    assert idle.mb is not None and idle.mb < 20
+    assert allocating.mb is not None and 90 < allocating.mb < 150
 
 
 def test_readme_quality_table_is_the_generated_one() -> None:
