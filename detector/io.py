@@ -74,21 +74,27 @@ def read_records(path: str | Path, label_field: str | None = None,
 
 
 def iter_jsonl(stream: Iterable[str], max_line_bytes: int | None = None) -> Iterator[Any]:
+    """Records of JSON lines; blank lines are skipped and not counted, so "record n" (as
+    `stream` and the scoring errors number records) is the n-th non-blank line, and an
+    unreadable line's error gives its line number too."""
+    record_number = 0
     for line_number, line in enumerate(stream, start=1):
         if line_number == 1 and line.startswith("\ufeff"):
             line = line[1:]  # a byte-order mark
         if not line.strip():
             continue
+        record_number += 1
+        where = f"record {record_number} (line {line_number})"
         problem = _line_problem(line, max_line_bytes)
         if problem:
-            yield UnreadableRecord(line_number, f"line {line_number} {problem}")
+            yield UnreadableRecord(line_number, f"{where} {problem}")
             continue
         try:
-            yield json.loads(line)
+            yield json.loads(line.rstrip("\r\n"))  # error positions within the line
         except (ValueError, RecursionError) as exc:
             reason = "is nested too deep" if isinstance(exc, RecursionError) else \
                 f"is not valid JSON: {str(exc)[:200]}"
-            yield UnreadableRecord(line_number, f"line {line_number} {reason}")
+            yield UnreadableRecord(line_number, f"{where} {reason}")
 
 
 def iter_csv(stream: Iterable[str]) -> Iterator[dict[str, Any] | UnreadableRecord]:

@@ -49,7 +49,7 @@ def test_generate_train_score_finds_anomalies(workdir: Path) -> None:
     assert "not valid JSON" in results[5]["error"]
     assert results[9]["id"] == "bad-1" and "latency_ms" in results[9]["error"]
     # named by input position (10th record, 10th line), not by its place among parsed records
-    assert results[5]["error"].startswith("line 6 ")
+    assert results[5]["error"].startswith("record 6 (line 6) ")
     assert results[9]["error"].startswith("record 10 id 'bad-1': field 'latency_ms'")
     truth = {json.loads(line)["id"]: json.loads(line)["is_anomaly"]
              for line in test_lines if line.startswith('{"id": "r')}
@@ -74,7 +74,7 @@ def test_score_reads_stdin_writes_stdout_and_explains_flagged(workdir: Path) -> 
     assert result.exit_code == 0, result.output
     results = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(results) == 42 and "scored 42 records" in result.stderr
-    assert results[-1]["error"].startswith("line 42 ")
+    assert results[-1]["error"].startswith("record 42 (line 42) ")
     top = results[-2]
     assert top["id"] == "spike" and top["is_anomaly"]
     assert [f["field"] for f in top["fields"]][0] == "latency_ms" and len(top["fields"]) == 2
@@ -166,7 +166,7 @@ def test_bad_command_inputs_are_one_line_errors(workdir: Path) -> None:
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ("not json", "line 3 is not valid JSON"),
+    ("not json", "record 3 (line 3) is not valid JSON"),
     ("[1, 2]", "record 3 is not a JSON object (got list)"),
     ('{"id": "x", "latency_ms": NaN}', "record 3 field 'latency_ms': nan is not a finite number"),
 ])

@@ -96,6 +96,14 @@ def test_worker_answers_every_poison_line_and_scores_the_good_ones(
     assert "exceeds the limit of 16384 bytes" in parsed[5]["error"]
     assert "reserved" in parsed[6]["error"]
     assert parsed[7]["error"] == "record #8: refused by the producer"
+    # with the producer's refusal beside the batch: its reason and error in the dead letter;
+    # a refusal that does not name a stand-in (entry "0", a real line) is ignored
+    written = len(scorer.dead_letters.entries)  # type: ignore[attr-defined]
+    scorer.score_json([json.dumps(good[0]), None], 1, producer_refused={
+        "1": ["too_large", "record #2: too big", '{"x": "aaa', None],
+        "0": ["too_large", "spoof", "", None]})
+    assert list(scorer.dead_letters.entries)[written:] == [  # type: ignore[attr-defined]
+        {"id": None, "error": "record #2: too big", "reason": "too_large"}]
     # error texts and dead letters are cut to the limit
     long_value = dict(good[1], id="long", latency_ms="z" * 3000)
     (answer,) = scorer.score_batch([long_value])

@@ -69,3 +69,8 @@ def test_ingest_consumer_killed_midway_nothing_lost_or_pending(
     assert "load" in results[entry_ids[2002]]["error"]
     letters = redis_client.xrange("nearwatch:deadletter")
     assert len(letters) == 3
+    # the entry without a record is dead-lettered by a worker too: its reason, its fields
+    reasons = {f[b"reason"].decode(): f for _, f in letters}
+    assert sorted(reasons) == ["invalid_field", "invalid_json", "no_record"]
+    assert json.loads(reasons["no_record"][b"record"]) == {"payload": "{}"}
+    assert reasons["invalid_json"][b"record"] == b"{not json"

@@ -343,8 +343,8 @@ def test_errors_name_the_batch_position_or_the_stream_entry(registry: ModelRegis
         redis_client.delete(key)
     entries = [redis_client.xadd("nearwatch:records", {"record": text}).decode()
                for text in texts]
-    ingest = StreamIngest(redis_client, lambda batches: (
-        scorer.score_json(lines, first) for lines, first in batches),
+    ingest = StreamIngest(redis_client, lambda batches: (  # as the client sends them
+        scorer.score_json(lines, None, labels=labels) for lines, labels in batches),
         IngestOptions(consumer="e", block_ms=20, stop_when_idle=True))
     assert ingest.run().written == 3
     errors = {f[b"entry"].decode(): json.loads(f[b"result"]).get("error")

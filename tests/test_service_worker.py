@@ -61,6 +61,48 @@ def test_bad_records_are_answered_and_dead_lettered(node: WorkerNode, redis_clie
     assert redis_client.xlen("nearwatch:deadletter") == 6
 
 
+def test_records_the_producer_refuses_are_dead_lettered_with_their_reason(
+        node: WorkerNode, redis_client: Any) -> None:
+    """The client answers what it cannot send; a worker still writes its dead letter, with
+    the producer's reason and the start of the record, and counts it (worker/refusals.py)."""
+    import numpy as np
+    from nearwatch.worker.settings import RecordLimits
+
+    for key in redis_client.scan_iter("nearwatch:deadletter*"):
+        redis_client.delete(key)
+
+    def errors(reason: str) -> float:
+        text = http_get(node.metrics_url) or ""
+        return metric_value(text, "nearwatch_record_errors_total", f'reason="{reason}"')
+
+    before = {reason: errors(reason) for reason in ("invalid_json", "too_large")}
+    good = stream_records_for_test(2, prefix="ok")
+    mixed = [good[0], dict(good[1], id="np", load=np.float32(1.5)),
+             {"id": "big", "note": "a" * 5000}]
+    alone = [{"id": "alone", "load": np.int64(3)}]  # a batch with nothing a worker can score
+    client = scoring_client(node, limits=RecordLimits(max_bytes=4096))
+    first, second = list(client.score_batches([mixed, alone]))
+    assert "score" in first[0] and [r["id"] for r in first + second] == [
+        good[0]["id"], "np", "big", "alone"]
+    assert "field 'load': a float32 is not a JSON value" in first[1]["error"]
+    assert "numpy" in first[1]["error"] and "size limit of 4096 bytes" in first[2]["error"]
+    assert "field 'load': a int64" in second[0]["error"]
+    letters = wait_for(lambda: redis_client.xrange("nearwatch:deadletter")
+                       if redis_client.xlen("nearwatch:deadletter") >= 3 else None,
+                       30, "the dead letters of the refused records")
+    by_id = {json.loads(f[b"id"]): f for _, f in letters}
+    assert sorted(by_id) == ["alone", "big", "np"]
+    assert {k: by_id[k][b"reason"].decode() for k in by_id} == {
+        "np": "invalid_json", "alone": "invalid_json", "big": "too_large"}
+    assert by_id["np"][b"error"].decode() == first[1]["error"]
+    assert b"float32" in by_id["np"][b"record"] and b"'np'" in by_id["np"][b"record"]
+    assert by_id["big"][b"record"].startswith(b"{'id': 'big'")
+    assert len(by_id["big"][b"record"]) < 1100  # an excerpt, not the 5 kB record
+    wait_for(lambda: errors("invalid_json") >= before["invalid_json"] + 2, 10,
+             "the refusals counted as invalid_json")
+    assert errors("too_large") == before["too_large"] + 1
+
+
 def _stream_proc(tmp_path: Path, node: WorkerNode, n: int, batch: int, timeout: float
                  ) -> tuple[Proc, list[dict[str, Any]], Path]:
     records = stream_records_for_test(n, seed=11, prefix="k")

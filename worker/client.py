@@ -18,7 +18,8 @@ Guarantees:
 - a batch that is still unanswered after ``max_attempts`` submissions is answered with one
   error per record (``stats.unanswered`` counts them), never silently dropped;
 - a record the broker cannot carry or the limits refuse (``screen_record``/``check_text``)
-  is answered here with an error, the rest of its batch is sent;
+  is answered here with an error, the rest of its batch is sent, and a worker still writes
+  its dead letter with this refusal's reason (``worker/refusals.py``);
 - a partial batch is sent once its first record waited ``linger`` s, and answers are
   collected while the source waits for input (``worker/flow.py``);
 - broker/Redis outages are retried with backoff for ``outage_deadline`` s; what could not
@@ -47,7 +48,8 @@ from .answers import FAILURE, SUCCESS, Answers, answers_for
 from .flow import NOTHING, BrokerUnavailable, Feeder, Outage, chunks, linger_chunks
 from .matrix import MatrixAnswer, check_matrix, encode_matrix, payload_rows
 from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORE_MATRIX_BATCH, SCORING_QUEUE
-from .records import RecordRefused, answer_id, check_text, screen_record
+from .records import answer_id
+from .refusals import screen_batch
 from .settings import ClientOptions
 
 if TYPE_CHECKING:
@@ -82,6 +84,7 @@ class _Batch:
     records: list[Any]  # a numeric batch: one None per row
     task: str = SCORE_BATCH
     first_position: int | None = None  # text batches: input position of records[0]
+    labels: list[str] | None = None  # text batches: each record's name instead (ingest)
     matrix: dict[str, Any] | None = None  # a numeric batch's payload (worker/matrix.py)
     attempts: list[AsyncResult] = field(default_factory=list)
     first_submitted_at: float = 0.0
@@ -89,6 +92,12 @@ class _Batch:
     n_submitted: int = 0
     last_problem: str = ""
     local: dict[int, Any] = field(default_factory=dict)  # answered here, not by a worker
+    refused: dict[str, list[Any]] = field(default_factory=dict)  # sent for dead letters
+
+
+def _text_batch(lines: list[Any], first: int | list[str] | None) -> _Batch:
+    labels = list(first) if isinstance(first, list) and len(first) == len(lines) else None
+    return _Batch(lines, SCORE_JSON_BATCH, first if isinstance(first, int) else None, labels)
 
 
 class ScoringClient:
@@ -114,15 +123,16 @@ class ScoringClient:
         """One result list per batch, in input order; batches are consumed lazily."""
         return self._run(self._screen(_Batch(list(records))) for records in batches)
 
-    def score_json_batches(self, batches: Iterable[tuple[list[Any], int | None]]
+    def score_json_batches(self, batches: Iterable[tuple[list[Any], int | list[str] | None]]
                            ) -> Iterator[list[str]]:
         """Records as JSON texts → results as JSON texts (``nearwatch.score_json_batch``).
 
         Each batch is ``(lines, first_position)``; ``first_position`` (1-based input
         position of the first line, or None) lets the workers name records and give id-less
-        records the id ``"#<position>"``. Answers are checked by count only.
+        records the id ``"#<position>"``; a list of texts instead names each record in errors
+        and dead letters (``ingest``: its stream entry). Answers are checked by count only.
         """
-        return self._run(self._screen(_Batch(list(lines), SCORE_JSON_BATCH, first))
+        return self._run(self._screen(_text_batch(list(lines), first))
                          for lines, first in batches)
 
     def score_matrix_batches(self, batches: Iterable[Any]) -> Iterator[MatrixAnswer]:
@@ -147,30 +157,12 @@ class ScoringClient:
                 for start, answer in zip(starts, answers, strict=True))
 
     def _screen(self, batch: _Batch) -> _Batch:
-        """Answer here what must not be sent; it travels as a ``None`` stand-in."""
-        limits, id_field = self.options.limits, self.options.id_field
-        for i, record in enumerate(batch.records):
-            try:
-                if isinstance(record, RecordRefused):  # the reader refused it
-                    raise record
-                if batch.task == SCORE_JSON_BATCH:
-                    if not isinstance(record, str):
-                        raise RecordRefused("invalid_json", "not a JSON text")
-                    check_text(record, limits)
-                else:
-                    screen_record(record, limits, id_field)
-            except RecordRefused as exc:
-                batch.local[i] = self._error(batch, i, record, str(exc))
-                batch.records[i] = None
+        """Answer here what must not be sent; it travels as a ``None`` stand-in, and its
+        refusal beside the batch (``worker/refusals.py``) for the worker's dead letter."""
+        batch.local, batch.refused = screen_batch(
+            batch.records, batch.task == SCORE_JSON_BATCH, batch.first_position,
+            self.options.limits, self.options.id_field, batch.labels)
         return batch
-
-    def _error(self, batch: _Batch, i: int, record: Any, error: str) -> Any:
-        if batch.task == SCORE_JSON_BATCH:
-            first = batch.first_position
-            label = f"record {i} of the batch" if first is None else f"record #{first + i}"
-            return json.dumps({"id": None, "error": f"{label}: {error}"},
-                              separators=(",", ":"))
-        return {"id": answer_id(record, self.options.id_field), "error": error}
 
     def _run(self, batches: Iterator[_Batch]) -> Iterator[list[Any]]:
         pending: deque[_Batch] = deque()
@@ -182,7 +174,7 @@ class ScoringClient:
                     if batch is NOTHING:
                         break
                     self.stats.batches += 1
-                    if len(batch.local) < len(batch.records):
+                    if len(batch.local) < len(batch.records) or batch.refused:
                         self._submit(batch)
                     pending.append(batch)
                 if not pending:
@@ -203,12 +195,17 @@ class ScoringClient:
         args: list[Any] = [batch.records if batch.matrix is None else batch.matrix]
         if batch.task == SCORE_JSON_BATCH:
             args.append(batch.first_position)
+        options = self.answers.send_options()
+        extra: dict[str, Any] = {"refused": batch.refused} if batch.refused else {}
+        if batch.labels is not None:
+            extra["labels"] = batch.labels
+        if extra:
+            options["kwargs"] = {**options.get("kwargs", {}), **extra}
         # argsrepr: a short label instead of Celery's repr of every record (client CPU)
         try:
             result = self.outage.call("send_task", lambda: self.app.send_task(
                 batch.task, args=args, queue=SCORING_QUEUE,
-                argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}",
-                **self.answers.send_options()))
+                argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}", **options))
         except BrokerUnavailable as exc:  # answered as unanswered (no attempt in flight)
             batch.last_problem = str(exc)
             return
@@ -225,7 +222,8 @@ class ScoringClient:
     def _resolve(self, head: _Batch, pending: deque[_Batch], exhausted: bool) -> list[Any]:
         if not head.records:
             return [] if head.matrix is None else MatrixAnswer.failed(0, "")  # type: ignore
-        if len(head.local) == len(head.records):
+        if len(head.local) == len(head.records):  # sent only for the dead letters
+            self._forget(head)
             return [head.local[i] for i in range(len(head.records))]
         while True:
             try:

@@ -12,7 +12,9 @@ A consumer that dies leaves its entries pending; any live consumer takes them ov
 ``XAUTOCLAIM`` once they have been idle for ``claim_idle_ms``. Nothing is lost or left pending.
 
 An entry that cannot be a record (not UTF-8, beyond the size limit, no ``record`` field) is
-answered with an error and acknowledged like any other. Redis outages are retried with
+answered with an error and acknowledged like any other; the workers write its dead letter
+(reason ``invalid_json``, ``too_large`` or ``no_record``) and count it, as for the records
+they refuse themselves (``worker/refusals.py``). Redis outages are retried with
 backoff for ``outage_deadline`` seconds (``BrokerUnavailable`` after that: the command
 exits 1 and the entries it had not answered stay pending for the next consumer).
 """
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .client import Unanswered
 from .flow import Outage, group_lost
-from .records import RecordRefused, check_text, decode_line, dump_result, truncate
+from .records import RecordRefused, check_text, decode_line
 from .settings import IngestOptions, RecordLimits
 
 if TYPE_CHECKING:
@@ -43,26 +45,23 @@ __all__ = ["IngestOptions", "IngestStats", "StreamIngest"]
 log = logging.getLogger("nearwatch.ingest")
 
 RECORD_FIELD = "record"
+NO_RECORD = "no_record"  # the dead-letter reason of an entry without a record field
 
-# ARGV: group, scores maxlen, deadletter maxlen, then (entry id, result JSON, bad-entry reason)
+# ARGV: group, scores maxlen, then (entry id, result JSON) pairs
 _WRITE_AND_ACK = """
 local written = 0
-for i = 4, #ARGV, 3 do
+for i = 3, #ARGV, 2 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'entry', ARGV[i],
                'result', ARGV[i + 1])
-    if ARGV[i + 2] ~= '' then
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'entry', ARGV[i],
-                 'error', ARGV[i + 2], 'reason', 'no_record')
-    end
     written = written + 1
   end
 end
 return written
 """
 
-# ScoringClient.score_json_batches: (JSON texts, first position) batches → JSON result texts
-BatchScorer = Callable[[Iterable[tuple[list[str], int | None]]], Iterator[list[str]]]
+# ScoringClient.score_json_batches: (JSON texts or refusals, record labels) batches → results
+BatchScorer = Callable[[Iterable[tuple[list[Any], list[str]]]], Iterator[list[str]]]
 
 
 @dataclass
@@ -77,8 +76,9 @@ class IngestStats:
 @dataclass(frozen=True)
 class _Entry:
     entry_id: str
-    record: str  # the record's JSON text, parsed and scored by the workers
-    problem: str  # why the entry has no record ('' when it has one)
+    # the record's JSON text, parsed and scored by the workers; or why the entry has none
+    # (answered by the client, dead-lettered by a worker)
+    record: str | RecordRefused
 
 
 class StreamIngest:
@@ -108,7 +108,7 @@ class StreamIngest:
         self.ensure_group()
         in_flight: deque[list[_Entry]] = deque()
 
-        def batches() -> Iterator[tuple[list[str], int | None]]:
+        def batches() -> Iterator[tuple[list[Any], list[str]]]:
             while not self.stop.is_set():
                 outstanding = any(in_flight)  # entries read and not yet written
                 # While answers are outstanding, block only briefly so they are written soon.
@@ -118,7 +118,9 @@ class StreamIngest:
                     return
                 # An empty batch hands control back to the loop below (nothing is sent).
                 in_flight.append(entries)
-                yield [e.record for e in entries if not e.problem], None
+                # each record named by its entry: errors and dead letters can be joined to it
+                yield [e.record for e in entries], [f"stream entry {e.entry_id}"
+                                                    for e in entries]
 
         for results in self.score_batches(batches()):
             self._write(in_flight.popleft(), results)
@@ -189,23 +191,15 @@ class StreamIngest:
     def _write(self, entries: list[_Entry], results: list[str]) -> None:
         if not entries:
             return
-        answers = enumerate(results)
-        args: list[Any] = [self.options.group, self.options.scores_maxlen,
-                           self.options.deadletter_maxlen]
-        for entry in entries:
-            if entry.problem:
-                result = dump_result({"id": None, "error": entry.problem})
-            else:
-                sent, result = next(answers)
-                if isinstance(result, Unanswered):
-                    # No worker answered: leave the entry pending; XAUTOCLAIM retries it.
-                    self.stats.unanswered += 1
-                    continue
-                result = _name_entry(result, sent, entry.entry_id)
+        args: list[Any] = [self.options.group, self.options.scores_maxlen]
+        for entry, result in zip(entries, results, strict=True):
+            if isinstance(result, Unanswered):
+                # No worker answered: leave the entry pending; XAUTOCLAIM retries it.
+                self.stats.unanswered += 1
+                continue
             self.stats.errors += '"error":' in result  # only a key can match (see stream.py)
-            args += [entry.entry_id, result, entry.problem]
-        keys = [self.options.records_stream, self.options.scores_stream,
-                self.options.deadletter_stream]
+            args += [entry.entry_id, result]
+        keys = [self.options.records_stream, self.options.scores_stream]
         # Safe to repeat after a lost reply: an entry already acknowledged is not re-written.
         self.stats.written += int(self.outage.call(
             "writing results", lambda: self._write_and_ack(keys=keys, args=args)))
@@ -215,27 +209,21 @@ def _parse(entry_id: Any, fields: dict[Any, Any], limits: RecordLimits) -> _Entr
     entry = _text(entry_id)
     raw = fields.get(RECORD_FIELD.encode(), fields.get(RECORD_FIELD))
     if raw is None:
-        return _Entry(entry, "", f"stream entry {entry} has no {RECORD_FIELD!r} field")
+        return _Entry(entry, RecordRefused(NO_RECORD, f"no {RECORD_FIELD!r} field",
+                                           json.dumps({_lenient(k): _lenient(v)[:200]
+                                                       for k, v in fields.items()})))
     try:
         check_text(raw, limits)  # before decoding: a 10 MB entry is not copied again
         record = decode_line(raw) if isinstance(raw, bytes) else str(raw)
     except RecordRefused as exc:
-        return _Entry(entry, "", truncate(f"stream entry {entry}: {exc}",
-                                          limits.max_error_chars))
-    return _Entry(entry, record, "")
+        exc.text = raw  # its start goes to the dead letter
+        return _Entry(entry, exc)
+    return _Entry(entry, record)
 
 
-def _name_entry(result: str, sent: int, entry_id: str) -> str:
-    """An error that names its record by batch position ("record 3 of the batch") names its
-    stream entry instead: the batch is ingest's, the entry id is the producer's."""
-    if '"error":' not in result:  # only a key can match (see stream.py)
-        return result
-    answer = json.loads(result)
-    label = f"record {sent} of the batch"
-    if not answer["error"].startswith(label):
-        return result
-    answer["error"] = f"stream entry {entry_id}{answer['error'][len(label):]}"
-    return dump_result(answer)
+def _lenient(value: Any) -> str:
+    """Any field name or value as text (a dead letter's excerpt: bad bytes replaced)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _text(value: Any) -> str:

@@ -43,9 +43,10 @@ _RESERVED_ID = re.compile(r"^#\d+$")  # ids `stream` gives records without one
 class RecordRefused(ValueError):
     """A record (or line) that is answered with an error before it reaches the model."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, text: str | bytes | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.text = text  # the refused input, where a reader had it (for the dead letter)
 
 
 def truncate(text: str, limit: int) -> str:
@@ -183,15 +184,16 @@ def check_reserved_id(record: dict[str, Any], id_field: str) -> None:
 def screen_record(record: Any, limits: RecordLimits, id_field: str = "id") -> None:
     """The Python client's check before sending a parsed record: JSON types only, within
     ``limits`` (a record the broker's JSON cannot carry must not fail its batch)."""
-    budget = [limits.max_bytes]
+    budget = [limits.max_bytes, limits.max_bytes]  # what is left, the limit
     _walk(record, limits.max_depth + 1, budget)
     if isinstance(record, dict):
         check_record(record, limits, id_field)
 
 
-def _walk(value: Any, depth: int, budget: list[int]) -> None:
+def _walk(value: Any, depth: int, budget: list[int], path: str = "") -> None:
+    where = f"field {path!r}: " if path else ""  # the top-level field a bad value is under
     if depth < 0:
-        raise RecordRefused(TOO_LARGE, "record nested too deep")
+        raise RecordRefused(TOO_LARGE, f"{where}record nested too deep")
     if isinstance(value, str):
         budget[0] -= len(value) + 2
     elif value is None or isinstance(value, bool | int | float):
@@ -199,17 +201,20 @@ def _walk(value: Any, depth: int, budget: list[int]) -> None:
     elif isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise RecordRefused(INVALID_JSON, f"key {truncate(repr(key), 80)} is not a "
-                                    "string")
+                raise RecordRefused(INVALID_JSON, f"{where}key {truncate(repr(key), 80)} is "
+                                    "not a string")
             budget[0] -= len(key) + 3
-            _walk(item, depth - 1, budget)
+            _walk(item, depth - 1, budget, path or truncate(key, 80))
     elif isinstance(value, list | tuple):
         for item in value:
-            _walk(item, depth - 1, budget)
+            _walk(item, depth - 1, budget, path)
     else:
-        raise RecordRefused(INVALID_JSON, f"a {type(value).__name__} is not a JSON value")
+        hint = " (numpy: .item() or .tolist(); or send a matrix)" \
+            if type(value).__module__ == "numpy" else ""
+        raise RecordRefused(INVALID_JSON, f"{where}a {type(value).__name__} is not a JSON "
+                            f"value{hint}")
     if budget[0] < 0:
-        raise RecordRefused(TOO_LARGE, "record exceeds the size limit")
+        raise RecordRefused(TOO_LARGE, f"record exceeds the size limit of {budget[1]} bytes")
 
 
 def _depth(value: Any, limit: int) -> int:

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nearwatch.detector import BundleError, Detector  # loaded with any detector module
@@ -30,6 +30,7 @@ from .records import (
     record_excerpt,
     truncate,
 )
+from .refusals import read_labels, read_refusals
 from .settings import RecordLimits
 
 if TYPE_CHECKING:
@@ -187,21 +188,21 @@ class BatchScorer:
         self.alerts = alerts  # flagged records -> nearwatch:alerts (worker/alerts.py)
         self.buffer = buffer  # scored records -> the reference buffer (reference_buffer.py)
 
-    def score_batch(self, records: list[Any], delivery: str | None = None
-                    ) -> list[dict[str, Any]]:
+    def score_batch(self, records: list[Any], delivery: str | None = None,
+                    producer_refused: Any = None) -> list[dict[str, Any]]:
         """Records (parsed JSON) → one result dict per record, same order.
 
         ``delivery`` names this delivery of the batch (``worker.tasks.delivery_key``): a
         redelivery with the same name writes no second alert event or dead letter."""
-        def label(i: int) -> str:
-            return f"record {i} of the batch"
-
+        label: Callable[[int], str] = "record {} of the batch".format
         id_field = getattr(self.holder.current()[1], "id_field", "id")
-        return self._score(records, prepare_objects(records, id_field, self.limits, label),
+        refused = prepare_objects(records, id_field, self.limits, label)
+        return self._score(records, self._with_producer(records, refused, producer_refused),
                            label, delivery)
 
     def score_json(self, lines: list[Any], first_position: int | None = None,
-                   delivery: str | None = None) -> list[str]:
+                   delivery: str | None = None, producer_refused: Any = None,
+                   labels: Any = None) -> list[str]:
         """JSON texts → one JSON result text per record, same order.
 
         The text path of `nearwatch stream` and `nearwatch ingest`: records are parsed here,
@@ -209,14 +210,27 @@ class BatchScorer:
         ``first_position``: 1-based input position of ``lines[0]``; records without an id
         then get ``"#<position>"`` and errors name the position.
         """
+        names = read_labels(labels, len(lines))  # ingest's: its stream entries
+
         def label(i: int) -> str:
-            if first_position is None:
-                return f"record {i} of the batch"
+            if names is not None or first_position is None:
+                return f"record {i} of the batch" if names is None else names[i]
             return f"record #{first_position + i}"
 
         id_field = getattr(self.holder.current()[1], "id_field", "id")
         records, refused = prepare_lines(lines, first_position, id_field, self.limits, label)
-        return [dump_result(r) for r in self._score(records, refused, label, delivery)]
+        return [dump_result(r) for r in self._score(
+            records, self._with_producer(records, refused, producer_refused), label, delivery)]
+
+    def _with_producer(self, records: list[Any], refused: dict[int, tuple[str, str]],
+                       producer_refused: Any) -> dict[int, tuple[Any, ...]]:
+        """With the producer's refusals of its stand-ins, whose excerpts take the records'
+        places (for the dead letters). Values: (reason, error[, record id])."""
+        merged: dict[int, tuple[Any, ...]] = dict(refused)
+        producer = read_refusals(producer_refused, records, self.limits.max_error_chars)
+        for i, (reason, error, excerpt, record_id) in producer.items():
+            merged[i], records[i] = (reason, error, record_id), excerpt
+        return merged
 
     def score_matrix(self, payload: Any, delivery: str | None = None) -> dict[str, Any]:
         """A numeric batch (``worker/matrix.py``) → its answer object (columns)."""
@@ -224,7 +238,7 @@ class BatchScorer:
 
         return score_matrix_payload(self, payload, delivery)
 
-    def _score(self, records: list[Any], refused: dict[int, tuple[str, str]],
+    def _score(self, records: list[Any], refused: Mapping[int, tuple[Any, ...]],
                label: Callable[[int], str], delivery: str | None = None
                ) -> list[dict[str, Any]]:
         started = time.perf_counter()
@@ -235,8 +249,9 @@ class BatchScorer:
         objects = []
         for i, record in enumerate(records):
             if i in refused:
-                reasons[i], error = refused[i]
-                results[i] = {"id": answer_id(record, detector.id_field), "error": error}
+                reasons[i], error, *known = refused[i]
+                results[i] = {"id": known[0] if known else answer_id(record, detector.id_field),
+                              "error": error}
             elif not isinstance(record, dict):
                 results[i] = {"id": None, "error": f"{label(i)}: not a JSON object "
                               f"(got {type(record).__name__})"}

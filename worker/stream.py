@@ -79,6 +79,7 @@ def read_input(source: str, fmt: str = "auto", notice: Any = None
                 try:
                     line = decode_line(raw)
                 except RecordRefused as exc:
+                    exc.text = raw  # its start goes to the dead letter
                     yield exc
                     continue
                 if line.strip():

@@ -31,13 +31,15 @@ from .pool import push_answer_for, scorer_for
     name=SCORE_BATCH, bind=True, acks_late=True,
     reject_on_worker_lost=True, ignore_result=False,
 )
-def score_batch(self: Task, records: list[Any], answer_key: str | None = None
-                ) -> list[dict[str, Any]] | None:
-    """Score a list of records; one result per record, same order (see ARCHITECTURE.md)."""
+def score_batch(self: Task, records: list[Any], answer_key: str | None = None,
+                refused: dict[str, Any] | None = None) -> list[dict[str, Any]] | None:
+    """Score a list of records; one result per record, same order (see ARCHITECTURE.md).
+    ``refused``: the producer's refusals of its ``None`` stand-ins (``worker/refusals.py``)."""
     def score() -> list[dict[str, Any]]:
         if not isinstance(records, list):
             raise TypeError(f"score_batch takes a list of records, got {type(records).__name__}")
-        return scorer_for(self.app).score_batch(records, delivery_key(self, answer_key))
+        return scorer_for(self.app).score_batch(records, delivery_key(self, answer_key),
+                                                refused)
 
     return _answer(self, answer_key, score, texts=False)
 
@@ -47,18 +49,21 @@ def score_batch(self: Task, records: list[Any], answer_key: str | None = None
     reject_on_worker_lost=True, ignore_result=False,
 )
 def score_json_batch(self: Task, lines: list[str], first_position: int | None = None,
-                     answer_key: str | None = None) -> list[str] | None:
+                     answer_key: str | None = None, refused: dict[str, Any] | None = None,
+                     labels: list[str] | None = None) -> list[str] | None:
     """Like ``score_batch`` for records as JSON texts; answers are JSON texts.
 
     Producers that hold JSON already (`nearwatch stream`, `nearwatch ingest`) skip a parse
-    and a serialisation on their side; the pool does both, in parallel.
+    and a serialisation on their side; the pool does both, in parallel. ``labels``: each
+    record's name in errors and dead letters (``ingest``'s stream entries).
     """
     def score() -> list[str]:
         if not isinstance(lines, list):
             raise TypeError("score_json_batch takes a list of JSON texts, got "
                             f"{type(lines).__name__}")
         return scorer_for(self.app).score_json(
-            lines, first_position, delivery_key(self, answer_key, first_position))
+            lines, first_position, delivery_key(self, answer_key, first_position), refused,
+            labels)
 
     return _answer(self, answer_key, score, texts=True)
 
