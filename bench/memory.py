@@ -4,7 +4,8 @@ Linux keeps a process' peak resident set (``VmHWM``) and lets the process reset 
 current RSS (``echo 5 > /proc/self/clear_refs``). So each step is measured as its peak RSS above
 the RSS it started from: the data already loaded and anything an earlier step left resident are
 not counted. Freed heap that glibc kept from an earlier step could hide a later step's growth, so
-it is handed back first (``malloc_trim``). Where this is not Linux, the peak is ``None``.
+it is handed back first (``gc.collect``, ``malloc_trim``). Where this is not Linux, or the
+reset did not take, the peak is ``None`` rather than a wrong figure.
 
 >>> import numpy as np
 >>> with PeakMemory() as peak:
@@ -18,8 +19,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
+from functools import cache
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -32,11 +36,15 @@ def _status_mb(key: str) -> float:
     raise KeyError(key)
 
 
+@cache
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")  # runs a subprocess: once
+    return None if name is None else getattr(ctypes.CDLL(name), "malloc_trim", None)
+
+
 def _trim_heap() -> None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    gc.collect()  # garbage of an earlier step must not sit in this step's baseline
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
@@ -53,11 +61,17 @@ class PeakMemory:
             _trim_heap()
             _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
             self._start = _status_mb("VmRSS")
+            if _status_mb("VmHWM") > self._start + 4:  # the reset did not happen: no figure
+                self._start = None
         except (OSError, KeyError, ValueError):
             self._start = None
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        if self._start is not None:
+        if self._start is None:
+            return
+        try:
             self.mb = max(0.0, _status_mb("VmHWM") - self._start)
+        except (OSError, KeyError, ValueError):  # never hide the block's own exception
+            self.mb = None

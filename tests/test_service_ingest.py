@@ -73,4 +73,8 @@ def test_ingest_consumer_killed_midway_nothing_lost_or_pending(
     reasons = {f[b"reason"].decode(): f for _, f in letters}
     assert sorted(reasons) == ["invalid_field", "invalid_json", "no_record"]
     assert json.loads(reasons["no_record"][b"record"]) == {"payload": "{}"}
+    assert reasons["no_record"][b"entry"].decode() == entry_ids[2001]  # written at its ack
+    # a record the workers refuse is named by its id, else by its stream entry
+    assert reasons["invalid_json"][b"error"].decode().startswith(f"stream entry {entry_ids[2000]}")
+    assert reasons["invalid_field"][b"error"].decode().startswith("id 'bad': field 'load'")
     assert reasons["invalid_json"][b"record"] == b"{not json"

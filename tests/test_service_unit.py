@@ -339,19 +339,26 @@ def test_errors_name_the_batch_position_or_the_stream_entry(registry: ModelRegis
     assert json.loads(scorer.score_json(texts, 10)[2])["error"].startswith(
         "id '#12': field 'latency_ms'")  # the stream path's id for an id-less record
 
-    for key in ("nearwatch:records", "nearwatch:scores"):
+    for key in ("nearwatch:records", "nearwatch:scores", "nearwatch:deadletter"):
         redis_client.delete(key)
     entries = [redis_client.xadd("nearwatch:records", {"record": text}).decode()
                for text in texts]
+    entries.append(redis_client.xadd("nearwatch:records", {"other": "x" * 5000}).decode())
     ingest = StreamIngest(redis_client, lambda batches: (  # as the client sends them
         scorer.score_json(lines, None, labels=labels) for lines, labels in batches),
         IngestOptions(consumer="e", block_ms=20, stop_when_idle=True))
-    assert ingest.run().written == 3
+    assert ingest.run().written == 4
     errors = {f[b"entry"].decode(): json.loads(f[b"result"]).get("error")
               for _, f in redis_client.xrange("nearwatch:scores")}
     assert errors[entries[0]] is None
     assert errors[entries[1]] == f"stream entry {entries[1]}: not a JSON object (got list)"
     assert errors[entries[2]].startswith(f"stream entry {entries[2]}: field 'latency_ms'")
+    assert errors[entries[3]] == f"stream entry {entries[3]}: no 'record' field"
+    # an entry without a record is dead-lettered by ingest itself, with its ack: no worker
+    # took part here (the scorer's dead letters are in memory), and it is in Redis once
+    (letter,) = [f for _, f in redis_client.xrange("nearwatch:deadletter")]
+    assert letter[b"entry"].decode() == entries[3] and letter[b"reason"] == b"no_record"
+    assert 200 <= len(json.loads(letter[b"record"])["other"]) <= 201  # an excerpt
 
 
 def test_ingest_recreates_its_group_when_the_stream_is_deleted(redis_client: Any) -> None:

@@ -49,7 +49,7 @@ from .flow import NOTHING, BrokerUnavailable, Feeder, Outage, chunks, linger_chu
 from .matrix import MatrixAnswer, check_matrix, encode_matrix, payload_rows
 from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORE_MATRIX_BATCH, SCORING_QUEUE
 from .records import answer_id
-from .refusals import screen_batch
+from .refusals import screen_batch, send_refusals
 from .settings import ClientOptions
 
 if TYPE_CHECKING:
@@ -174,8 +174,11 @@ class ScoringClient:
                     if batch is NOTHING:
                         break
                     self.stats.batches += 1
-                    if len(batch.local) < len(batch.records) or batch.refused:
+                    if len(batch.local) < len(batch.records):
                         self._submit(batch)
+                    elif batch.refused:  # answered whole here: sent only for dead letters
+                        send_refusals(self.app, batch.task, batch.records, batch.first_position,
+                                      batch.labels, batch.refused)
                     pending.append(batch)
                 if not pending:
                     if feeder.exhausted:
@@ -222,8 +225,7 @@ class ScoringClient:
     def _resolve(self, head: _Batch, pending: deque[_Batch], exhausted: bool) -> list[Any]:
         if not head.records:
             return [] if head.matrix is None else MatrixAnswer.failed(0, "")  # type: ignore
-        if len(head.local) == len(head.records):  # sent only for the dead letters
-            self._forget(head)
+        if len(head.local) == len(head.records):
             return [head.local[i] for i in range(len(head.records))]
         while True:
             try:

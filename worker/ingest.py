@@ -12,11 +12,13 @@ A consumer that dies leaves its entries pending; any live consumer takes them ov
 ``XAUTOCLAIM`` once they have been idle for ``claim_idle_ms``. Nothing is lost or left pending.
 
 An entry that cannot be a record (not UTF-8, beyond the size limit, no ``record`` field) is
-answered with an error and acknowledged like any other; the workers write its dead letter
-(reason ``invalid_json``, ``too_large`` or ``no_record``) and count it, as for the records
-they refuse themselves (``worker/refusals.py``). Redis outages are retried with
-backoff for ``outage_deadline`` seconds (``BrokerUnavailable`` after that: the command
-exits 1 and the entries it had not answered stay pending for the next consumer).
+answered with an error and acknowledged like any other, and its dead letter (reason
+``invalid_json``, ``too_large`` or ``no_record``, the entry id, the first 1 KiB of the entry)
+is written by the same script, exactly once, whether or not a worker is up. Records sent to
+the workers are named by their stream entry in errors and dead letters (``labels``). Redis
+outages are retried with backoff for ``outage_deadline`` seconds (``BrokerUnavailable``
+after that: the command exits 1 and the entries it had not answered stay pending for the next
+consumer).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from .client import Unanswered
 from .flow import Outage, group_lost
-from .records import RecordRefused, check_text, decode_line
+from .records import RecordRefused, check_text, decode_line, dump_result, truncate
+from .refusals import excerpt
 from .settings import IngestOptions, RecordLimits
 
 if TYPE_CHECKING:
@@ -47,13 +50,18 @@ log = logging.getLogger("nearwatch.ingest")
 RECORD_FIELD = "record"
 NO_RECORD = "no_record"  # the dead-letter reason of an entry without a record field
 
-# ARGV: group, scores maxlen, then (entry id, result JSON) pairs
+# ARGV: group, scores maxlen, deadletter maxlen, then per entry: id, result JSON, and for a
+# bad entry its dead letter's reason, error and excerpt ('' reason: none)
 _WRITE_AND_ACK = """
 local written = 0
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 5 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'entry', ARGV[i],
                'result', ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'entry', ARGV[i], 'id', 'null',
+                 'error', ARGV[i + 3], 'reason', ARGV[i + 2], 'record', ARGV[i + 4])
+    end
     written = written + 1
   end
 end
@@ -76,9 +84,14 @@ class IngestStats:
 @dataclass(frozen=True)
 class _Entry:
     entry_id: str
-    # the record's JSON text, parsed and scored by the workers; or why the entry has none
-    # (answered by the client, dead-lettered by a worker)
-    record: str | RecordRefused
+    record: str  # the record's JSON text, parsed and scored by the workers
+    problem: str = ""  # why the entry has no record ('' when it has one)
+    reason: str = ""  # the dead letter's reason of such an entry
+    excerpt: str = ""  # and the start of the entry (not the whole of a 100 MB value)
+
+    @property
+    def label(self) -> str:
+        return f"stream entry {self.entry_id}"
 
 
 class StreamIngest:
@@ -119,8 +132,8 @@ class StreamIngest:
                 # An empty batch hands control back to the loop below (nothing is sent).
                 in_flight.append(entries)
                 # each record named by its entry: errors and dead letters can be joined to it
-                yield [e.record for e in entries], [f"stream entry {e.entry_id}"
-                                                    for e in entries]
+                sent = [e for e in entries if not e.problem]
+                yield [e.record for e in sent], [e.label for e in sent]
 
         for results in self.score_batches(batches()):
             self._write(in_flight.popleft(), results)
@@ -191,15 +204,25 @@ class StreamIngest:
     def _write(self, entries: list[_Entry], results: list[str]) -> None:
         if not entries:
             return
-        args: list[Any] = [self.options.group, self.options.scores_maxlen]
-        for entry, result in zip(entries, results, strict=True):
+        answers = iter(results)
+        args: list[Any] = [self.options.group, self.options.scores_maxlen,
+                           self.options.deadletter_maxlen]
+        for entry in entries:
+            if entry.problem:
+                error = f"{entry.label}: {entry.problem}"
+                args += [entry.entry_id, dump_result({"id": None, "error": error}),
+                         entry.reason, error, entry.excerpt]
+                self.stats.errors += 1
+                continue
+            result = next(answers)
             if isinstance(result, Unanswered):
                 # No worker answered: leave the entry pending; XAUTOCLAIM retries it.
                 self.stats.unanswered += 1
                 continue
             self.stats.errors += '"error":' in result  # only a key can match (see stream.py)
-            args += [entry.entry_id, result]
-        keys = [self.options.records_stream, self.options.scores_stream]
+            args += [entry.entry_id, result, "", "", ""]
+        keys = [self.options.records_stream, self.options.scores_stream,
+                self.options.deadletter_stream]
         # Safe to repeat after a lost reply: an entry already acknowledged is not re-written.
         self.stats.written += int(self.outage.call(
             "writing results", lambda: self._write_and_ack(keys=keys, args=args)))
@@ -209,21 +232,15 @@ def _parse(entry_id: Any, fields: dict[Any, Any], limits: RecordLimits) -> _Entr
     entry = _text(entry_id)
     raw = fields.get(RECORD_FIELD.encode(), fields.get(RECORD_FIELD))
     if raw is None:
-        return _Entry(entry, RecordRefused(NO_RECORD, f"no {RECORD_FIELD!r} field",
-                                           json.dumps({_lenient(k): _lenient(v)[:200]
-                                                       for k, v in fields.items()})))
+        return _Entry(entry, "", f"no {RECORD_FIELD!r} field", NO_RECORD, excerpt(json.dumps(
+            {excerpt(k, 200): excerpt(v, 200) for k, v in list(fields.items())[:20]})))
     try:
         check_text(raw, limits)  # before decoding: a 10 MB entry is not copied again
         record = decode_line(raw) if isinstance(raw, bytes) else str(raw)
     except RecordRefused as exc:
-        exc.text = raw  # its start goes to the dead letter
-        return _Entry(entry, exc)
+        return _Entry(entry, "", truncate(str(exc), limits.max_error_chars), exc.reason,
+                      excerpt(raw))
     return _Entry(entry, record)
-
-
-def _lenient(value: Any) -> str:
-    """Any field name or value as text (a dead letter's excerpt: bad bytes replaced)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _text(value: Any) -> str:

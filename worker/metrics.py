@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from nearwatch.detector import Detector
 
 ERROR_REASONS = ("not_an_object", "invalid_field", "invalid_json", "scoring_failed",
-                 "too_large", "invalid_id", "no_record")
+                 "too_large", "invalid_id")
 # Scores are distances in embedding space; a wide exponential range covers every model.
 SCORE_BUCKETS = tuple(round(0.01 * 2**i, 4) for i in range(18))
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -10,25 +10,34 @@ dead letter with the producer's reason and the excerpt of the record, and counts
 excerpt is short (``EXCERPT_CHARS``): a refused record may be a 10 MB line.
 
 >>> wire = {"0": refusal("too_large", "record #1: too big", "x" * 5000, 7)}
->>> reason, error, excerpt, record_id = read_refusals(wire, [None], max_error_chars=40)[0]
->>> reason, error, len(excerpt) < 1100, record_id
-('too_large', 'record #1: too big', True, 7)
->>> read_refusals({"0": ["made_up", "e", "r", [1]], "9": ["too_large", "e", "r", None]},
+>>> reason, error, text, record_id = read_refusals(wire, [None], max_error_chars=40)[0]
+>>> reason, error, len(text), record_id
+('too_large', 'record #1: too big', 1025, 7)
+>>> read_refusals({"0": ["made_up", "e", "r", [1]], "9": ["too_large", "e", "r", None],
+...                "²": ["too_large", "e", "r", None], "0" * 5000: ["too_large", "e", "r", 1]},
 ...               [None], 40)
 {0: ('invalid_json', 'e', 'r', None)}
+>>> len(excerpt({"id": 1, "x": "a" * 10_000_000})) <= EXCERPT_CHARS + 1
+True
+>>> read_labels(["stream entry 1-0"], 1), read_labels(["a"], 2), read_labels([3], 1)
+(['stream entry 1-0'], None, None)
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import reprlib
 from typing import Any
 
+from .names import SCORE_JSON_BATCH, SCORING_QUEUE
 from .records import INVALID_JSON, RecordRefused, answer_id, check_text, screen_record, truncate
 from .settings import RecordLimits
 
+log = logging.getLogger("nearwatch.client")
 EXCERPT_CHARS = 1024  # of a refused record, in its dead letter
 # Reasons a producer may give (the worker's metric labels; anything else is invalid_json).
-PRODUCER_REASONS = ("invalid_json", "too_large", "invalid_id", "not_an_object", "no_record")
+PRODUCER_REASONS = ("invalid_json", "too_large", "invalid_id", "not_an_object")
 
 
 def refusal(reason: str, error: str, record: Any, record_id: Any = None) -> list[Any]:
@@ -36,18 +45,30 @@ def refusal(reason: str, error: str, record: Any, record_id: Any = None) -> list
     return [reason, error, excerpt(record), record_id]
 
 
-def excerpt(record: Any) -> str:
-    """The start of a refused record as text: the line itself, or a repr of an object."""
+def excerpt(record: Any, chars: int = EXCERPT_CHARS) -> str:
+    """The first ``chars`` characters of a refused record: the line itself, or a bounded repr
+    of an object (a 200 MB string or a 5-million-item list is not copied)."""
     if isinstance(record, bytes):
-        text = record[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
+        text = record[: chars * 4].decode("utf-8", "replace")
     elif isinstance(record, str):
-        text = record
+        text = record[: chars + 1]
     else:
         try:
-            text = repr(record)
+            text = _SHORT_REPR.repr(record)
         except Exception:  # a repr that fails must not fail the batch
             text = f"<{type(record).__name__}>"
-    return truncate(text, EXCERPT_CHARS)
+    return text if len(text) <= chars else text[:chars] + "…"
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = EXCERPT_CHARS
+    short.maxlevel, short.maxdict, short.maxlist, short.maxtuple = 4, 64, 64, 64
+    short.maxset = short.maxfrozenset = short.maxdeque = short.maxarray = 64
+    return short
+
+
+_SHORT_REPR = _short_repr()
 
 
 def read_refusals(value: Any, records: list[Any], max_error_chars: int
@@ -61,15 +82,16 @@ def read_refusals(value: Any, records: list[Any], max_error_chars: int
         return {}
     refusals: dict[int, tuple[str, str, str, Any]] = {}
     for key, entry in value.items():
-        if not (isinstance(key, str) and key.isdigit() and isinstance(entry, list)
-                and len(entry) == 4 and all(isinstance(part, str) for part in entry[:3])):
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 9
+                and isinstance(entry, list) and len(entry) == 4
+                and all(isinstance(part, str) for part in entry[:3])):
             continue
         index = int(key)
         if index >= len(records) or records[index] is not None:
             continue
         reason, error, text, record_id = entry
         refusals[index] = (reason if reason in PRODUCER_REASONS else INVALID_JSON,
-                           truncate(error, max_error_chars), truncate(text, EXCERPT_CHARS),
+                           truncate(error, max_error_chars), excerpt(text),
                            answer_id({"id": record_id}, "id"))
     return refusals
 
@@ -116,3 +138,20 @@ def read_labels(value: Any, n_records: int) -> list[str] | None:
             isinstance(label, str) and 0 < len(label) <= 200 for label in value):
         return value
     return None
+
+
+def send_refusals(app: Any, task: str, records: list[Any], first_position: int | None,
+                  labels: list[str] | None, refused: dict[str, list[Any]]) -> None:
+    """A batch the producer answered whole is still sent once, for the workers' dead letters:
+    best effort (no answer awaited, nothing stored, a broker outage only logged), so its
+    answers are never held back by it."""
+    args: list[Any] = [records] if task != SCORE_JSON_BATCH else [records, first_position]
+    kwargs: dict[str, Any] = {"refused": refused}
+    if labels is not None:
+        kwargs["labels"] = labels
+    try:
+        app.send_task(task, args=args, kwargs=kwargs, queue=SCORING_QUEUE, ignore_result=True,
+                      argsrepr=f"[{len(records)} refused records]", kwargsrepr="{}")
+    except Exception as exc:  # the records are answered; only their dead letters are lost
+        log.warning("could not send %d refused records for their dead letters: %s",
+                    len(records), exc)
