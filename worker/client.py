@@ -49,7 +49,7 @@ from .flow import NOTHING, BrokerUnavailable, Feeder, Outage, chunks, linger_chu
 from .matrix import MatrixAnswer, check_matrix, encode_matrix, payload_rows
 from .names import SCORE_BATCH, SCORE_JSON_BATCH, SCORE_MATRIX_BATCH, SCORING_QUEUE
 from .records import answer_id
-from .refusals import screen_batch, send_refusals
+from .refusals import screen_batch, send_refusals, task_extras
 from .settings import ClientOptions
 
 if TYPE_CHECKING:
@@ -177,8 +177,7 @@ class ScoringClient:
                     if len(batch.local) < len(batch.records):
                         self._submit(batch)
                     elif batch.refused:  # answered whole here: sent only for dead letters
-                        send_refusals(self.app, batch.task, batch.records, batch.first_position,
-                                      batch.labels, batch.refused)
+                        send_refusals(self.app, batch.task, *self._arguments(batch))
                     pending.append(batch)
                 if not pending:
                     if feeder.exhausted:
@@ -194,16 +193,18 @@ class ScoringClient:
             self.answers.close()
 
     # ------------------------------------------------------------------ internals
-    def _submit(self, batch: _Batch) -> None:
+    def _arguments(self, batch: _Batch) -> tuple[list[Any], dict[str, Any]]:
+        """The task's positional arguments and its optional keywords (``refusals.py``)."""
         args: list[Any] = [batch.records if batch.matrix is None else batch.matrix]
         if batch.task == SCORE_JSON_BATCH:
             args.append(batch.first_position)
+        return args, task_extras(batch.refused, batch.labels)
+
+    def _submit(self, batch: _Batch) -> None:
+        args, extras = self._arguments(batch)
         options = self.answers.send_options()
-        extra: dict[str, Any] = {"refused": batch.refused} if batch.refused else {}
-        if batch.labels is not None:
-            extra["labels"] = batch.labels
-        if extra:
-            options["kwargs"] = {**options.get("kwargs", {}), **extra}
+        if extras:
+            options["kwargs"] = {**options.get("kwargs", {}), **extras}
         # argsrepr: a short label instead of Celery's repr of every record (client CPU)
         try:
             result = self.outage.call("send_task", lambda: self.app.send_task(

@@ -30,7 +30,7 @@ import logging
 import reprlib
 from typing import Any
 
-from .names import SCORE_JSON_BATCH, SCORING_QUEUE
+from .names import SCORING_QUEUE
 from .records import INVALID_JSON, RecordRefused, answer_id, check_text, screen_record, truncate
 from .settings import RecordLimits
 
@@ -118,9 +118,7 @@ def screen_batch(records: list[Any], texts: bool, first_position: int | None,
         except RecordRefused as exc:
             record_id = None if texts else answer_id(record, id_field)
             if texts:
-                label = labels[i] if labels is not None else f"record {i} of the batch" \
-                    if first_position is None else f"record #{first_position + i}"
-                error = f"{label}: {exc}"
+                error = f"{record_label(i, first_position, labels)}: {exc}"
                 local[i] = json.dumps({"id": None, "error": error}, separators=(",", ":"))
             else:
                 error = str(exc)
@@ -132,6 +130,24 @@ def screen_batch(records: list[Any], texts: bool, first_position: int | None,
     return local, refused
 
 
+def record_label(i: int, first_position: int | None, labels: list[str] | None) -> str:
+    """How errors name record ``i`` of a text batch: the producer's label (``ingest``: its
+    stream entry), its input position (``stream``), else its place in the batch."""
+    if labels is not None:
+        return labels[i]
+    return f"record {i} of the batch" if first_position is None else \
+        f"record #{first_position + i}"
+
+
+def task_extras(refused: dict[str, list[Any]], labels: list[str] | None) -> dict[str, Any]:
+    """The optional task keywords a batch needs (sent only when used: older workers refuse
+    them)."""
+    extras: dict[str, Any] = {"refused": refused} if refused else {}
+    if labels is not None:
+        extras["labels"] = labels
+    return extras
+
+
 def read_labels(value: Any, n_records: int) -> list[str] | None:
     """A task's ``labels`` argument (each record's name in errors), if well-formed."""
     if isinstance(value, list) and len(value) == n_records and all(
@@ -140,18 +156,13 @@ def read_labels(value: Any, n_records: int) -> list[str] | None:
     return None
 
 
-def send_refusals(app: Any, task: str, records: list[Any], first_position: int | None,
-                  labels: list[str] | None, refused: dict[str, list[Any]]) -> None:
+def send_refusals(app: Any, task: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     """A batch the producer answered whole is still sent once, for the workers' dead letters:
     best effort (no answer awaited, nothing stored, a broker outage only logged), so its
     answers are never held back by it."""
-    args: list[Any] = [records] if task != SCORE_JSON_BATCH else [records, first_position]
-    kwargs: dict[str, Any] = {"refused": refused}
-    if labels is not None:
-        kwargs["labels"] = labels
     try:
         app.send_task(task, args=args, kwargs=kwargs, queue=SCORING_QUEUE, ignore_result=True,
-                      argsrepr=f"[{len(records)} refused records]", kwargsrepr="{}")
+                      argsrepr=f"[{len(args[0])} refused records]", kwargsrepr="{}")
     except Exception as exc:  # the records are answered; only their dead letters are lost
         log.warning("could not send %d refused records for their dead letters: %s",
-                    len(records), exc)
+                    len(args[0]), exc)

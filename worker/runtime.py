@@ -30,7 +30,7 @@ from .records import (
     record_excerpt,
     truncate,
 )
-from .refusals import read_labels, read_refusals
+from .refusals import read_labels, read_refusals, record_label
 from .settings import RecordLimits
 
 if TYPE_CHECKING:
@@ -213,9 +213,7 @@ class BatchScorer:
         names = read_labels(labels, len(lines))  # ingest's: its stream entries
 
         def label(i: int) -> str:
-            if names is not None or first_position is None:
-                return f"record {i} of the batch" if names is None else names[i]
-            return f"record #{first_position + i}"
+            return record_label(i, first_position, names)
 
         id_field = getattr(self.holder.current()[1], "id_field", "id")
         records, refused = prepare_lines(lines, first_position, id_field, self.limits, label)
