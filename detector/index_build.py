@@ -1,4 +1,5 @@
-"""Building the approximate faiss indexes of ``detector.index`` (see its docstring for why)."""
+"""Building the approximate faiss indexes of ``detector.index`` (see its docstring for why),
+and the input checks it shares."""
 
 from __future__ import annotations
 
@@ -44,3 +45,41 @@ def build_ivf(refs: np.ndarray, seed: int, nprobe: int) -> faiss.Index:
     index.make_direct_map()  # reconstruct(rows) for explanations
     index.nprobe = min(nprobe, nlist)
     return index
+
+
+# An HNSW search that gets lost (clustered data: categories, duplicates) returns neighbours
+# from the wrong region, and those queries made the top percent of normal scores that the
+# certified threshold sits in. A query whose nearest returned reference is farther than the
+# exact nearest-other-reference distance of 90 % of the references is searched again exactly.
+EXACT_TAIL_QUANTILE = 0.9
+EXACT_TAIL_SAMPLE = 1000
+
+
+def exact_tail_level(refs: np.ndarray, seed: int) -> float:
+    """The 90th percentile of the exact distance from a reference to its nearest other one,
+    over a seeded sample of references (the level of ``ReferenceIndex.exact_above_``)."""
+    n = len(refs)
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(EXACT_TAIL_SAMPLE, n),
+                                                      replace=False))
+    squared, ids = faiss.knn(np.ascontiguousarray(refs[rows]), refs, min(2, n))
+    if ids.shape[1] < 2:
+        return float("inf")
+    nearest = np.where(ids[:, 0] == rows, squared[:, 1], squared[:, 0])
+    return float(np.sqrt(max(float(np.quantile(nearest, EXACT_TAIL_QUANTILE)), 0.0)))
+
+
+def as_matrix(values: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (n, d) array, got shape {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contain NaN or infinite values (or overflow float32)")
+    return array
+
+
+def normalise_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)

@@ -176,6 +176,37 @@ def test_input_validation() -> None:
         ReferenceIndex().fit(np.zeros((0, 4)))
 
 
+def test_lost_hnsw_searches_are_redone_exactly() -> None:
+    """The project's telemetry features (categories: clustered) at the default graph
+    settings: 2 % of normal HNSW searches get lost (their mean 5-NN distance 5 % or more
+    above the exact one), enough to move a 1 % threshold. Every query whose true nearest
+    distance is above the level gets exact neighbours (its returned nearest can only be
+    farther), and the lost searches that remain are a fraction of those without the tail."""
+    from nearwatch.detector import Detector
+    from nearwatch.detector.synthetic import generate_records
+
+    records = generate_records(7000, anomaly_rate=0.0, seed=0)
+    encoder = Detector(encoder="identity").fit(records[:2000]).feature_encoder_
+    features = encoder.transform(records)
+    refs, queries = features[:6000], features[6000:]
+    index = ReferenceIndex(kind="hnsw").fit(refs)
+    full = brute_force(refs, queries)
+    exact = np.sort(full, axis=1)[:, :K]
+    level = index.exact_above_
+    assert level is not None and 0.02 < (exact[:, 0] > level).mean() < 0.3
+
+    def lost(distances: np.ndarray) -> float:
+        return float((distances.mean(1) > exact.mean(1) * 1.05).mean())
+
+    distances, _ = index.search(queries, K)
+    far = exact[:, 0] > level
+    np.testing.assert_allclose(distances[far], exact[far], rtol=1e-4, atol=1e-5)
+    with_tail = lost(distances)
+    index.exact_above_ = None  # the plain HNSW search, for comparison
+    without_tail = lost(index.search(queries, K)[0])
+    assert without_tail >= 0.01 and with_tail <= without_tail / 4, (with_tail, without_tail)
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_serialisation_round_trip(metric: str, kind: str) -> None:
@@ -188,6 +219,10 @@ def test_serialisation_round_trip(metric: str, kind: str) -> None:
     for got, want in zip(restored.search(queries, K), index.search(queries, K), strict=True):
         np.testing.assert_array_equal(got, want)
     assert restored.to_state() == params
+    assert (restored.exact_above_ is not None) == (kind == "hnsw")
+    older = ReferenceIndex.from_bytes(index.to_bytes(), {k: v for k, v in params.items()
+                                                         if k != "exact_above"})
+    assert older.exact_above_ is None  # bundles from before the exact tail search as they did
 
 
 def test_from_bytes_rejects_mismatched_or_corrupt_data() -> None:
