@@ -36,7 +36,7 @@ from .calibrated import calibrate_references, stored_reference_features
 from .calibration import ConformalCalibrator
 from .embedding.supervision import FitSupervision, build_embedder_for_fit
 from .errors import CalibrationWarning, NotFittedError, named_by_input
-from .estimator import EstimatorAPI, warn_renamed
+from .estimator import EstimatorAPI, as_records, warn_renamed
 from .features.schema import FeatureEncoder
 from .fitted import FittedAttributes
 from .fitting import (
@@ -173,9 +173,8 @@ class Detector(EstimatorAPI, FittedAttributes):
         calibrate on instead of a random share of ``X`` (all of ``X`` then becomes references).
         """
         check_params(self.get_params())
-        data = X if isinstance(X, np.ndarray) else list(X)
-        anomaly_data = anomalies if anomalies is None or isinstance(anomalies, np.ndarray) \
-            else list(anomalies)
+        data = as_records(X)
+        anomaly_data = None if anomalies is None else as_records(anomalies, "anomalies")
         inputs = route_anomaly_flags(data, y, labels, pairs, triplets, anomaly_data)
         n = len(inputs.normals)
         split = split_for_fit(
@@ -255,7 +254,7 @@ class Detector(EstimatorAPI, FittedAttributes):
 
     def _embed(self, X: Records) -> np.ndarray:
         self._check_fitted()
-        data = X if isinstance(X, np.ndarray) else list(X)
+        data = as_records(X)
         return self.embedder_.embed(self.feature_encoder_.transform(data))
 
     def score(self, X: Records) -> np.ndarray:
@@ -280,7 +279,7 @@ class Detector(EstimatorAPI, FittedAttributes):
     ) -> list[dict[str, Any]]:
         """Per record: nearest normal references and the fields deviating most from them."""
         self._check_fitted()
-        data = X if isinstance(X, np.ndarray) else list(X)
+        data = as_records(X)
         features = self.feature_encoder_.transform(data)
         return explain_rows(self, features, n_neighbours, n_fields)
 

@@ -121,5 +121,25 @@ class EstimatorAPI:
 
     def fit_predict(self, X: Any, y: Any = None, **fit_kwargs: Any) -> np.ndarray:
         """``fit(X, y, **fit_kwargs).predict(X)``: ``True`` where a training record is flagged."""
-        data = X if isinstance(X, np.ndarray) else list(X)
+        data = as_records(X)
         return self.fit(data, y, **fit_kwargs).predict(data)  # type: ignore[attr-defined]
+
+
+def as_records(X: Any, name: str = "X") -> Any:
+    """``X`` as the library reads it: an array as is, any other iterable as a list; a single
+    record or a text is a clear error (they iterated into field names or characters).
+
+    >>> as_records({"latency_ms": 3.0})
+    Traceback (most recent call last):
+    ...
+    ValueError: X is a single record (a dict): pass a list of records, e.g. [record]
+    """
+    if isinstance(X, np.ndarray):
+        return X
+    if isinstance(X, dict):
+        raise ValueError(f"{name} is a single record (a dict): pass a list of records, "
+                         "e.g. [record]")
+    if isinstance(X, str | bytes):
+        raise ValueError(f"{name} is a {type(X).__name__}: pass a list of records (parsed "
+                         "JSON objects) or a numeric array")
+    return list(X)

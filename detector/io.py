@@ -59,7 +59,12 @@ def read_records(path: str | Path, label_field: str | None = None,
         with np.load(file_path, allow_pickle=False) as archive:
             if "X" not in archive:
                 raise ValueError(f"{file_path}: an .npz data file needs an 'X' array")
-            features = np.asarray(archive["X"], dtype=np.float32)
+            matrix = archive["X"]
+            if matrix.dtype.kind not in "fiub":
+                raise ValueError(f"{file_path}: 'X' must be numeric, got dtype {matrix.dtype}")
+            # float32 stays float32; anything else as float64 (a float32 cast turned 1e9 + 6
+            # into 1e9 and 1e300 into inf)
+            features = matrix if matrix.dtype == np.float32 else matrix.astype(np.float64)
             labels = np.asarray(archive["y"]).astype(bool) if "y" in archive else None
         return RecordFile(features, labels)
     # surrogateescape: bytes that are not UTF-8 survive decoding and are refused per line.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import SchemaMismatchError
+from .estimator import as_records
 from .features.matrix import FEATURE_LIMIT
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ def score_record_batch(
             f"records were prepared for schema version {schema_version}, but this model "
             f"uses schema version {detector.schema_version_}: re-train or send matching records"
         )
-    records = _array_rows(detector, records) if isinstance(records, np.ndarray) else list(records)
+    records = as_records(records, "records")
+    records = _array_rows(detector, records) if isinstance(records, np.ndarray) else records
     features, errors = detector.feature_encoder_.transform_records(records)
     id_field = detector.id_field
     results: list[dict[str, Any]] = [

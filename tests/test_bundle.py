@@ -218,3 +218,27 @@ def test_resigned_bundle_with_bad_or_no_encoder_weights_is_refused(learned: tupl
     write_bundle(tmp_path / "without", manifest, without)
     with pytest.raises(BundleError, match=r"bundle lacks encoder\.npz"):
         Detector.load(tmp_path / "without")
+
+
+def test_saving_never_destroys_a_directory_that_is_no_bundle(saved: tuple, tmp_path: Path
+                                                              ) -> None:
+    """``save`` removed whatever directory it was given (``train --out .`` emptied the
+    working directory); now only a bundle or an empty directory is replaced."""
+    detector, _, test = saved
+    folder = tmp_path / "work"
+    (folder / "code").mkdir(parents=True)
+    (folder / "notes.txt").write_text("precious")
+    with pytest.raises(BundleError, match="not a nearwatch bundle"):
+        detector.save(folder)
+    assert (folder / "notes.txt").read_text() == "precious" and (folder / "code").is_dir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(BundleError, match="not a directory"):
+        detector.save(a_file)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    detector.save(empty)  # an empty directory is used
+    detector.save(empty)  # and a bundle is replaced whole
+    assert sorted(p.name for p in empty.iterdir()) == sorted(
+        p.name for p in saved[1].iterdir())
+    np.testing.assert_array_equal(Detector.load(empty).score(test), detector.score(test))

@@ -97,6 +97,22 @@ def test_train_on_npz_uses_normals_only(workdir: Path) -> None:
     assert np.mean([r["is_anomaly"] for r in results[800:]]) > 0.9
 
 
+def test_npz_float64_values_keep_their_precision(workdir: Path) -> None:
+    """An .npz was read as float32: a column around 1e9 (steps of 64) became constant, so
+    6, 20 and 30 sigma deviations scored as normal."""
+    rng = np.random.default_rng(8)
+    features = np.column_stack([1e9 + rng.normal(size=2000), rng.normal(size=2000)])
+    np.savez(workdir / "offset.npz", X=features, y=np.zeros(2000, dtype=np.int8))
+    np.savez(workdir / "offset-live.npz",
+             X=np.array([[1e9, 0.0], [1e9 + 6, 0.0], [1e9 + 20, 0.0], [1e9 - 30, 0.0]]))
+    _invoke("train", "--data", str(workdir / "offset.npz"), "--out",
+            str(workdir / "offset-model"), "--encoder", "identity")
+    _invoke("score", "--model", str(workdir / "offset-model"), "--data",
+            str(workdir / "offset-live.npz"), "--out", str(workdir / "offset.jsonl"))
+    results = [json.loads(line) for line in (workdir / "offset.jsonl").read_text().splitlines()]
+    assert [r["is_anomaly"] for r in results] == [False, True, True, True]
+
+
 def test_train_with_too_few_records_is_a_clear_error_when_strict(workdir: Path) -> None:
     _invoke("generate", "--out", str(workdir / "small.jsonl"), "--n", "100")
     result = CliRunner().invoke(main, ["train", "--data", str(workdir / "small.jsonl"),

@@ -366,3 +366,18 @@ def test_score_records_takes_the_arrays_score_takes() -> None:
     assert results[1]["error"] == "record 1: field 'f2': nan is not a finite number"
     with pytest.raises(ValueError, match=r"needs shape \(n, 4\), got \(3, 3\)"):
         detector.score_records(x[:3, :3])
+
+
+def test_a_single_record_or_a_text_is_refused_by_name() -> None:
+    """``score({"f0": 1})`` iterated the dict into its keys: "record 0: not a JSON object
+    (got str)"; ``fit(dict)`` complained about too few references."""
+    detector = Detector(encoder="identity").fit(np.random.default_rng(0).random((700, 2)))
+    record = {"f0": 0.5, "f1": 0.5}
+    for call in (detector.score, detector.predict, detector.explain, Detector().fit):
+        with pytest.raises(ValueError, match=r"X is a single record \(a dict\)"):
+            call(record)  # type: ignore[operator]
+    with pytest.raises(ValueError, match=r"records is a single record"):
+        detector.score_records(record)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="X is a str: pass a list of records"):
+        detector.score("f0,f1")
+    assert detector.score([record]).shape == (1,)

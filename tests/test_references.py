@@ -126,6 +126,32 @@ def test_realised_fpr_within_the_bound_on_duplicate_heavy_data_through_hnsw(seed
     assert false_positives > 0  # the threshold is not vacuous: it is near alpha, not at 0
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_learned_encoder_keeps_the_bound_on_discrete_data_whose_threshold_is_zero(seed: int
+                                                                                 ) -> None:
+    """Five binary flags: nearly every calibration record has copies among the references,
+    so the certified threshold is 0 and only an exactly reproduced embedding scores 0. The
+    learned encoder's float32 products differed by ~1e-7 with the batch: fresh normals that
+    were copies of references scored 1e-7 and 2660 of 5000 were flagged (all of them when
+    scored one at a time). The tests above use the identity encoder only."""
+    from nearwatch.detector.embedding.training import TrainingConfig
+
+    rng = np.random.default_rng(seed)
+    train = (rng.random((3000, 5)) < 0.3).astype(float)
+    fresh = (rng.random((5000, 5)) < 0.3).astype(float)
+    detector = Detector(training=TrainingConfig(max_steps=30, hidden=(16,), embedding_dim=4,
+                                                batch_size=64, eval_every=10),
+                        random_state=seed).fit(train)
+    assert detector.embedder_.embedding_dim > 0  # the learned path, not the identity one
+    assert detector.threshold_ == 0.0 and detector.certified_
+    batch = detector.score(fresh)
+    one_by_one = np.concatenate([detector.score(fresh[i:i + 1]) for i in range(300)])
+    np.testing.assert_array_equal(one_by_one, batch[:300])
+    false_positives = int((batch > detector.threshold_).sum())
+    assert stats.binom.sf(false_positives - 1, len(fresh), detector.alpha) > 1e-3, \
+        false_positives
+
+
 def test_hnsw_scores_on_duplicated_data_match_exact_scores() -> None:
     approximate, approximate_scores = _fit_and_measure(7, "hnsw")
     exact, exact_scores = _fit_and_measure(7, "flat")

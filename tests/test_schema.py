@@ -96,6 +96,20 @@ def test_zero_iqr_counter_falls_back_to_std_and_stays_finite() -> None:
     assert features[0, 0] == 0.0 and 0 < features[1, 0] < features[2, 0] < 100
 
 
+@pytest.mark.parametrize(("center", "spread"), [(0.0, 1e-13), (1e7, 1e-6), (0.0, 1e-30)])
+def test_a_small_spread_is_scaled_by_itself_not_treated_as_constant(center: float,
+                                                                   spread: float) -> None:
+    """Spreads below 1e-12 * max(1, |centre|) were scaled by 1.0: a 1000-sd deviation of a
+    field measured in small units (or far from 0) moved its feature by ~0."""
+    values = center + spread * np.random.default_rng(0).normal(size=2000)
+    encoder = FeatureEncoder().fit(values.reshape(-1, 1))
+    assert encoder.fields_[0]["scale"] == pytest.approx(spread, rel=0.1)
+    features = encoder.transform(np.array([[center], [center + 1000 * spread]]))
+    assert abs(features[1, 0] - features[0, 0]) > 500
+    constant = FeatureEncoder().fit(np.full((50, 1), 5.0))
+    assert constant.fields_[0]["scale"] == 1.0  # a constant field still scales by 1
+
+
 def test_heavy_tailed_field_does_not_dominate_but_is_not_clipped() -> None:
     rng = np.random.default_rng(0)
     records = [{"bytes": float(b), "latency": float(t)}

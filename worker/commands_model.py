@@ -74,6 +74,7 @@ def train_command(
     """Train a detector on normal records and save it as a verified bundle."""
     from nearwatch.detector import Detector
     from nearwatch.detector.errors import CalibrationWarning
+    from nearwatch.detector.store.bundle import check_bundle_target
     from nearwatch.detector.threads import configure_threads
 
     configure_threads(1)
@@ -94,6 +95,9 @@ def train_command(
                                              "--id-field": None if id_field == "id" else id_field})
     is_anomaly = data.labels if data.labels is not None else np.zeros(len(records), dtype=bool)
     normal_rows = np.flatnonzero(~is_anomaly)
+    if len(normal_rows) == 0:
+        raise click.ClickException(f"{data_path}: no normal records to train on" + (
+            f" (all {len(records)} are labelled anomalies)" if len(records) else ""))
     anomaly_rows = np.flatnonzero(is_anomaly)[:known_anomalies]
     normals = take_rows(records, normal_rows)
     labels = None
@@ -107,6 +111,7 @@ def train_command(
     )
     anomalies = take_rows(records, anomaly_rows) if len(anomaly_rows) else None
     try:
+        check_bundle_target(out_dir)  # before training: never destroy a user's directory
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CalibrationWarning)
             detector.fit(normals, labels=labels, anomalies=anomalies)
@@ -120,7 +125,10 @@ def train_command(
                                    warning.lineno)
 
     signing_key = cli_settings().bundle_key  # NEARWATCH_BUNDLE_KEY: sign the bundle
-    detector.save(out_dir, signing_key=signing_key)
+    try:
+        detector.save(out_dir, signing_key=signing_key)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot write the model to {out_dir}: {exc}") from exc
     click.echo(
         f"trained on {len(normal_rows)} normal records ({detector.training_mode_}, "
         f"{len(anomaly_rows)} known anomalies): {detector.n_reference_} references, "

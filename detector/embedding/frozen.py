@@ -54,8 +54,14 @@ class FrozenMLPEmbedder:
                        for name, value in arrays.items()}
         if not all(np.isfinite(value).all() for value in self.arrays.values()):
             raise ValueError("encoder tensors contain NaN or infinite values")
-        self._layers = [(self.arrays[f"net.{2 * i}.weight"].T.copy(),
-                         self.arrays[f"net.{2 * i}.bias"]) for i in range(len(widths) - 1)]
+        # float64 products, rounded to float32 at the end: BLAS sums a row's products in an
+        # order that depends on the batch's size and the row's place in it, so float32
+        # products of one record differed by ~1e-7 between batches. A duplicate of a reference
+        # then scored 1e-7 live against exactly 0 at calibration, and on repetitive data,
+        # where the certified threshold is 0, half the normal records were flagged.
+        self._layers = [(self.arrays[f"net.{2 * i}.weight"].T.astype(np.float64),
+                         self.arrays[f"net.{2 * i}.bias"].astype(np.float64))
+                        for i in range(len(widths) - 1)]
 
     @property
     def dim(self) -> int:
@@ -71,7 +77,7 @@ class FrozenMLPEmbedder:
         center, scale = self.arrays["center"], self.arrays["scale"]
         for start in range(0, len(rows), EMBED_BATCH):
             standard = (rows[start : start + EMBED_BATCH] - center) / scale
-            hidden = standard
+            hidden = standard.astype(np.float64)
             for layer, (weight, bias) in enumerate(self._layers):
                 hidden = hidden @ weight + bias
                 if layer < len(self._layers) - 1:
@@ -81,7 +87,7 @@ class FrozenMLPEmbedder:
                 hidden = hidden / np.maximum(norms, NORMALIZE_EPS)
             stop = start + len(standard)
             out[start:stop, : self.n_features] = self.raw_weight * standard
-            out[start:stop, self.n_features :] = self.embedding_weight * hidden
+            out[start:stop, self.n_features :] = (self.embedding_weight * hidden).astype(np.float32)
         return out
 
     def features_from_embedding(self, vectors: np.ndarray) -> np.ndarray | None:

@@ -130,7 +130,9 @@ def train_embedder(
     )
     best_state, best_loss, evals_without_gain = copy.deepcopy(encoder.state_dict()), math.inf, 0
     steps_run, started = 0, time.perf_counter()
-    steps = tqdm(range(config.max_steps), desc=f"training ({mode})", disable=not progress)
+    # disable=None: no bar when stderr is no terminal (a log file got one carriage-return line)
+    steps = tqdm(range(config.max_steps), desc=f"training ({mode})",
+                 disable=None if progress else True)
     for step in steps:
         encoder.train()
         loss = objective(encoder, data, train_rows, config.batch_size, generator)

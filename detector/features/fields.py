@@ -103,7 +103,10 @@ def numeric_stats(values: np.ndarray, log: bool | None = None) -> dict[str, floa
         )
     scaled = signed_log1p(values) if log else values
     t25, center, t75 = np.quantile(scaled, [0.25, 0.5, 0.75]) if log else (q25, median, q75)
-    tiny = 1e-12 * max(1.0, abs(float(center)))
+    # A spread is real unless it is float round-off of the centre (1e-14 relative is ~45
+    # float64 steps): 1e-13 around 0, or 1e-6 around 1e7, are data, not noise (they were
+    # scaled by 1.0 before, so a 1000-sd outlier there scored as normal).
+    tiny = max(1e-14 * abs(float(center)), 1e-300)
     scale = float(t75 - t25) / IQR_PER_SD
     if scale <= tiny:  # degenerate IQR (constant or mostly-constant): std, then 1.0
         scale = float(scaled.std())

@@ -2,29 +2,30 @@
 
 Schema. Inferred from the training records unless ``declared_schema`` is given. Inference, per
 field (the ``id_field`` and ``label_fields`` are never features): boolean if every non-null value
-is a bool; numeric if every non-null value is a number, a bool or a numeric string ("12.5");
-otherwise categorical. Fields that are null/absent in every training record are dropped (listed
-in ``dropped_fields_``; ignored at score time, not counted as unknown). Inferred fields are in
-natural name order (f2 before f10), so key order never matters. A declared schema (e.g. loaded
-from a JSON file) keeps its order and skips inference::
+is a bool; numeric if every one is a number or a bool, or if numbers are mixed with strings and
+90 % of the values are numbers or numeric strings ("12.5"; the rest are record errors); else
+categorical, as is a field of strings only ("200"; declare it ``numeric`` to read "12.5").
+Fields null/absent in every training record are dropped (``dropped_fields_``; ignored at score
+time). Inferred fields are in natural name order (f2 before f10), so key order never matters.
+A declared schema (e.g. loaded from a JSON file) keeps its order and skips inference::
 
     {"fields": [{"name": "bytes", "kind": "numeric", "log": true, "nullable": true},
                 {"name": "service", "kind": "categorical"},
                 {"name": "tls", "kind": "boolean"}]}
 
-``kind`` is numeric | categorical | boolean; optional ``log`` (true/false) overrides the
-heavy-tail rule; optional ``nullable`` adds the missing indicator; ``description`` is ignored.
-Record keys that are not in the schema are ignored and counted in ``unknown_fields_seen_``.
+``kind`` is numeric | categorical | boolean; ``log`` (true/false) overrides the heavy-tail rule;
+``nullable`` adds the missing indicator; ``description`` is ignored. Other record keys are
+ignored and counted in ``unknown_fields_seen_``.
 
 Encoding. Numeric: ``(t - median(t)) / (IQR(t) / 1.349)`` (robust sd) where ``t = x``, or
 ``t = sign(x)·log1p(|x|)`` for heavy-tailed fields (min >= 0 and (q99 - median > 5 IQR or
 max - median > 50 IQR) in training: byte counts, durations, mostly-zero counters), so they
-cannot dominate distances. A zero IQR falls back to the std, then to 1.0. Nothing is clipped
-at score time. Boolean: 0/1 (accepts bools, 0/1 and "true"/"false"/"1"/"0" in any case).
-Categorical: values stringified (3, 3.0 and "3" are one category; true -> "true"); one-hot
-with an ``<other>`` column for unseen values when training has at most ``max_onehot`` distinct
-values, else blake2b-hashed into ``hash_buckets`` columns; a category column holds 1/sqrt(2),
-less for hashed fields, so a field weighs like one field (``fields.category_weight``).
+cannot dominate distances. A zero IQR falls back to the std, then (constant) to 1.0.
+Boolean: 0/1 (accepts bools, 0/1 and "true"/"false"/"1"/"0" in any case). Categorical: values
+stringified (3, 3.0 and "3" are one category; true -> "true"); one-hot with an ``<other>``
+column for unseen values when training has at most ``max_onehot`` distinct values, else
+blake2b-hashed into ``hash_buckets`` columns; a category column holds 1/sqrt(2), less for
+hashed fields, so a field weighs like one field (``fields.category_weight``).
 
 Missing (null or absent). Numeric -> the median (scaled 0.0), boolean -> the training mean, each
 plus a ``<field>__missing`` 0/1 column when the field was missing in training (or is declared

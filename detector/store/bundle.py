@@ -60,9 +60,10 @@ def write_bundle(path: str | Path, manifest: dict[str, Any], files: Mapping[str,
     digest: checksums catch corruption, only a signature catches deliberate tampering (anyone
     can recompute a checksum).
     """
-    target = Path(path)
+    target = Path(path).resolve()  # "." has no name to stage beside
     if MANIFEST in files:
         raise ValueError(f"{MANIFEST} is written by write_bundle itself")
+    check_bundle_target(target)
     full_manifest = {
         "format_version": FORMAT_VERSION,
         "nearwatch_version": nearwatch_version(),
@@ -81,12 +82,33 @@ def write_bundle(path: str | Path, manifest: dict[str, Any], files: Mapping[str,
             (staging / name).write_bytes(data)
         manifest_text = json.dumps(full_manifest, indent=2, sort_keys=True)
         (staging / MANIFEST).write_text(manifest_text + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        if target.exists() and any(target.iterdir()):
+            shutil.rmtree(target)  # a bundle, per check_bundle_target: replaced whole
+        os.replace(staging, target)  # onto an empty directory too
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_bundle_target(path: str | Path) -> None:
+    """Refuse to write a bundle where it would destroy something else: ``path`` must be new,
+    an empty directory or an existing bundle (one with a ``manifest.json``), which is replaced.
+
+    >>> try:
+    ...     check_bundle_target("/")
+    ... except BundleError as exc:
+    ...     print(str(exc)[:48])
+    / is not empty and not a nearwatch bundle (no ma
+    """
+    target = Path(path)
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise BundleError(f"{target} exists and is not a directory: a bundle is a directory")
+    if (target / MANIFEST).is_file() or not any(target.iterdir()):
+        return
+    raise BundleError(f"{target} is not empty and not a nearwatch bundle (no {MANIFEST}): "
+                      "refusing to replace it; choose a new or empty directory")
 
 
 class BundleFiles(Mapping[str, bytes]):
