@@ -15,7 +15,7 @@ import os
 
 from celery import Celery
 from kombu import Queue
-from nearwatch.worker.app import create_app
+from nearwatch.worker.app import create_app, start_worker
 from nearwatch.worker.names import MAINTENANCE_QUEUE, SCORING_QUEUE
 from nearwatch.worker.settings import Settings
 
@@ -65,7 +65,7 @@ def run_beat_node(settings: Settings, loglevel: str | None = None) -> None:
                 settings.retrain.drift_check_s)
     app = create_scheduler_app(settings)
     app.set_current()
-    app.worker_main([
+    start_worker(app, [
         "worker", "--beat", "--scheduler", IN_MEMORY_SCHEDULER,
         "--queues", MAINTENANCE_QUEUE, "--pool", "solo", "--concurrency", "1",
         "--loglevel", loglevel or settings.log_level,

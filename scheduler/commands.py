@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,9 @@ def _redis(settings: Settings) -> Any:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise click.ClickException(f"cannot reach Redis ({exc}): `make services`") from exc
+        raise click.ClickException(f"cannot reach Redis at {settings.redis_url.split('@')[-1]} "
+                                   f"({exc}): is it running? NEARWATCH_REDIS_URL, else "
+                                   "NEARWATCH_BROKER_URL, names it") from exc
     return client
 
 
@@ -66,6 +69,11 @@ def retrain_command(trigger: str) -> None:
 
     settings = cli_settings()
     client = _redis(settings)
+
+    def stop(signum: int, _frame: Any) -> None:  # SIGTERM (a stopped job, kubectl exec)
+        raise SystemExit(128 + signum)  # unwinds retrain_once, which frees the lock
+
+    signal.signal(signal.SIGTERM, stop)
     with registry_session(settings) as registry, _log_without_tracebacks(settings.log_level):
         result = retrain_once(client, registry, settings, trigger)
     click.echo(json.dumps(result.to_json(), indent=2, default=str))

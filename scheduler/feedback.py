@@ -17,6 +17,7 @@ re-serialised by another tool may turn one into the other).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -250,3 +251,21 @@ def record_feedback(client: Redis, store: FeedbackStore, record_id: Any, label: 
         raise LookupError(f"record id {canonical_id(record_id)} not found in {ALERTS_STREAM}, "
                           f"the buffer or {DEADLETTER_STREAM}: give the record inline")
     return store.put(record_id, label, found[0], source=found[1])
+
+
+def split_labelled(verdicts: list[Verdict]) -> tuple[list[Verdict], list[Verdict]]:
+    """Labelled anomalies for training (hard negatives) and for the gate, disjoint.
+
+    Judging a challenger on the anomalies it trained on overstates it (measured with the
+    learned encoder: recall 0.80 on them, 0.15 on fresh ones of the same kind). From four
+    verdicts on, every other one by a hash of its id goes to the gate; with fewer, all train.
+
+    >>> trained, judged = split_labelled([Verdict(i, "anomaly", {}, 0.0, "") for i in range(8)])
+    >>> len(trained) > 0 and len(judged) > 0 and len(trained) + len(judged) == 8
+    True
+    """
+    if len(verdicts) < 4:
+        return verdicts, []
+    ranked = sorted(verdicts, key=lambda v: hashlib.sha1(canonical_id(v.record_id).encode())
+                    .hexdigest())
+    return ranked[0::2], ranked[1::2]

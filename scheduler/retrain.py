@@ -20,13 +20,12 @@
    added to the registry either way, with the decision and every figure beside it, and
    promoted (pointer swap; workers hot-reload) only when it passed and the lock is still ours.
 
-Any failure leaves the champion serving and is counted (``failed``). Outcomes, durations and
-the last result are kept in Redis, where ``scheduler/metrics.py`` exports them.
+Any failure leaves the champion serving and is counted (``failed``); an interrupted one is
+``skipped``. Outcomes, durations and the last result are in Redis (``scheduler/metrics.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -42,7 +41,7 @@ from nearwatch.worker.settings import Settings
 
 from . import fields as usable
 from .buffer import BufferEntry, buffer_pace, golden_records, read_buffer
-from .feedback import FeedbackStore, Verdict, canonical_id
+from .feedback import FeedbackStore, Verdict, canonical_id, split_labelled
 from .gate import GateMargins, judge
 from .lock import LockLost, SingleFlight
 
@@ -77,20 +76,27 @@ class RetrainResult:
 
 def retrain_once(client: Redis, registry: ModelRegistry, settings: Settings,
                  trigger: str = "manual") -> RetrainResult:
-    """Run one retraining (see the module docstring); never raises."""
+    """Run one retraining (see the module docstring); never raises, except to pass on an
+    interruption (Ctrl-C, a stop signal) once the lock is freed and the outcome counted."""
     result = RetrainResult(outcome="failed", trigger=trigger, started_at=time.time())
     started = time.perf_counter()
     lock = SingleFlight(client, LOCK_KEY, settings.retrain.lock_ttl_s)
     try:
         if lock.acquire() is None:
             result.outcome = "skipped"
-            result.reasons = [f"another retraining holds the lock (token {lock.holder()})"]
+            result.reasons = [f"another retraining holds the lock (token {lock.holder()}, "
+                              f"{max(int(client.pttl(LOCK_KEY)), 0) // 1000} s left; if none "
+                              f"runs: DEL {LOCK_KEY})"]
         else:
             _retrain(client, registry, settings, lock, result)
     except Exception as exc:  # the champion keeps serving; the failure is counted
         log.exception("retraining failed")
         result.outcome = "failed"
         result.reasons.append(f"{type(exc).__name__}: {exc}")
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, a stop signal: not a failure
+        result.outcome = "skipped"
+        result.reasons.append(f"interrupted ({type(exc).__name__}) before it finished")
+        raise
     finally:
         try:
             lock.release()
@@ -298,20 +304,3 @@ def _id_key(record_id: Any) -> str | None:
     """Ids as the feedback store compares them; a record without an id matches none."""
     return None if record_id is None else canonical_id(record_id)
 
-
-def split_labelled(verdicts: list[Verdict]) -> tuple[list[Verdict], list[Verdict]]:
-    """Labelled anomalies for training (hard negatives) and for the gate, disjoint.
-
-    Judging a challenger on the anomalies it trained on overstates it (measured with the
-    learned encoder: recall 0.80 on them, 0.15 on fresh ones of the same kind). From four
-    verdicts on, every other one by a hash of its id goes to the gate; with fewer, all train.
-
-    >>> trained, judged = split_labelled([Verdict(i, "anomaly", {}, 0.0, "") for i in range(8)])
-    >>> len(trained) > 0 and len(judged) > 0 and len(trained) + len(judged) == 8
-    True
-    """
-    if len(verdicts) < 4:
-        return verdicts, []
-    ranked = sorted(verdicts, key=lambda v: hashlib.sha1(canonical_id(v.record_id).encode())
-                    .hexdigest())
-    return ranked[0::2], ranked[1::2]

@@ -255,6 +255,14 @@ def test_beat_schedule_and_redis_url_errors() -> None:
         parse_schedule("999999999999999999999d")  # OverflowError in Celery's timer before
     out = _one_line_error(_run("retrain", NEARWATCH_REDIS_URL="http://x"))
     assert "NEARWATCH_REDIS_URL='http://x': expected redis://" in out
+    # redis-py read "/15x" as no database, so every command used database 0 in silence
+    out = _one_line_error(_run("retrain", NEARWATCH_REDIS_URL="redis://127.0.0.1:6379/15x"))
+    assert "NEARWATCH_REDIS_URL='redis://127.0.0.1:6379/15x': the database must be a" in out
+    with pytest.raises(SettingsError, match="NEARWATCH_BROKER_URL=.*must be a number"):
+        Settings.from_env({"NEARWATCH_BROKER_URL": "redis://127.0.0.1:6379/15x",
+                           "NEARWATCH_REDIS_URL": NO_REDIS})
+    with pytest.raises(SettingsError, match="NEARWATCH_REDIS_URL=.*not a URL"):
+        Settings.from_env({"NEARWATCH_REDIS_URL": "redis://127.0.0.1:port/1"})
 
 
 def test_a_label_that_is_no_flag_is_an_error(tmp_path: Path) -> None:
@@ -313,3 +321,52 @@ def test_models_add_says_when_a_model_is_already_registered(tmp_path: Path,
     assert "note: v0002 holds the same model as v0001" in again.stderr
     other = _run("models", "add", str(bundles[1]), NEARWATCH_MODEL_DIR=str(tmp_path))
     assert other.exit_code == 0 and "note:" not in other.stderr
+
+
+def test_train_refuses_to_overwrite_a_directory_that_is_no_bundle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --out .` deleted the working directory's files, then crashed."""
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(f'{{"latency_ms": {i % 7}}}\n' for i in range(40)))
+    monkeypatch.chdir(tmp_path)
+    out = _one_line_error(_run("train", "--data", str(data), "--out", ".",
+                               "--encoder", "identity"))
+    assert "is not empty and not a nearwatch bundle" in out, out
+    assert data.exists()
+
+
+def test_train_on_an_empty_file_says_so(tmp_path: Path) -> None:
+    """It said "alpha=0.01 ... needs at least 299 calibration records ... got 0 ... pass
+    alpha=None ... or strict=False", library parameters that are no flags of the command."""
+    data = tmp_path / "empty.jsonl"
+    data.write_text("\n")
+    out = _one_line_error(_run("train", "--data", str(data), "--out", str(tmp_path / "m")))
+    assert "no normal records to train on" in out, out
+
+
+def test_a_worker_that_cannot_start_exits_non_zero(tmp_path: Path) -> None:
+    """Celery's worker_main drops the exit code: a node that stopped on "Unrecoverable
+    error" exited 0, which systemd's Restart=on-failure takes for a clean stop. The bad
+    backend URL bypasses the settings check on purpose (it refuses it now)."""
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "import dataclasses\n"
+        "from nearwatch.worker.app import create_app, start_worker\n"
+        "from nearwatch.worker.settings import Settings\n"
+        "settings = Settings.from_env({'NEARWATCH_BROKER_URL': 'memory://'})\n"
+        "settings = dataclasses.replace(settings, result_backend='redis://127.0.0.1:1/9x')\n"
+        "start_worker(create_app(settings), ['worker', '--pool', 'solo'])\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Unrecoverable error" in result.stderr
+    with pytest.raises(SettingsError, match="NEARWATCH_RESULT_BACKEND=.*must be a number"):
+        Settings.from_env({"NEARWATCH_RESULT_BACKEND": "redis://127.0.0.1:6379/9x"})
+
+
+def test_alerts_on_a_database_redis_refuses_is_one_line(tmp_path: Path) -> None:
+    """"DB index is out of range" from the consumer group's creation was a traceback."""
+    out = _one_line_error(_run("alerts", "--stop-when-idle", "--jsonl", str(tmp_path / "a"),
+                               NEARWATCH_REDIS_URL="redis://127.0.0.1:6379/99",
+                               NEARWATCH_ALERT_METRICS_PORT="0"))
+    assert "refused the alert stream: DB index is out of range" in out, out

@@ -8,6 +8,7 @@ workers, hot reload, rollback on every worker) is in tests/test_retrain_service.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,6 +188,38 @@ def test_a_held_lock_skips_and_concurrent_triggers_train_once(tmp_path: Path,
     assert len(trained) == 1 and outcomes.count("skipped") == 3, outcomes
     assert registry.versions() == ["v0001", "v0002"]
     assert redis_client.get(LOCK_KEY) is None  # released
+
+
+def test_a_stopped_retraining_frees_the_lock_and_is_no_failure(tmp_path: Path,
+                                                               redis_client: Any) -> None:
+    """`nearwatch retrain` stopped with SIGTERM kept the lock for its hour-long TTL (every
+    retraining meanwhile: "skipped"); Ctrl-C was counted as a failure without a reason."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    registry, _, _ = champion_registry(tmp_path)
+    settings = make_settings(registry.root)
+    script = (  # a retraining that holds the lock for a while, as fitting does
+        "import time\n"
+        "from nearwatch.detector.store.registry import ModelRegistry\n"
+        "ModelRegistry.load_current = lambda self: time.sleep(60)\n"
+        "from nearwatch.cli import main\n"
+        "main(['retrain'])\n")
+    process = subprocess.Popen([sys.executable, "-c", script], env={
+        **os.environ, **_env(settings)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while redis_client.get(LOCK_KEY) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert redis_client.get(LOCK_KEY) is not None, process.communicate(timeout=5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert redis_client.get(LOCK_KEY) is None
+    last = json.loads(redis_client.get("nearwatch:retrain:last"))
+    assert last["outcome"] == "skipped" and "interrupted (SystemExit)" in last["reasons"][0]
+    assert int(redis_client.hget("nearwatch:retrain:outcomes", "skipped")) == 1
+    assert redis_client.hget("nearwatch:retrain:outcomes", "failed") is None
 
 
 def test_an_expired_lock_taken_by_another_retraining_stops_the_promotion(

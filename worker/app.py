@@ -167,7 +167,7 @@ def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None =
     run_dir = None if pool == "prefork" else Path(tempfile.mkdtemp(prefix="nearwatch-node-"))
     try:
         if run_dir is None:
-            app.worker_main(worker_argv("prefork", concurrency, level))
+            start_worker(app, worker_argv("prefork", concurrency, level))
         else:
             from .node import Supervisor
 
@@ -179,6 +179,24 @@ def run_worker_node(settings: Settings, concurrency: int, loglevel: str | None =
             shutil.rmtree(run_dir, ignore_errors=True)
         if cache is not None:
             shutil.rmtree(cache, ignore_errors=True)
+
+
+def start_worker(app: Celery, argv: list[str]) -> None:
+    """``app.worker_main(argv)``, but a worker that stopped on an unrecoverable error exits
+    non-zero: worker_main drops Celery's exit code, so a node that could not start or crashed
+    exited 0, which systemd's ``Restart=on-failure`` takes for a clean stop."""
+    import click
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app  # as app.start does
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_command.params[0].default = None
+    if isinstance(code, int) and code != 0:
+        raise SystemExit(code)
 
 
 def __getattr__(name: str) -> Any:

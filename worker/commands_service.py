@@ -32,8 +32,8 @@ def _require_broker(app: Celery) -> None:
     except Exception as exc:  # kombu wraps the transport's error types
         url = app.conf.broker_url.split("@")[-1]
         raise click.ClickException(
-            f"cannot reach the broker {url}: {exc} (is Redis running? `make services`; "
-            "NEARWATCH_BROKER_URL selects the broker)") from exc
+            f"cannot reach the broker {url}: {exc} (is it running? NEARWATCH_BROKER_URL "
+            "selects the broker)") from exc
 
 
 @click.command("worker")
@@ -187,10 +187,16 @@ def alerts_command(consumer: str, claim_idle_ms: int | None, jsonl: str | None,
     settings = cli_settings()
     if not settings.redis_url:
         raise click.ClickException("alerts needs Redis: set NEARWATCH_REDIS_URL")
+    import redis
+
     try:
         run_alerts(settings, consumer, claim_idle_ms, jsonl, stop_when_idle)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    except redis.RedisError as exc:  # e.g. "DB index is out of range": a traceback before
+        raise click.ClickException(f"Redis at {settings.redis_url.split('@')[-1]} refused "
+                                   f"the alert stream: {exc} (NEARWATCH_REDIS_URL, else "
+                                   "NEARWATCH_BROKER_URL, names it)") from exc
     except OSError as exc:
         if exc.filename is not None:  # the --jsonl / NEARWATCH_ALERT_JSONL file
             source = "--jsonl" if jsonl is not None else "NEARWATCH_ALERT_JSONL"

@@ -127,6 +127,7 @@ def embedded_worker(app: Celery, wait_on_exit: bool = True) -> Iterator[Any]:
     ``wait_on_exit=False`` does not wait for the worker loop's next poll (up to a few
     seconds) when the process is about to exit anyway; the thread is a daemon.
     """
+    from celery._state import _set_task_join_will_block
     from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
     from celery.worker import state
 
@@ -139,6 +140,9 @@ def embedded_worker(app: Celery, wait_on_exit: bool = True) -> Iterator[Any]:
     thread = threading.Thread(target=controller.start, daemon=True, name="nearwatch-worker")
     thread.start()
     controller.ensure_started()
+    # Building the pool marks this whole process as "inside a task", which would make any
+    # later ``result.get()`` here refuse to block; celery's own start_worker resets it too.
+    _set_task_join_will_block(False)
     try:
         yield controller
     finally:

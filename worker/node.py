@@ -227,6 +227,7 @@ def _scoring_process(app: Celery, loglevel: str, run_dir: Path) -> int:
     """One scoring process: load the model, note each batch's delivery tag, run Celery."""
     from celery.signals import task_postrun, task_received
 
+    from .app import start_worker
     from .pool import build_runtime
 
     fd = os.open(run_dir / f"delivery-{os.getpid()}", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -244,5 +245,5 @@ def _scoring_process(app: Celery, loglevel: str, run_dir: Path) -> int:
     task_received.connect(note_delivery, weak=False)
     task_postrun.connect(lambda **_: trimmer.done.set(), weak=False)
     build_runtime(app)  # the model is loaded before the first batch
-    app.worker_main(worker_argv("solo", 1, loglevel))
+    start_worker(app, worker_argv("solo", 1, loglevel))
     return 0

@@ -44,13 +44,37 @@ def parse_broker_url(raw: str) -> str:
         if "://" in url and scheme not in TRANSPORT_ALIASES:  # a bare host is AMQP's
             raise ValueError(f"unknown broker transport {scheme!r} (e.g. "
                              f"{DEFAULT_BROKER_URL} or memory://)")
+        if scheme in ("redis", "rediss"):
+            _check_redis_address(url)
     return raw
 
 
 def parse_redis_url(raw: str) -> str:
     if raw and not raw.startswith(("redis://", "rediss://", "unix://")):  # redis-py's schemes
         raise ValueError("expected redis://host:port/db (or rediss://, unix://)")
+    if raw.startswith(("redis://", "rediss://")):
+        _check_redis_address(raw)
     return raw
+
+
+def parse_result_backend(raw: str) -> str:
+    if raw.startswith(("redis://", "rediss://")):
+        _check_redis_address(raw)  # Celery's backend failed the worker's start on "/15x"
+    return raw
+
+
+def _check_redis_address(url: str) -> None:
+    """A port and a database that are numbers: redis-py took ``/15x`` as no database at all
+    and used database 0, so commands read and wrote another service's keys in silence."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from exc
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(f"the database must be a number (redis://host:port/15), got "
+                         f"{parts.path!r}")
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")  # Celery's choices

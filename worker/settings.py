@@ -32,6 +32,7 @@ from .setting_values import (
     parse_log_level,
     parse_names,
     parse_redis_url,
+    parse_result_backend,
 )
 from .settings_sections import (
     AlertSettings,
@@ -109,7 +110,7 @@ class Settings:
         broker_is_redis = broker_url.startswith(("redis://", "rediss://"))
         redis_url = get("REDIS_URL", parse_redis_url, broker_url if broker_is_redis else "")
         backend_default = redis_url or ("cache+memory://" if broker_url == "memory://" else "")
-        backend = get("RESULT_BACKEND", str, backend_default)
+        backend = get("RESULT_BACKEND", parse_result_backend, backend_default)
         metrics_dir = get("METRICS_DIR", str, "")
         model_location = get("MODEL_DIR", str, str(default.model_dir))
         remote_models = model_location.startswith(("redis://", "rediss://", "unix://"))
