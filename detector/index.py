@@ -25,10 +25,9 @@ random tanh/relu MLP projections to 16-64 dims, one thread):
   ADBench at efSearch=96, 0.90 here at 48); approximate search can only *over*-estimate
   their distances (median +0-4%), which makes them look more anomalous, not less.
 * Exact tail (``exact_above_``): on clustered data (own telemetry) 1-2 % of HNSW searches got
-  lost (neighbours from the wrong region) and made the top percent of normal scores, where
-  the threshold sits (100k references: recall at it 0.75, exact 0.97). A search whose nearest
-  candidate is farther than the exact nearest-other distance of 90 % of sampled references is
-  redone exactly (~10 % of normal queries); a fixed function of the query, so certifiable.
+  lost and set the threshold (100k references: recall at it 0.75, exact 0.97). A search whose
+  nearest candidate is farther than the exact nearest-other distance of 90 % of sampled
+  references is redone exactly (~10 % of normal queries): a fixed function of the query.
 * Above ``compress_min`` distinct references (200k) ``kind="auto"`` compresses: an inverted-file
   index with 8-bit scalar-quantised codes (``IndexIVFScalarQuantizer``, nlist = 2 sqrt(n),
   nprobe 8): a quarter of the memory of float vectors, and built in seconds where an HNSW
@@ -36,8 +35,7 @@ random tanh/relu MLP projections to 16-64 dims, one thread):
   codes), not recomputed: there are no float vectors to recompute from. Calibration uses the
   same index, so the certificate holds (``detector.calibration``); the AUROC cost is measured
   in ``bench/results/scale``.
-* HNSW graphs are built with one OpenMP thread and a seeded level generator (faiss' lock-based
-  build is deterministic then): the same data and seed give byte-identical indexes.
+* HNSW graphs are built with one thread and a seeded level generator: byte-identical indexes.
 """
 
 from __future__ import annotations
@@ -55,6 +53,7 @@ from .index_build import as_matrix, build_hnsw, build_ivf, exact_tail_level, nor
 METRICS = ("euclidean", "cosine")
 KINDS = ("auto", "flat", "hnsw", "ivf")
 STATE_FORMAT = 1
+EXACT_TAIL_FORMAT = 2  # an index with an exact tail: older code refuses it (it would skip it)
 _QUERY_CHUNK = 8192  # bounds the (chunk, k, d) gather used for exact distances
 
 
@@ -220,8 +219,8 @@ class ReferenceIndex:
     def to_state(self) -> dict[str, Any]:
         """JSON-able parameters; together with ``to_bytes()`` they rebuild the index."""
         self._require_fitted()
-        return {
-            "format": STATE_FORMAT,
+        state: dict[str, Any] = {
+            "format": STATE_FORMAT if self.exact_above_ is None else EXACT_TAIL_FORMAT,
             "metric": self.metric,
             "kind": self.kind_,
             "n": self.n_,
@@ -233,10 +232,12 @@ class ReferenceIndex:
             "seed": self.seed,
             "compress_min": self.compress_min,
             "nprobe": self.nprobe,
-            "exact_above": self.exact_above_,
             # float32 -> Python float is exact, so the JSON round trip is lossless
             "center": [float(v) for v in self.center_],
         }
+        if self.exact_above_ is not None:  # absent otherwise: older bundles keep their hash
+            state["exact_above"] = self.exact_above_
+        return state
 
     def to_bytes(self) -> bytes:
         """The faiss index in faiss' own binary format (no pickle)."""
@@ -270,7 +271,7 @@ class ReferenceIndex:
 
     @classmethod
     def _restore(cls, read: Callable[[], faiss.Index], params: dict[str, Any]) -> ReferenceIndex:
-        if params.get("format") != STATE_FORMAT:
+        if params.get("format") not in (STATE_FORMAT, EXACT_TAIL_FORMAT):
             raise BundleError(f"unknown index state format {params.get('format')!r}")
         try:
             obj = cls(
@@ -288,8 +289,9 @@ class ReferenceIndex:
             kind, n, dim = params["kind"], int(params["n"]), int(params["dim"])
             center = np.asarray(params["center"], dtype=np.float32)
             exact_above = params.get("exact_above")  # absent before: no exact tail
-            if exact_above is not None and not float(exact_above) >= 0.0:
-                raise ValueError(f"exact_above must be a distance, got {exact_above!r}")
+            if (exact_above is None) != (params["format"] == STATE_FORMAT) or (
+                    exact_above is not None and not 0.0 <= float(exact_above) < np.inf):
+                raise ValueError(f"exact_above {exact_above!r} with format {params['format']}")
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"invalid index params: {exc}") from exc
         try:

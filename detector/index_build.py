@@ -55,17 +55,21 @@ EXACT_TAIL_QUANTILE = 0.9
 EXACT_TAIL_SAMPLE = 1000
 
 
-def exact_tail_level(refs: np.ndarray, seed: int) -> float:
+def exact_tail_level(refs: np.ndarray, seed: int) -> float | None:
     """The 90th percentile of the exact distance from a reference to its nearest other one,
-    over a seeded sample of references (the level of ``ReferenceIndex.exact_above_``)."""
+    over a seeded sample of references (``ReferenceIndex.exact_above_``); None below 2."""
     n = len(refs)
+    if n < 2:
+        return None
     rows = np.sort(np.random.default_rng(seed).choice(n, min(EXACT_TAIL_SAMPLE, n),
                                                       replace=False))
-    squared, ids = faiss.knn(np.ascontiguousarray(refs[rows]), refs, min(2, n))
-    if ids.shape[1] < 2:
-        return float("inf")
-    nearest = np.where(ids[:, 0] == rows, squared[:, 1], squared[:, 0])
-    return float(np.sqrt(max(float(np.quantile(nearest, EXACT_TAIL_QUANTILE)), 0.0)))
+    _, ids = faiss.knn(np.ascontiguousarray(refs[rows]), refs, 2)
+    other = np.where(ids[:, 0] == rows, ids[:, 1], ids[:, 0])
+    # recomputed from the difference vectors, not faiss' BLAS distances (whose rounding
+    # depends on the thread settings), so the level is the same wherever the fit runs
+    diff = refs[other].astype(np.float64) - refs[rows]
+    level = float(np.quantile(np.sqrt((diff * diff).sum(axis=1)), EXACT_TAIL_QUANTILE))
+    return level if np.isfinite(level) else None
 
 
 def as_matrix(values: np.ndarray, name: str) -> np.ndarray:

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import click
 from nearwatch.worker.command_settings import cli_settings
+from nearwatch.worker.setting_values import redacted
 from nearwatch.worker.settings import Settings, SettingsError
 
 
@@ -27,7 +29,7 @@ def _redis(settings: Settings) -> Any:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url.split('@')[-1]} "
+        raise click.ClickException(f"cannot reach Redis at {redacted(settings.redis_url)} "
                                    f"({exc}): is it running? NEARWATCH_REDIS_URL, else "
                                    "NEARWATCH_BROKER_URL, names it") from exc
     return client
@@ -73,9 +75,15 @@ def retrain_command(trigger: str) -> None:
     def stop(signum: int, _frame: Any) -> None:  # SIGTERM (a stopped job, kubectl exec)
         raise SystemExit(128 + signum)  # unwinds retrain_once, which frees the lock
 
-    signal.signal(signal.SIGTERM, stop)
-    with registry_session(settings) as registry, _log_without_tracebacks(settings.log_level):
-        result = retrain_once(client, registry, settings, trigger)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
+    try:
+        with registry_session(settings) as registry, \
+                _log_without_tracebacks(settings.log_level):
+            result = retrain_once(client, registry, settings, trigger)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     click.echo(json.dumps(result.to_json(), indent=2, default=str))
     if result.outcome == "failed":
         raise SystemExit(1)

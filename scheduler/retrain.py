@@ -94,7 +94,8 @@ def retrain_once(client: Redis, registry: ModelRegistry, settings: Settings,
         result.outcome = "failed"
         result.reasons.append(f"{type(exc).__name__}: {exc}")
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, a stop signal: not a failure
-        result.outcome = "skipped"
+        if result.outcome not in ("promoted", "rejected"):  # a decision taken stays taken
+            result.outcome = "skipped"
         result.reasons.append(f"interrupted ({type(exc).__name__}) before it finished")
         raise
     finally:

@@ -263,6 +263,12 @@ def test_beat_schedule_and_redis_url_errors() -> None:
                            "NEARWATCH_REDIS_URL": NO_REDIS})
     with pytest.raises(SettingsError, match="NEARWATCH_REDIS_URL=.*not a URL"):
         Settings.from_env({"NEARWATCH_REDIS_URL": "redis://127.0.0.1:port/1"})
+    with pytest.raises(SettingsError) as refused:  # the refusal shows no password
+        Settings.from_env({"NEARWATCH_REDIS_URL": "redis://:hunter2@h:6379/a/b"})
+    assert "hunter2" not in str(refused.value) and ":***@h" in str(refused.value)
+    socket = "redis+socket:///tmp/redis.sock"  # kombu's socket transport: a path, no database
+    assert Settings.from_env({"NEARWATCH_BROKER_URL": socket,
+                              "NEARWATCH_REDIS_URL": NO_REDIS}).broker_url == socket
 
 
 def test_a_label_that_is_no_flag_is_an_error(tmp_path: Path) -> None:

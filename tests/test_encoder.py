@@ -125,3 +125,31 @@ def test_build_embedder_rejects_bad_state() -> None:
 def test_encoder_is_small_enough_for_fast_inference() -> None:
     mlp = MLPEncoder(40)  # default widths
     assert sum(p.numel() for p in mlp.parameters()) < 30_000
+
+
+def test_mlp_state_versions_keep_their_arithmetic() -> None:
+    """Version 2 multiplies in float64, so a record embeds the same alone or in any batch
+    (float32 BLAS sums differed by ~1e-7 with the batch); a version-1 state (older bundles)
+    keeps float32 products, the function its references and threshold were computed with."""
+    from nearwatch.detector.embedding.frozen import FrozenMLPEmbedder
+
+    rng = np.random.default_rng(0)
+    arrays = {"center": np.zeros(6), "scale": np.ones(6),
+              "net.0.weight": rng.normal(size=(16, 6)), "net.0.bias": rng.normal(size=16),
+              "net.2.weight": rng.normal(size=(4, 16)), "net.2.bias": rng.normal(size=4)}
+    state = {"kind": "metric_mlp", "version": 1, "n_features": 6, "hidden": [16],
+             "embedding_dim": 4, "normalize": False, "raw_weight": 1.0,
+             "embedding_weight": 1.0}
+    rows = rng.normal(size=(500, 6)).astype(np.float32)
+    weights = {name: np.asarray(value, dtype=np.float32) for name, value in arrays.items()}
+    hidden = np.maximum(rows @ weights["net.0.weight"].T.copy() + weights["net.0.bias"], 0.0)
+    float32_products = hidden @ weights["net.2.weight"].T.copy() + weights["net.2.bias"]
+    older = FrozenMLPEmbedder(state, arrays).embed(rows)
+    np.testing.assert_array_equal(older[:, 6:], float32_products)
+    current = FrozenMLPEmbedder({**state, "version": 2}, arrays)
+    batch = current.embed(rows)
+    alone = np.vstack([current.embed(rows[i:i + 1]) for i in range(len(rows))])
+    np.testing.assert_array_equal(alone, batch)
+    np.testing.assert_allclose(batch, older, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="version 3"):
+        FrozenMLPEmbedder({**state, "version": 3}, arrays)

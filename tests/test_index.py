@@ -207,6 +207,13 @@ def test_lost_hnsw_searches_are_redone_exactly() -> None:
     assert without_tail >= 0.01 and with_tail <= without_tail / 4, (with_tail, without_tail)
 
 
+def test_an_hnsw_index_of_one_vector_has_no_exact_tail() -> None:
+    """Its level was inf, which the bundle's JSON refused (fit crashed)."""
+    index = ReferenceIndex(kind="hnsw").fit(np.ones((1, 3)))
+    assert index.exact_above_ is None and json.dumps(index.to_state(), allow_nan=False)
+    assert index.search(np.zeros((1, 3)), 1)[0].tolist() == [[pytest.approx(3 ** 0.5)]]
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_serialisation_round_trip(metric: str, kind: str) -> None:
@@ -220,9 +227,14 @@ def test_serialisation_round_trip(metric: str, kind: str) -> None:
         np.testing.assert_array_equal(got, want)
     assert restored.to_state() == params
     assert (restored.exact_above_ is not None) == (kind == "hnsw")
-    older = ReferenceIndex.from_bytes(index.to_bytes(), {k: v for k, v in params.items()
-                                                         if k != "exact_above"})
+    assert params["format"] == (2 if kind == "hnsw" else 1)  # older code refuses format 2
+    before = {**{k: v for k, v in params.items() if k != "exact_above"}, "format": 1}
+    older = ReferenceIndex.from_bytes(index.to_bytes(), before)
     assert older.exact_above_ is None  # bundles from before the exact tail search as they did
+    assert older.to_state() == before  # and save unchanged (their content hash holds)
+    if kind == "hnsw":
+        with pytest.raises(BundleError, match="exact_above None with format 2"):
+            ReferenceIndex.from_bytes(index.to_bytes(), {**before, "format": 2})
 
 
 def test_from_bytes_rejects_mismatched_or_corrupt_data() -> None:

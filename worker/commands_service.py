@@ -16,6 +16,7 @@ from .command_settings import cli_settings, is_bind_error, metrics_bind_error
 from .commands_registry import models_group
 from .demo import STREAM_RECORDS
 from .names import RECORDS_STREAM
+from .setting_values import redacted
 from .settings import DEFAULTS, IngestOptions
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def _require_broker(app: Celery) -> None:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=5)
     except Exception as exc:  # kombu wraps the transport's error types
-        url = app.conf.broker_url.split("@")[-1]
+        url = redacted(app.conf.broker_url)
         raise click.ClickException(
             f"cannot reach the broker {url}: {exc} (is it running? NEARWATCH_BROKER_URL "
             "selects the broker)") from exc
@@ -194,7 +195,7 @@ def alerts_command(consumer: str, claim_idle_ms: int | None, jsonl: str | None,
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     except redis.RedisError as exc:  # e.g. "DB index is out of range": a traceback before
-        raise click.ClickException(f"Redis at {settings.redis_url.split('@')[-1]} refused "
+        raise click.ClickException(f"Redis at {redacted(settings.redis_url)} refused "
                                    f"the alert stream: {exc} (NEARWATCH_REDIS_URL, else "
                                    "NEARWATCH_BROKER_URL, names it)") from exc
     except OSError as exc:

@@ -8,6 +8,7 @@ the consumer at its first delivery with "timestamp out of range").
 from __future__ import annotations
 
 import math
+import re
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -44,7 +45,7 @@ def parse_broker_url(raw: str) -> str:
         if "://" in url and scheme not in TRANSPORT_ALIASES:  # a bare host is AMQP's
             raise ValueError(f"unknown broker transport {scheme!r} (e.g. "
                              f"{DEFAULT_BROKER_URL} or memory://)")
-        if scheme in ("redis", "rediss"):
+        if url.partition("://")[0] in ("redis", "rediss"):  # not redis+socket:// (a path)
             _check_redis_address(url)
     return raw
 
@@ -61,6 +62,16 @@ def parse_result_backend(raw: str) -> str:
     if raw.startswith(("redis://", "rediss://")):
         _check_redis_address(raw)  # Celery's backend failed the worker's start on "/15x"
     return raw
+
+
+def redacted(value: str) -> str:
+    """A setting as it may be shown: a URL's password (user-info or ``password=``) masked.
+
+    >>> redacted("redis://:hunter2@h:6379/0?password=x&db=1")
+    'redis://:***@h:6379/0?password=***&db=1'
+    """
+    value = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value)
+    return re.sub(r"(password=)[^&;]*", r"\1***", value)
 
 
 def _check_redis_address(url: str) -> None:

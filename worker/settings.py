@@ -33,6 +33,7 @@ from .setting_values import (
     parse_names,
     parse_redis_url,
     parse_result_backend,
+    redacted,
 )
 from .settings_sections import (
     AlertSettings,
@@ -104,7 +105,7 @@ class Settings:
             try:
                 return bounded(parse(raw.strip()))
             except ValueError as exc:
-                raise SettingsError(f"NEARWATCH_{name}={raw!r}: {exc}") from exc
+                raise SettingsError(f"NEARWATCH_{name}={redacted(raw)!r}: {exc}") from exc
 
         broker_url = get("BROKER_URL", parse_broker_url, default.broker_url)
         broker_is_redis = broker_url.startswith(("redis://", "rediss://"))

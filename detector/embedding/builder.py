@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .frozen import FrozenMLPEmbedder
+from .frozen import MLP_STATE_VERSIONS, FrozenMLPEmbedder
 from .identity import STATE_VERSION, Embedder, IdentityEmbedder
 
 
@@ -22,7 +22,8 @@ def build_embedder(state: dict[str, Any], tensors: dict[str, Any]) -> Embedder:
     if not isinstance(state, dict):
         raise ValueError(f"embedder state must be an object, got {type(state).__name__}")
     kind = state.get("kind")
-    if state.get("version") != STATE_VERSION:
+    known = MLP_STATE_VERSIONS if kind == "metric_mlp" else (STATE_VERSION,)
+    if state.get("version") not in known:
         raise ValueError(f"unsupported embedder state version {state.get('version')!r}")
     if kind == "identity":
         if tensors:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .builder import build_embedder
-from .frozen import FrozenMLPEmbedder
+from .frozen import MLP_STATE_VERSION, FrozenMLPEmbedder
 from .identity import STATE_VERSION, Embedder, IdentityEmbedder
 
 __all__ = ["STATE_VERSION", "Embedder", "IdentityEmbedder", "MLPEncoder", "MetricEmbedder",
@@ -137,7 +137,7 @@ class MetricEmbedder:
     def to_state(self) -> dict[str, Any]:
         return {
             "kind": "metric_mlp",
-            "version": STATE_VERSION,
+            "version": MLP_STATE_VERSION,
             "n_features": self.encoder.n_features,
             "hidden": list(self.encoder.hidden),
             "embedding_dim": self.encoder.embedding_dim,

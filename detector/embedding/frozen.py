@@ -7,7 +7,7 @@ references, its calibration records and live records with this one implementatio
 bundle reproduces the fitted detector's scores bit for bit, and a worker process never imports
 torch (about 120 MB less private memory per process, and seconds less start-up).
 
->>> state = {"kind": "metric_mlp", "version": 1, "n_features": 2, "hidden": [],
+>>> state = {"kind": "metric_mlp", "version": 2, "n_features": 2, "hidden": [],
 ...          "embedding_dim": 1, "normalize": False, "raw_weight": 1.0, "embedding_weight": 2.0}
 >>> arrays = {"center": np.zeros(2), "scale": np.ones(2),
 ...           "net.0.weight": np.array([[1.0, 1.0]]), "net.0.bias": np.zeros(1)}
@@ -21,18 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from .identity import STATE_VERSION
-
 EMBED_BATCH = 8192  # rows per pass: bounded memory, still vectorised
 NORMALIZE_EPS = 1e-12  # as torch.nn.functional.normalize
+# 2: float64 products (below). A version-1 state (older bundles) keeps float32 products, the
+# function its references and threshold were computed with; older code refuses version 2.
+MLP_STATE_VERSION = 2
+MLP_STATE_VERSIONS = (1, 2)
 
 
 class FrozenMLPEmbedder:
     """``[raw_weight · z(x), embedding_weight · f(z(x))]`` from saved weights, numpy only."""
 
     def __init__(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        if state.get("kind") != "metric_mlp" or state.get("version") != STATE_VERSION:
-            raise ValueError(f"not a metric embedder state: {state.get('kind')!r}")
+        if state.get("kind") != "metric_mlp" or state.get("version") not in MLP_STATE_VERSIONS:
+            raise ValueError(f"not a metric embedder state: {state.get('kind')!r} version "
+                             f"{state.get('version')!r}")
         self.state = dict(state)
         self.n_features = int(state["n_features"])
         self.hidden = [int(width) for width in state["hidden"]]
@@ -59,8 +62,9 @@ class FrozenMLPEmbedder:
         # products of one record differed by ~1e-7 between batches. A duplicate of a reference
         # then scored 1e-7 live against exactly 0 at calibration, and on repetitive data,
         # where the certified threshold is 0, half the normal records were flagged.
-        self._layers = [(self.arrays[f"net.{2 * i}.weight"].T.astype(np.float64),
-                         self.arrays[f"net.{2 * i}.bias"].astype(np.float64))
+        self._products = np.float64 if state["version"] >= 2 else np.float32
+        self._layers = [(self.arrays[f"net.{2 * i}.weight"].T.astype(self._products),
+                         self.arrays[f"net.{2 * i}.bias"].astype(self._products))
                         for i in range(len(widths) - 1)]
 
     @property
@@ -77,7 +81,7 @@ class FrozenMLPEmbedder:
         center, scale = self.arrays["center"], self.arrays["scale"]
         for start in range(0, len(rows), EMBED_BATCH):
             standard = (rows[start : start + EMBED_BATCH] - center) / scale
-            hidden = standard.astype(np.float64)
+            hidden = standard.astype(self._products)
             for layer, (weight, bias) in enumerate(self._layers):
                 hidden = hidden @ weight + bias
                 if layer < len(self._layers) - 1:
