@@ -82,7 +82,7 @@ def retrain_command(trigger: str) -> None:
                 _log_without_tracebacks(settings.log_level):
             result = retrain_once(client, registry, settings, trigger)
     finally:
-        if main_thread:
+        if previous is not None:  # None: not set from Python (nothing to put back)
             signal.signal(signal.SIGTERM, previous)
     click.echo(json.dumps(result.to_json(), indent=2, default=str))
     if result.outcome == "failed":
