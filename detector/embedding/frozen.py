@@ -62,10 +62,11 @@ class FrozenMLPEmbedder:
         # products of one record differed by ~1e-7 between batches. A duplicate of a reference
         # then scored 1e-7 live against exactly 0 at calibration, and on repetitive data,
         # where the certified threshold is 0, half the normal records were flagged.
-        self._products = np.float64 if state["version"] >= 2 else np.float32
-        self._layers = [(self.arrays[f"net.{2 * i}.weight"].T.astype(self._products),
-                         self.arrays[f"net.{2 * i}.bias"].astype(self._products))
-                        for i in range(len(widths) - 1)]
+        self._products = np.dtype(np.float64 if state["version"] >= 2 else np.float32)
+        self._layers: list[tuple[np.ndarray, np.ndarray]] = [
+            (self.arrays[f"net.{2 * i}.weight"].T.astype(self._products),
+             self.arrays[f"net.{2 * i}.bias"].astype(self._products))
+            for i in range(len(widths) - 1)]
 
     @property
     def dim(self) -> int:
@@ -81,7 +82,7 @@ class FrozenMLPEmbedder:
         center, scale = self.arrays["center"], self.arrays["scale"]
         for start in range(0, len(rows), EMBED_BATCH):
             standard = (rows[start : start + EMBED_BATCH] - center) / scale
-            hidden = standard.astype(self._products)
+            hidden: np.ndarray = standard.astype(self._products)
             for layer, (weight, bias) in enumerate(self._layers):
                 hidden = hidden @ weight + bias
                 if layer < len(self._layers) - 1:
