@@ -22,6 +22,8 @@ def build_embedder(state: dict[str, Any], tensors: dict[str, Any]) -> Embedder:
     if not isinstance(state, dict):
         raise ValueError(f"embedder state must be an object, got {type(state).__name__}")
     kind = state.get("kind")
+    if kind not in ("identity", "metric_mlp"):
+        raise ValueError(f"unknown embedder kind {kind!r}")
     known = MLP_STATE_VERSIONS if kind == "metric_mlp" else (STATE_VERSION,)
     if state.get("version") not in known:
         raise ValueError(f"unsupported embedder state version {state.get('version')!r}")
@@ -29,8 +31,6 @@ def build_embedder(state: dict[str, Any], tensors: dict[str, Any]) -> Embedder:
         if tensors:
             raise ValueError("the identity embedder has no weights, but tensors were given")
         return IdentityEmbedder()
-    if kind != "metric_mlp":
-        raise ValueError(f"unknown embedder kind {kind!r}")
     # numpy inference: loading and serving a learned encoder needs no torch
     arrays = {name: np.asarray(_as_numpy(value)) for name, value in tensors.items()}
     return FrozenMLPEmbedder(state, arrays)
