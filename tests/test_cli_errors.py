@@ -300,6 +300,7 @@ def test_models_add_of_a_directory_that_is_no_bundle(tmp_path: Path) -> None:
     ("ALERT_WEBHOOK_URL", "http://127.0.0.1:notaport/x", "not a URL"),
     ("ALERT_WEBHOOK_URL", "http://", "expected http(s)://host"),
     ("ALERTMANAGER_URL", "ftp://am:9093", "expected http(s)://host"),
+    ("ALERT_KEY", ",,,", "comma-separated record field names"),  # an empty key before
 ])
 def test_settings_refuse_numbers_and_urls_no_setting_can_mean(variable: str, value: str,
                                                               expected: str) -> None:

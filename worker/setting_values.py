@@ -32,7 +32,10 @@ def parse_flag(raw: str) -> bool:
 
 
 def parse_names(raw: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in raw.split(",") if name.strip())
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if not names:  # ",,," grouped every alert by model version only, without a word
+        raise ValueError("expected comma-separated record field names (unset: the default)")
+    return names
 
 
 def parse_broker_url(raw: str) -> str:
