@@ -188,7 +188,8 @@ def test_killing_a_retraining_mid_way_leaves_the_champion_serving(
         generate_records(3000, anomaly_rate=0.0, seed=1)).save(tmp_path / "champion")
     registry = ModelRegistry(tmp_path / "models")
     registry.add(tmp_path / "champion", promote=True)
-    env = loop_env(registry.root, NEARWATCH_RETRAIN_LOCK_TTL_S="3")
+    # long enough for the second command to start while the dead run's lock holds
+    env = loop_env(registry.root, NEARWATCH_RETRAIN_LOCK_TTL_S="15")
     node = start_worker_node(tmp_path, registry.root, "kill", concurrency=1, **env)
     try:
         list(client_for(env).score(generate_records(6000, anomaly_rate=0.0, seed=2)))
@@ -202,8 +203,9 @@ def test_killing_a_retraining_mid_way_leaves_the_champion_serving(
         assert not [p for p in registry.root.iterdir() if p.name.startswith(".adding")]
         blocked = subprocess.run([*CLI, "retrain"], cwd=REPO, env=env, capture_output=True,
                                  text=True, timeout=120)
-        assert json.loads(blocked.stdout)["outcome"] == "skipped"  # the dead run's lock
-        time.sleep(3.0)  # NEARWATCH_RETRAIN_LOCK_TTL_S: the lock expires
+        assert json.loads(blocked.stdout)["outcome"] == "skipped", blocked.stdout  # its lock
+        wait_for(lambda: redis_client.get("nearwatch:retrain:lock") is None, 30,
+                 "the dead run's lock to expire (NEARWATCH_RETRAIN_LOCK_TTL_S)")
         done = subprocess.run([*CLI, "retrain"], cwd=REPO, capture_output=True, text=True,
                               env={**env, "NEARWATCH_RETRAIN_LOCK_TTL_S": "600"}, timeout=180)
         assert json.loads(done.stdout)["outcome"] == "promoted", done.stdout + done.stderr
