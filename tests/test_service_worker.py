@@ -130,27 +130,59 @@ def _scored(node: WorkerNode) -> float:
 def test_kill9_pool_child_mid_batch_loses_nothing(node: WorkerNode, tmp_path: Path) -> None:
     before = _scored(node)
     log_start = len(node.proc.log())
-    proc, records, out = _stream_proc(tmp_path, node, n=30000, batch=500, timeout=60)
+    # Batches of 2 000 keep the pool busy (each takes a pool process well over 0.1 s, and the
+    # client sends them faster than the node scores them), so a kill lands mid-batch.
+    batch = 2000
+    proc, records, out = _stream_proc(tmp_path, node, n=40000, batch=batch, timeout=60)
     kills = 0
     try:
         wait_for(lambda: _scored(node) >= before + 1000, 60, "the stream to get going")
-        # Kill a pool process while it is running (scoring a batch); retry in case it was
-        # between batches. Its broker message is then requeued and scored again.
+        # Kill a pool process while it is scoring a batch; retry in case it was between
+        # batches. Its broker message is then requeued and scored again.
         while "WorkerLostError" not in node.proc.log()[log_start:] and kills < 10 \
                 and proc.process.poll() is None:
-            busy = _running_child(node)
+            busy = _busy_child(node)
             if busy is not None:
                 os.kill(busy, signal.SIGKILL)
                 kills += 1
-                time.sleep(0.3)
+                time.sleep(0.5)
         _assert_exactly_once(proc, records, out)
     finally:
         proc.stop()
     log = node.proc.log()[log_start:]
+    print(f"{kills} kill(s) of a pool process")
     assert "WorkerLostError" in log, f"no kill landed mid-batch in {kills} tries"
     received = len(re.findall(r"Task nearwatch\.score_json_batch\[[^]]+\] received", log))
-    assert received > len(records) // 500  # the lost batch was delivered again
+    assert received > len(records) // batch  # the lost batch was delivered again
     wait_for(lambda: len(node.proc.children()) == 2, 30, "the pool to replace its processes")
+
+
+def _cpu_ticks(pid: int) -> tuple[int, float] | None:
+    """CPU time (user + system, in clock ticks) and start time (s after boot) of ``pid``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12]), int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_child(node: WorkerNode, timeout: float = 5.0, min_age: float = 3.0,
+                window: float = 0.1) -> int | None:
+    """A pool process that spent at least 30 % of the last ``window`` s on a CPU, i.e. is
+    scoring a batch (an idle one waits on its pipe and spends none); not one started less
+    than ``min_age`` s ago (it is loading the model, not scoring)."""
+    deadline = time.monotonic() + timeout
+    least = 0.3 * window * os.sysconf("SC_CLK_TCK")
+    while time.monotonic() < deadline:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        first = {pid: _cpu_ticks(pid) for pid in node.proc.children()}
+        time.sleep(window)
+        for pid, start in first.items():
+            now = _cpu_ticks(pid)
+            if start is not None and now is not None and uptime - start[1] >= min_age \
+                    and now[0] - start[0] >= least:
+                return pid
+    return None
 
 
 def _running_child(node: WorkerNode, timeout: float = 2.0, min_age: float = 3.0
