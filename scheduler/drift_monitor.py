@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
 log = logging.getLogger("nearwatch.drift")
+DRIFT_ALARMS_KEY = "nearwatch:drift:alarms"  # count of drift alarms (scheduler/tasks.py)
 
 
 @dataclass(frozen=True)

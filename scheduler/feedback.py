@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
 FEEDBACK_KEY = "nearwatch:feedback"
+FEEDBACK_TOTAL_KEY = "nearwatch:feedback:total"  # hash: label -> verdicts received
 LABELS = ("normal", "anomaly")
 _CHUNK = 1_000  # stream entries per XREVRANGE, buffer keys per pipeline
 

@@ -24,9 +24,9 @@ from prometheus_client.core import (
 )
 
 from .buffer import buffer_size, golden_size
-from .drift_monitor import DriftMonitor
+from .drift_monitor import DRIFT_ALARMS_KEY, DriftMonitor
+from .feedback import FEEDBACK_TOTAL_KEY
 from .retrain import DURATION_KEY, LAST_KEY, OUTCOMES, OUTCOMES_KEY
-from .tasks import DRIFT_ALARMS_KEY, FEEDBACK_TOTAL_KEY
 
 if TYPE_CHECKING:
     from nearwatch.worker.settings import Settings

@@ -17,8 +17,8 @@ from nearwatch.worker.names import DRIFT_CHECK, FEEDBACK, MAINTENANCE_QUEUE, RET
 from nearwatch.worker.pool import settings_of
 from nearwatch.worker.remote_registry import registry_session
 
-from .drift_monitor import DriftMonitor
-from .feedback import FeedbackStore, record_feedback
+from .drift_monitor import DRIFT_ALARMS_KEY, DriftMonitor
+from .feedback import FEEDBACK_TOTAL_KEY, FeedbackStore, record_feedback
 from .retrain import retrain_once
 
 if TYPE_CHECKING:
@@ -26,9 +26,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
 log = logging.getLogger("nearwatch.scheduler")
-DRIFT_ALARMS_KEY = "nearwatch:drift:alarms"  # count of drift alarms
 DRIFT_RETRAIN_GUARD = "nearwatch:drift:retrain-guard"  # rate limit of drift retrainings
-FEEDBACK_TOTAL_KEY = "nearwatch:feedback:total"  # hash: label -> verdicts received
 
 
 @lru_cache(maxsize=4)
