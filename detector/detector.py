@@ -284,14 +284,13 @@ class Detector(EstimatorAPI, FittedAttributes):
         return explain_rows(self, features, n_neighbours, n_fields)
 
     def score_records(
-        self, records: Sequence[Any], n_neighbours: int = 3, schema_version: str | None = None
+        self, records: Sequence[Any], n_neighbours: int = 3, schema_version: str | None = None,
+        explain: int = 0,
     ) -> list[dict[str, Any]]:
-        """Score each record on its own terms: a result, or an error naming the field.
-
-        Bad records never stop the good ones in the same call from being scored.
-        """
+        """Score each record on its own terms: a result, or an error naming the field (bad
+        records never stop the good ones); the first ``explain`` flagged ones get ``fields``."""
         self._check_fitted()
-        return score_record_batch(self, records, n_neighbours, schema_version)
+        return score_record_batch(self, records, n_neighbours, schema_version, explain)
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> tuple[dict[str, Any], dict[str, bytes]]:

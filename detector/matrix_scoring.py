@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import RecordError
-from .scoring import neighbour_reference_ids, neighbour_search
+from .scoring import flagged_fields, neighbour_reference_ids, neighbour_search
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -39,13 +39,15 @@ if TYPE_CHECKING:
 class MatrixScores:
     """Per row of the matrix: ``score`` and ``p_value`` (NaN for rows in ``errors``),
     ``is_anomaly`` (False for errors and when the model has no threshold), and for flagged
-    rows only, their nearest references as ``score_records`` gives them."""
+    rows only, their nearest references as ``score_records`` gives them; ``fields``: the
+    ``explain`` fields of the first ``explain`` flagged rows, from the same search."""
 
     score: np.ndarray
     p_value: np.ndarray
     is_anomaly: np.ndarray
     errors: dict[int, RecordError]
     neighbours: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    fields: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def field_names(detector: Detector) -> list[str]:
@@ -63,12 +65,13 @@ def matrix_refusal(detector: Detector) -> str | None:
     return f"the model's field(s) {shown} are not numeric: send these records as JSON objects"
 
 
-def score_matrix(detector: Detector, matrix: np.ndarray, n_neighbours: int = 3
-                 ) -> MatrixScores:
-    """Score the rows of ``matrix`` (n × the model's fields, in ``field_names`` order)."""
-    n_fields = len(detector.feature_encoder_.fields_)
-    if matrix.ndim != 2 or matrix.shape[1] != n_fields:
-        raise ValueError(f"a matrix to score needs shape (n, {n_fields}), got {matrix.shape}")
+def score_matrix(detector: Detector, matrix: np.ndarray, n_neighbours: int = 3,
+                 explain: int = 0, n_fields: int = 3) -> MatrixScores:
+    """Score the rows of ``matrix`` (n × the model's fields, in ``field_names`` order);
+    explain the first ``explain`` flagged rows (their ``n_fields`` most deviating fields)."""
+    width = len(detector.feature_encoder_.fields_)
+    if matrix.ndim != 2 or matrix.shape[1] != width:
+        raise ValueError(f"a matrix to score needs shape (n, {width}), got {matrix.shape}")
     features, error_list = detector.feature_encoder_.transform_records(matrix)
     errors = {row: error for row, error in enumerate(error_list) if error is not None}
     n_rows = len(matrix)
@@ -89,9 +92,18 @@ def score_matrix(detector: Detector, matrix: np.ndarray, n_neighbours: int = 3
         is_anomaly[good] = good_scores > detector.threshold_
     flagged = np.flatnonzero(is_anomaly)
     neighbours: dict[int, list[dict[str, Any]]] = {}
-    if len(flagged) and n_neighbours > 0:
-        _, distances, rows = neighbour_search(detector, features[flagged], n_neighbours)
-        rows = rows[:, :n_neighbours]
+    explained: dict[int, list[dict[str, Any]]] = {}
+    if not len(flagged) or (n_neighbours <= 0 and explain <= 0):
+        return MatrixScores(score, p_value, is_anomaly, errors)
+    # the flagged rows' neighbours and explanations, from one search
+    flagged_features = features[flagged]
+    _, distances, search_rows = neighbour_search(detector, flagged_features, n_neighbours)
+    for position, fields in flagged_fields(detector, flagged_features, search_rows,
+                                           np.arange(min(explain, len(flagged))),
+                                           n_fields).items():
+        explained[int(flagged[position])] = fields
+    if n_neighbours > 0:
+        rows = search_rows[:, :n_neighbours]
         ids = neighbour_reference_ids(detector.reference_ids_, rows)
         copies = detector.reference_index_.counts_[rows].tolist()
         for row, row_ids, row_distances, row_copies in zip(
@@ -99,4 +111,4 @@ def score_matrix(detector: Detector, matrix: np.ndarray, n_neighbours: int = 3
                 strict=True):
             neighbours[row] = [{"id": rid, "distance": d, "copies": c} for rid, d, c
                                in zip(row_ids, row_distances, row_copies, strict=True)]
-    return MatrixScores(score, p_value, is_anomaly, errors, neighbours)
+    return MatrixScores(score, p_value, is_anomaly, errors, neighbours, explained)

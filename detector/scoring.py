@@ -6,6 +6,7 @@ per-record entry points the service calls.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from .features.matrix import FEATURE_LIMIT
 
 if TYPE_CHECKING:
     from .detector import Detector
+
+log = logging.getLogger("nearwatch.detector")
 
 
 def neighbour_search(
@@ -59,12 +62,16 @@ def score_record_batch(
     records: Sequence[Any],
     n_neighbours: int,
     schema_version: str | None,
+    explain: int = 0,
+    n_fields: int = 3,
 ) -> list[dict[str, Any]]:
     """One result per record: score, p-value, flag, the threshold's guarantee, neighbours.
 
     ``certified`` and ``fpr_bound`` repeat the model's facts on every scored record, so a
     consumer of ``nearwatch score``/``stream`` output sees whether ``is_anomaly`` comes from a
     certified threshold (``fpr_bound`` <= alpha) or from too few calibration records.
+    The first ``explain`` flagged records also get ``fields`` (``explain``'s), from the same
+    search.
     """
     if schema_version is not None and schema_version != detector.schema_version_:
         raise SchemaMismatchError(
@@ -88,7 +95,8 @@ def score_record_batch(
     if not good:
         return results
     good_rows = np.array(good, dtype=np.int64)
-    scores, distances, rows = neighbour_search(detector, features[good_rows], n_neighbours)
+    good_features = features[good_rows]
+    scores, distances, rows = neighbour_search(detector, good_features, n_neighbours)
     p_values = detector.calibrator_.p_value(scores)
     threshold = detector.threshold_
     certified, fpr_bound = bool(detector.certified_), detector.fpr_bound_
@@ -112,33 +120,36 @@ def score_record_batch(
         result["fpr_bound"] = fpr_bound  # the (1 - delta) upper bound on the threshold's FPR
         result["neighbours"] = [{"id": rid, "distance": d, "copies": c}
                                 for rid, d, c in zip(ids, dists, copies, strict=True)]
+    if explain > 0 and threshold is not None:
+        flagged = np.flatnonzero(scores > threshold)[:explain]
+        for position, fields in flagged_fields(detector, good_features, rows, flagged,
+                                               n_fields).items():
+            results[good[position]]["fields"] = fields
     return results
+
+
+def flagged_fields(detector: Detector, features: np.ndarray, rows: np.ndarray,
+                   flagged: np.ndarray, n_fields: int) -> dict[int, list[dict[str, Any]]]:
+    """``field_deviations`` of the rows at positions ``flagged`` (``rows``: their search's
+    rows), by position; none when it fails: an explanation never fails the scoring."""
+    if not len(flagged):
+        return {}
+    try:
+        fields = field_deviations(detector, features[flagged], rows[flagged], n_fields)
+    except Exception:
+        log.exception("could not explain %d flagged records", len(flagged))
+        return {}
+    return dict(zip(flagged.tolist(), fields, strict=True))
 
 
 def explain_rows(
     detector: Detector, features: np.ndarray, n_neighbours: int, n_fields: int
 ) -> list[dict[str, Any]]:
-    """Nearest references and the fields that differ most from the k nearest ones.
-
-    A field's deviation is the Euclidean distance, over the field's scaled feature columns,
-    between the record and the column-wise median of its k nearest references: the median
-    is the typical normal neighbour, robust to one odd reference.
-    """
+    """Nearest references and the fields that differ most from the k nearest ones
+    (``field_deviations``)."""
     scores, distances, rows = neighbour_search(detector, features, n_neighbours)
     p_values = detector.calibrator_.p_value(scores)
-    encoder = detector.feature_encoder_
-    # the k nearest *records* of each query: a distinct reference counts as often as taken
-    taken = detector.reference_index_.records_taken(rows, detector.n_neighbors)
-    nearest_records = np.repeat(rows.ravel(), taken.ravel()).reshape(len(rows), -1)
-    typical = np.median(reference_features(detector, nearest_records), axis=1)
-    # per-field Euclidean deviation for every record at once: squared differences summed
-    # over each field's columns (a column -> field membership matrix)
-    field_names = list(encoder.field_columns_)
-    membership = np.zeros((features.shape[1], len(field_names)), dtype=np.float32)
-    for position, columns in enumerate(encoder.field_columns_.values()):
-        membership[columns, position] = 1.0
-    deviations = np.sqrt(((features - typical) ** 2) @ membership)
-    ranked = np.argsort(-deviations, axis=1, kind="stable")[:, :n_fields]
+    fields = field_deviations(detector, features, rows, n_fields)
     ids = neighbour_reference_ids(detector.reference_ids_, rows[:, :n_neighbours])
     counts = detector.reference_index_.counts_[rows[:, :n_neighbours]].tolist()
     explanations = []
@@ -154,13 +165,40 @@ def explain_rows(
                 for distance, rid, copies in zip(
                     distances[i, :n_neighbours], ids[i], counts[i], strict=True)
             ],
-            "fields": [
-                _field_detail(encoder, field_names[j], float(deviations[i, j]), features[i],
-                              typical[i])
-                for j in ranked[i].tolist()
-            ],
+            "fields": fields[i],
         })
     return explanations
+
+
+def field_deviations(
+    detector: Detector, features: np.ndarray, rows: np.ndarray, n_fields: int
+) -> list[list[dict[str, Any]]]:
+    """Per feature row, the ``n_fields`` fields deviating most from its k nearest records.
+
+    ``rows``: the row's nearest distinct references as ``neighbour_search`` returns them (the
+    scoring search's own rows serve: no second search). A field's deviation is the Euclidean
+    distance, over the field's scaled feature columns, between the record and the
+    column-wise median of its k nearest references: the median is the typical normal
+    neighbour, robust to one odd reference.
+    """
+    if not len(features):
+        return []
+    encoder = detector.feature_encoder_
+    # the k nearest *records* of each query: a distinct reference counts as often as taken
+    taken = detector.reference_index_.records_taken(rows, detector.n_neighbors)
+    nearest_records = np.repeat(rows.ravel(), taken.ravel()).reshape(len(rows), -1)
+    typical = np.median(reference_features(detector, nearest_records), axis=1)
+    # per-field Euclidean deviation for every record at once: squared differences summed
+    # over each field's columns (a column -> field membership matrix)
+    field_names = list(encoder.field_columns_)
+    membership = np.zeros((features.shape[1], len(field_names)), dtype=np.float32)
+    for position, columns in enumerate(encoder.field_columns_.values()):
+        membership[columns, position] = 1.0
+    deviations = np.sqrt(((features - typical) ** 2) @ membership)
+    ranked = np.argsort(-deviations, axis=1, kind="stable")[:, :n_fields]
+    return [[_field_detail(encoder, field_names[j], float(deviations[i, j]), features[i],
+                           typical[i]) for j in ranked[i].tolist()]
+            for i in range(len(features))]
 
 
 def _field_detail(

@@ -89,6 +89,51 @@ def test_events_for_flagged_records_only_with_explanations_capped(scored: Any) -
     assert other[0]["event_id"] != first[0]
 
 
+def test_scoring_explains_its_flagged_records_from_its_own_search(
+        scored: Any, alert_redis: Any) -> None:
+    """The worker gets the alert's explanations from the scoring search (no second search):
+    the same fields ``explain`` gives, for the first ``explain_max`` flagged records only, in
+    the events and never in the answers."""
+    from nearwatch.worker.runtime import BatchScorer, LoggedDeadLetters
+
+    detector, records, results = scored
+    explained = detector.score_records(records, 3, explain=4)
+    flagged = [i for i, r in enumerate(results) if r["is_anomaly"]]
+    assert [i for i, r in enumerate(explained) if "fields" in r] == flagged[:4]
+    for i in flagged[:4]:
+        (alone,) = detector.explain([records[i]], n_neighbours=1, n_fields=3)
+        assert explained[i].pop("fields") == alone["fields"]
+    assert explained == results  # nothing else differs
+
+    class Holder:
+        def current(self) -> tuple[str, Any]:
+            return "v0001", detector
+
+    writer = RedisAlertWriter(alert_redis, maxlen=1000, explain_max=2)
+    scorer = BatchScorer(Holder(), LoggedDeadLetters(), alerts=writer)  # type: ignore[arg-type]
+    answers = scorer.score_batch([dict(r) for r in records], delivery="task:x")
+    assert not [a for a in answers if "fields" in a]
+    events = [json.loads(f[b"event"]) for _, f in alert_redis.xrange(ALERTS_STREAM)]
+    assert [e["id"] for e in events] == [records[i]["id"] for i in flagged]
+    assert [e["fields"] for e in events] == [
+        detector.explain([records[i]], n_neighbours=1)[0]["fields"] for i in flagged[:2]
+    ] + [None] * (len(flagged) - 2)
+
+
+def test_a_failing_explanation_never_fails_the_scoring(
+        bundles: tuple[Path, Path], scored: Any, caplog: Any) -> None:
+    from nearwatch.detector import Detector
+
+    _, records, results = scored
+    broken = Detector.load(bundles[0])
+    columns = broken.feature_encoder_.field_columns_  # read by explanations only
+    broken.feature_encoder_.field_columns_ = {name: [10**6] for name in columns}
+    with pytest.raises(IndexError):
+        broken.explain(records[:1])
+    assert broken.score_records(records, 3, explain=4) == results  # scored, not explained
+    assert "could not explain 4 flagged records" in caplog.text
+
+
 def test_writer_one_entry_per_flagged_record_and_failure_never_raises(
         scored: Any, alert_redis: Any) -> None:
     import redis

@@ -291,7 +291,8 @@ def test_numeric_batches_through_a_worker_node(
         first = next(e for e in events if e["id"] == ids[flagged[0]])
         assert first["record"] == {"id": ids[flagged[0]],
                                    **dict(zip(fields, rows[flagged[0]].tolist(), strict=True))}
-        assert len(first["neighbours"]) == 3 and first["fields"]
+        assert len(first["neighbours"]) == 3  # and the fields explain gives, from one search
+        assert first["fields"] == detector.explain([first["record"]], n_neighbours=1)[0]["fields"]
         letters = matrix_redis.xrange("nearwatch:deadletter")
         assert [json.loads(f[b"id"]) for _, f in letters] == ["n11"]
         text = http_get(node.metrics_url) or ""

@@ -106,7 +106,8 @@ def test_json_path_matches_the_parsed_path_and_keeps_json_edge_cases(
 class _FragileDetector:
     """Raises on the whole batch when it contains the record ``boom``."""
 
-    def score_records(self, records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    def score_records(self, records: list[dict[str, Any]], n: int, explain: int = 0
+                      ) -> list[dict[str, Any]]:
         if any(r.get("id") == "boom" for r in records):
             raise RuntimeError("unexpected")
         return [{"index": i, "id": r["id"], "score": 1.0, "p_value": 0.5, "is_anomaly": False,

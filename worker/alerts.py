@@ -26,6 +26,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -49,17 +50,22 @@ MAX_RECORD_CHARS = 8192
 
 def build_events(detector: Detector, version: str, records: list[Any],
                  results: list[dict[str, Any]], explain_max: int, now: float | None = None,
-                 delivery: str | None = None) -> list[dict[str, Any]]:
+                 delivery: str | None = None,
+                 explanations: Mapping[int, Any] | None = None) -> list[dict[str, Any]]:
     """One event per result flagged ``is_anomaly`` (records[i] is the record of results[i]).
 
     ``delivery`` names this batch's delivery (``worker.tasks.delivery_key``): the same on a
-    redelivery of the batch, new when records are sent again. None: a new one per call."""
+    redelivery of the batch, new when records are sent again. None: a new one per call.
+    ``explanations``: the fields of the first ``explain_max`` flagged records by position,
+    as the scoring search gave them (``score_records(explain=...)``); None: explained here."""
     flagged = [i for i, result in enumerate(results) if result.get("is_anomaly") is True]
     if not flagged:
         return []
     explained: list[Any] = [None] * len(flagged)
     chosen = [records[i] for i in flagged[:explain_max]]
-    if chosen:
+    if explanations is not None:
+        explained[:len(chosen)] = [explanations.get(i) for i in flagged[:explain_max]]
+    elif chosen:
         try:
             fields = [e["fields"] for e in detector.explain(chosen, n_neighbours=1, n_fields=3)]
             explained[:len(fields)] = fields
@@ -130,11 +136,12 @@ class RedisAlertWriter:
         self.stream = stream
 
     def emit(self, detector: Detector, version: str, records: list[Any],
-             results: list[dict[str, Any]], delivery: str | None = None) -> int:
+             results: list[dict[str, Any]], delivery: str | None = None,
+             explanations: Mapping[int, Any] | None = None) -> int:
         """Write the events of one scored batch; the number written (0 on failure)."""
         try:
             events = build_events(detector, version, records, results, self.explain_max,
-                                  delivery=delivery)
+                                  delivery=delivery, explanations=explanations)
             if not events:
                 return 0
             pipe = self.client.pipeline(transaction=False)

@@ -49,7 +49,8 @@ def score_matrix_payload(scorer: BatchScorer, payload: Any, delivery: str | None
         return _batch_failed(scorer, payload, rows, f"numeric batch of {rows} rows: {exc}",
                              INVALID_BATCH, version, detector, delivery, started)
     try:
-        scored = score_matrix(detector, batch.matrix)
+        explain = 0 if scorer.alerts is None else scorer.alerts.explain_max
+        scored = score_matrix(detector, batch.matrix, explain=explain)
     except Exception:  # every row answered; the same batch fails the same way next time
         log.exception("scoring failed for a numeric batch of %d rows", len(batch.matrix))
         return _batch_failed(scorer, payload, len(batch.matrix), "internal error while "
@@ -63,7 +64,8 @@ def score_matrix_payload(scorer: BatchScorer, payload: Any, delivery: str | None
         scorer._dead_letter(records[row], dict(results[row]), "invalid_field", version,
                             f"{delivery}#{row}")
     if scorer.alerts is not None:  # flagged rows only: their records are built here
-        scorer.alerts.emit(detector, version, records, results, delivery)  # type: ignore[arg-type]
+        scorer.alerts.emit(detector, version, records, results, delivery,  # type: ignore[arg-type]
+                           scored.fields)
     if scorer.buffer is not None:
         scorer.buffer.write(detector, version, records, results)  # type: ignore[arg-type]
     if scorer.metrics is not None:

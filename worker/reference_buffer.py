@@ -39,6 +39,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 
 from .settings_sections import BufferSettings
@@ -141,10 +142,16 @@ def bucket_capacity(settings: BufferSettings) -> tuple[int, int]:
     return math.ceil(settings.capacity / settings.buckets), settings.max_bytes // settings.buckets
 
 
-def _offered(result: dict[str, Any]) -> bool:
-    p_value = result.get("p_value")
-    return ("error" not in result and isinstance(p_value, int | float)
-            and not isinstance(p_value, bool) and math.isfinite(p_value))
+def _offered_rows(results: list[dict[str, Any]]) -> list[int]:
+    """Positions of the results answered without error with a finite p-value (a float
+    whose difference with itself is 0, or an int; a bool is neither).
+
+    >>> _offered_rows([{"p_value": 0.5}, {"p_value": float("nan")}, {"p_value": True},
+    ...                {"p_value": 1}, {"error": "x", "p_value": 0.5}, {}])
+    [0, 3]
+    """
+    return [i for i, result in enumerate(results) if "error" not in result and (
+        (type(p := result.get("p_value")) is float and p - p == 0.0) or type(p) is int)]
 
 
 class BufferWriter:
@@ -210,23 +217,28 @@ class BufferWriter:
         nearly every record, so the steady-state cost is the counters, not the records.
         """
         args: list[Any] = []
-        offered = skipped = 0
+        skipped = 0
         limit = self.settings.max_record_bytes
         base = self._seen.get(key, 0)
         draw = self.rng.random
+        rows = _offered_rows(results)
+        # the n-th record offered to the bucket enters while it fills, then if floor(u * n)
+        # falls in it: decided for the whole batch at once, so a full bucket costs a draw
+        # per record and no Python loop
+        draws = np.array([draw() for _ in rows])
+        counts = base + np.arange(1, len(rows) + 1)
+        entering = np.flatnonzero((counts <= self.cap) | (np.floor(draws * counts) < self.cap))
         # records[i] is read only for a record that enters (a numeric batch builds it then)
-        for i, result in enumerate(results):
-            if not _offered(result):
-                continue
-            offered += 1
-            u = draw()
-            if base + offered > self.cap and math.floor(u * (base + offered)) >= self.cap:
-                continue
+        for position in entering.tolist():
+            i = rows[position]
             body = dump_json(records[i])
             if len(body) > limit:
                 skipped += 1
                 continue
+            result = results[i]
             head = dump_json({"t": stamp, "p": result["p_value"], "id": result.get("id"),
                               "v": version})
-            args.extend((u, offered, head[:-1] + b',"r":' + body + b"}"))
+            args.extend((float(draws[position]), position + 1,
+                         head[:-1] + b',"r":' + body + b"}"))
+        offered = len(rows)
         return args, offered, skipped

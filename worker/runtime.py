@@ -190,10 +190,9 @@ class BatchScorer:
 
     def score_batch(self, records: list[Any], delivery: str | None = None,
                     producer_refused: Any = None) -> list[dict[str, Any]]:
-        """Records (parsed JSON) → one result dict per record, same order.
-
-        ``delivery`` names this delivery of the batch (``worker.tasks.delivery_key``): a
-        redelivery with the same name writes no second alert event or dead letter."""
+        """Records (parsed JSON) → one result dict per record, same order. ``delivery``
+        names this delivery of the batch (``worker.tasks.delivery_key``): a redelivery with
+        the same name writes no second alert event or dead letter."""
         label: Callable[[int], str] = "record {} of the batch".format
         id_field = getattr(self.holder.current()[1], "id_field", "id")
         refused = prepare_objects(records, id_field, self.limits, label)
@@ -203,9 +202,8 @@ class BatchScorer:
     def score_json(self, lines: list[Any], first_position: int | None = None,
                    delivery: str | None = None, producer_refused: Any = None,
                    labels: Any = None) -> list[str]:
-        """JSON texts → one JSON result text per record, same order.
-
-        The text path of `nearwatch stream` and `nearwatch ingest`: records are parsed here,
+        """JSON texts → one JSON result text per record, same order: the text path of
+        `nearwatch stream` and `nearwatch ingest`: records are parsed here,
         in the pool, and results are serialised here, so the producer does neither.
         ``first_position``: 1-based input position of ``lines[0]``; records without an id
         then get ``"#<position>"`` and errors name the position.
@@ -244,6 +242,7 @@ class BatchScorer:
         version, detector = self.holder.current()
         results: list[dict[str, Any]] = [{} for _ in records]
         reasons: dict[int, str] = {}
+        explanations: dict[int, Any] = {}  # flagged records' fields, from the scoring search
         objects = []
         for i, record in enumerate(records):
             if i in refused:
@@ -270,8 +269,10 @@ class BatchScorer:
                 self._dead_letter(records[i], result, reason, version, f"{delivery}#{i}")
             else:
                 result["model_version"] = version
+                if "fields" in result:  # for the alert event only, not the answer
+                    explanations[i] = result.pop("fields")
         if self.alerts is not None:  # one pipelined write per batch; never raises
-            self.alerts.emit(detector, version, records, results, delivery)
+            self.alerts.emit(detector, version, records, results, delivery, explanations)
         if self.buffer is not None:  # one round trip per batch; never raises
             self.buffer.write(detector, version, records, results)
         if self.metrics is not None:
@@ -281,8 +282,10 @@ class BatchScorer:
 
     def _score_objects(self, detector: Detector, records: list[dict[str, Any]]
                        ) -> list[dict[str, Any]]:
+        explain = 0 if self.alerts is None else self.alerts.explain_max  # from this search
         try:
-            return [_public(r) for r in detector.score_records(records, N_NEIGHBOURS)]
+            scored = detector.score_records(records, N_NEIGHBOURS, explain=explain)
+            return [_public(r) for r in scored]
         except Exception:
             if len(records) <= 1:
                 if not records:
