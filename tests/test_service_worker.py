@@ -133,7 +133,7 @@ def test_kill9_pool_child_mid_batch_loses_nothing(node: WorkerNode, tmp_path: Pa
     # Batches of 2 000 keep the pool busy (each takes a pool process well over 0.1 s, and the
     # client sends them faster than the node scores them), so a kill lands mid-batch.
     batch = 2000
-    proc, records, out = _stream_proc(tmp_path, node, n=40000, batch=batch, timeout=60)
+    proc, records, out = _stream_proc(tmp_path, node, n=80000, batch=batch, timeout=60)
     kills = 0
     try:
         wait_for(lambda: _scored(node) >= before + 1000, 60, "the stream to get going")
@@ -145,7 +145,7 @@ def test_kill9_pool_child_mid_batch_loses_nothing(node: WorkerNode, tmp_path: Pa
             if busy is not None:
                 os.kill(busy, signal.SIGKILL)
                 kills += 1
-                time.sleep(0.5)
+                time.sleep(0.3)
         _assert_exactly_once(proc, records, out)
     finally:
         proc.stop()

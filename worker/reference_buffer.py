@@ -146,12 +146,15 @@ def _offered_rows(results: list[dict[str, Any]]) -> list[int]:
     """Positions of the results answered without error with a finite p-value (a float
     whose difference with itself is 0, or an int; a bool is neither).
 
+    >>> import numpy as np
     >>> _offered_rows([{"p_value": 0.5}, {"p_value": float("nan")}, {"p_value": True},
-    ...                {"p_value": 1}, {"error": "x", "p_value": 0.5}, {}])
-    [0, 3]
+    ...                {"p_value": 1}, {"error": "x", "p_value": 0.5}, {},
+    ...                {"p_value": np.float64(0.2)}])
+    [0, 3, 6]
     """
     return [i for i, result in enumerate(results) if "error" not in result and (
-        (type(p := result.get("p_value")) is float and p - p == 0.0) or type(p) is int)]
+        (isinstance(p := result.get("p_value"), float) and p - p == 0.0)
+        or (isinstance(p, int) and not isinstance(p, bool)))]
 
 
 class BufferWriter:
