@@ -1,7 +1,8 @@
 """The maintenance node: Celery beat and the ``maintenance`` queue in one `nearwatch beat`.
 
 Run exactly one (the beat schedule must fire once; the retraining lock would stop a second
-node from training twice, but its drift checks would be doubled). It is a solo-pool worker
+node from training twice, but its drift checks would be doubled): the node holds a Redis lease
+(``scheduler/lease.py``) and a second one refuses to start. It is a solo-pool worker
 with the beat embedded: retraining, drift checks and feedback never take a scoring process.
 The schedule lives in memory (``celery.beat:Scheduler``): the default persistent scheduler
 keeps a ``shelve`` file, which is pickle; every entry has ``expires`` instead, so runs missed
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from kombu import Queue
@@ -19,7 +22,11 @@ from nearwatch.worker.app import create_app, start_worker
 from nearwatch.worker.names import MAINTENANCE_QUEUE, SCORING_QUEUE
 from nearwatch.worker.settings import Settings
 
+from .lease import BeatLease, LeaseHeld
 from .schedule import beat_schedule
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 log = logging.getLogger("nearwatch.scheduler")
 IN_MEMORY_SCHEDULER = "celery.beat:Scheduler"
@@ -39,19 +46,35 @@ def create_scheduler_app(settings: Settings) -> Celery:
 
 
 def run_beat_node(settings: Settings, loglevel: str | None = None) -> None:
-    """Serve /metrics (retraining, drift, buffer, feedback) and run beat + maintenance."""
-    import prometheus_client
+    """Serve /metrics (retraining, drift, buffer, feedback) and run beat + maintenance,
+    holding the beat lease (``scheduler/lease.py``) throughout: exactly one runs."""
     import redis
+
+    if not settings.redis_url:
+        raise RuntimeError("nearwatch beat needs Redis (NEARWATCH_REDIS_URL): the buffer, "
+                           "the feedback and the retraining lock live there")
+    client = redis.Redis.from_url(settings.redis_url)
+    lease = BeatLease(client, settings.retrain.beat_lease_ttl_s)
+    # a killed beat's lease expires within one TTL: wait that long (and a bit) before refusing
+    lease.acquire(wait_s=1.5 * lease.ttl_s + 1.0)
+    try:
+        _serve(settings, client, loglevel, lease)
+    finally:
+        lease.release()
+    if lease.lost:
+        raise LeaseHeld(f"this beat stopped: its lease {lease.key} was taken by another beat "
+                        f"({lease.taken_by}); run exactly one")
+
+
+def _serve(settings: Settings, client: Redis, loglevel: str | None, lease: BeatLease) -> None:
+    import prometheus_client
     from nearwatch.worker.command_settings import metrics_bind_error
     from prometheus_client import CollectorRegistry
 
     from .metrics import SchedulerCollector
 
-    if not settings.redis_url:
-        raise RuntimeError("nearwatch beat needs Redis (NEARWATCH_REDIS_URL): the buffer, "
-                           "the feedback and the retraining lock live there")
     registry = CollectorRegistry()
-    registry.register(SchedulerCollector(redis.Redis.from_url(settings.redis_url), settings))
+    registry.register(SchedulerCollector(client, settings))
     try:
         server, _ = prometheus_client.start_http_server(
             settings.retrain.metrics_port, addr=settings.metrics_host, registry=registry)
@@ -65,6 +88,8 @@ def run_beat_node(settings: Settings, loglevel: str | None = None) -> None:
                 settings.retrain.drift_check_s)
     app = create_scheduler_app(settings)
     app.set_current()
+    # losing the lease (another beat took it) stops this node like SIGTERM: a warm shutdown
+    lease.keep(on_lost=lambda: os.kill(os.getpid(), signal.SIGTERM))
     start_worker(app, [
         "worker", "--beat", "--scheduler", IN_MEMORY_SCHEDULER,
         "--queues", MAINTENANCE_QUEUE, "--pool", "solo", "--concurrency", "1",

@@ -23,6 +23,7 @@ import pytest
 from nearwatch.detector import Detector
 from nearwatch.detector.store.registry import ModelRegistry
 from nearwatch.detector.synthetic import LABEL_FIELD, generate_records
+from nearwatch.scheduler.lease import LEASE_KEY
 from nearwatch.worker.app import create_app
 from nearwatch.worker.client import ClientOptions, ScoringClient
 from nearwatch.worker.names import FEEDBACK, MAINTENANCE_QUEUE
@@ -212,3 +213,23 @@ def test_killing_a_retraining_mid_way_leaves_the_champion_serving(
         assert registry.current_version() == "v0002"
     finally:
         node.proc.stop()
+
+
+def test_a_second_beat_process_refuses_to_start_naming_the_first(
+        tmp_path: Path, redis_client: Any) -> None:
+    """Exactly one beat (scheduler/lease.py): a second one waits out a lease that a killed
+    beat could have left, then refuses, naming the live one; a clean stop releases it."""
+    registry = champion(tmp_path)
+    env = loop_env(registry.root, NEARWATCH_BEAT_LEASE_TTL_S="2")
+    first = Proc([*CLI, "beat"], env, tmp_path / "beat-1.log")
+    try:
+        wait_for(lambda: "ready." in first.log(), 60, f"the first beat ({first.log_path})")
+        second = subprocess.run([*CLI, "beat"], env=loop_env(registry.root,
+                                NEARWATCH_BEAT_LEASE_TTL_S="2"), cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1, second.stderr[-2000:]
+        assert f"another nearwatch beat holds {LEASE_KEY}" in second.stderr
+        assert f"pid {first.process.pid} " in second.stderr and "Traceback" not in second.stderr
+    finally:
+        assert first.stop() == 0, first.log()[-2000:]
+    assert redis_client.get(LEASE_KEY) is None  # a clean stop releases it

@@ -180,6 +180,7 @@ class Settings:
                 schedule=get("RETRAIN_SCHEDULE", str, retrain.schedule or "") or None,
                 expires_s=get("RETRAIN_EXPIRES_S", float, 0.0) or retrain.expires_s,
                 lock_ttl_s=get("RETRAIN_LOCK_TTL_S", float, retrain.lock_ttl_s),
+                beat_lease_ttl_s=get("BEAT_LEASE_TTL_S", float, retrain.beat_lease_ttl_s),
                 min_records=get("RETRAIN_MIN_RECORDS", int, retrain.min_records),
                 holdout_fraction=get("RETRAIN_HOLDOUT", float, retrain.holdout_fraction),
                 max_flag_rate=get("RETRAIN_MAX_FLAG_RATE", float, retrain.max_flag_rate),

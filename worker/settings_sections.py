@@ -137,9 +137,11 @@ class RetrainSettings:
     # against the larger of that and its bound, so steady traffic is not drift
     drift_baseline_windows: int = 5
     metrics_port: int = 9810  # /metrics of `nearwatch beat`
+    beat_lease_ttl_s: float = 30.0  # exactly one beat: a killed one's lease expires after this
 
     def validate(self) -> None:
         positive = {"RETRAIN_LOCK_TTL_S": self.lock_ttl_s,
+                    "BEAT_LEASE_TTL_S": self.beat_lease_ttl_s,
                     "RETRAIN_MIN_RECORDS": self.min_records,
                     "FEEDBACK_MAX": self.feedback_max, "DRIFT_WINDOW": self.drift_window,
                     "DRIFT_CHECK_S": self.drift_check_s}
