@@ -4,9 +4,9 @@ Run exactly one (the beat schedule must fire once; the retraining lock would sto
 node from training twice, but its drift checks would be doubled): the node holds a Redis lease
 (``scheduler/lease.py``) and a second one refuses to start. It is a solo-pool worker
 with the beat embedded: retraining, drift checks and feedback never take a scoring process.
-The schedule lives in memory (``celery.beat:Scheduler``): the default persistent scheduler
-keeps a ``shelve`` file, which is pickle; every entry has ``expires`` instead, so runs missed
-while the node was down are not replayed.
+The schedule lives in memory (``LeasedScheduler``, a ``celery.beat:Scheduler``): the default
+persistent scheduler keeps a ``shelve`` file, which is pickle; every entry has ``expires``
+instead, so runs missed while the node was down are not replayed.
 """
 
 from __future__ import annotations
@@ -14,22 +14,42 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING
+from typing import Any
 
+import redis
 from celery import Celery
+from celery.beat import Scheduler
 from kombu import Queue
 from nearwatch.worker.app import create_app, start_worker
 from nearwatch.worker.names import MAINTENANCE_QUEUE, SCORING_QUEUE
 from nearwatch.worker.settings import Settings
 
-from .lease import BeatLease, LeaseHeld
+from .lease import BeatLease, LeaseHeld, lease_held
 from .schedule import beat_schedule
 
-if TYPE_CHECKING:
-    from redis import Redis
-
 log = logging.getLogger("nearwatch.scheduler")
-IN_MEMORY_SCHEDULER = "celery.beat:Scheduler"
+IN_MEMORY_SCHEDULER = "nearwatch.scheduler.app:LeasedScheduler"
+LEASE_CONF = "nearwatch_beat_lease"  # app.conf: {"url", "key", "holder"} of the node's lease
+
+
+class LeasedScheduler(Scheduler):
+    """Celery's in-memory scheduler, sending a due entry only while this node holds the beat
+    lease: the beat process Celery forks keeps no renewal of its own, so it asks Redis. A
+    node that lost its lease, or whose main process was killed and left this one behind,
+    sends nothing once another beat holds it or it has expired."""
+
+    _lease_client: redis.Redis | None = None
+
+    def apply_entry(self, entry: Any, producer: Any = None) -> None:
+        lease = self.app.conf.get(LEASE_CONF)
+        if lease is not None:
+            if self._lease_client is None:  # made in this process, not inherited over fork
+                self._lease_client = redis.Redis.from_url(lease["url"])
+            if not lease_held(self._lease_client, lease["key"], lease["holder"]):
+                log.error("not sending %s: this beat does not hold the lease %s", entry.name,
+                          lease["key"])
+                return
+        super().apply_entry(entry, producer)
 
 
 def create_scheduler_app(settings: Settings) -> Celery:
@@ -48,8 +68,6 @@ def create_scheduler_app(settings: Settings) -> Celery:
 def run_beat_node(settings: Settings, loglevel: str | None = None) -> None:
     """Serve /metrics (retraining, drift, buffer, feedback) and run beat + maintenance,
     holding the beat lease (``scheduler/lease.py``) throughout: exactly one runs."""
-    import redis
-
     if not settings.redis_url:
         raise RuntimeError("nearwatch beat needs Redis (NEARWATCH_REDIS_URL): the buffer, "
                            "the feedback and the retraining lock live there")
@@ -66,7 +84,7 @@ def run_beat_node(settings: Settings, loglevel: str | None = None) -> None:
                         f"({lease.taken_by}); run exactly one")
 
 
-def _serve(settings: Settings, client: Redis, loglevel: str | None, lease: BeatLease) -> None:
+def _serve(settings: Settings, client: redis.Redis, loglevel: str | None, lease: BeatLease) -> None:
     import prometheus_client
     from nearwatch.worker.command_settings import metrics_bind_error
     from prometheus_client import CollectorRegistry
@@ -87,6 +105,8 @@ def _serve(settings: Settings, client: Redis, loglevel: str | None, lease: BeatL
                 settings.retrain.schedule or "by hand and on drift only",
                 settings.retrain.drift_check_s)
     app = create_scheduler_app(settings)
+    app.conf.update({LEASE_CONF: {"url": settings.redis_url, "key": lease.key,
+                                  "holder": lease.holder}})
     app.set_current()
     # losing the lease (another beat took it) stops this node like SIGTERM: a warm shutdown
     lease.keep(on_lost=lambda: os.kill(os.getpid(), signal.SIGTERM))

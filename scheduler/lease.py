@@ -7,14 +7,16 @@ the value names its host and process) before it starts, and a thread renews it e
 of its TTL. A beat that finds the lease held waits a little longer than one TTL, so that the
 lease of a beat that was killed expires and the restarted one takes over; a lease still held
 then is renewed by a live beat, and the newcomer refuses to start, naming it. A beat that
-loses its lease (Redis lost the key and another beat took it) stops. Stopping releases the
-lease only if it still holds it (one Lua call).
+loses its lease (another beat took it, or no renewal succeeded for a whole TTL) stops, and its
+scheduler (``scheduler/app.py LeasedScheduler``) checks the lease before every send. Stopping
+releases the lease only if it still holds it (one Lua call).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -23,7 +25,9 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -83,20 +87,25 @@ class BeatLease:
         """Take the lease, waiting up to ``wait_s`` for another holder's to expire;
         ``LeaseHeld`` naming that holder if it is still held then."""
         deadline = time.monotonic() + wait_s
-        waiting = unreachable = False
+        waiting, warned_at = False, -math.inf
         while True:
             try:
                 if self.client.set(self.key, self.holder, nx=True, px=self.ttl_ms):
                     break
                 other = self.current()
-            except RedisError as exc:  # not up yet (a compose start): wait for it, as Celery
-                if not unreachable:
+            except (RedisConnectionError, RedisTimeoutError) as exc:  # not up yet: wait
+                if isinstance(exc, AuthenticationError):
+                    raise RuntimeError(f"cannot take the beat lease {self.key}: {exc}") from exc
+                if time.monotonic() - warned_at >= 60:
                     log.warning("cannot reach Redis to take the beat lease %s (%s: %s): "
                                 "retrying", self.key, type(exc).__name__, exc)
-                    unreachable = True
+                    warned_at = time.monotonic()
                 sleep(1.0)
                 deadline = time.monotonic() + wait_s  # the wait for a holder starts now
                 continue
+            except RedisError as exc:  # refused (a read-only replica, an ACL): say so
+                raise RuntimeError(f"cannot take the beat lease {self.key}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
             if time.monotonic() >= deadline:
                 raise LeaseHeld(
                     f"another nearwatch beat holds {self.key} ({other}) and keeps renewing "
@@ -115,18 +124,21 @@ class BeatLease:
         return bool(self._renew(keys=[self.key], args=[self.holder, self.ttl_ms]))
 
     def keep(self, on_lost: Callable[[], None]) -> threading.Thread:
-        """Renew every third of the TTL from a daemon thread; ``on_lost`` once if it is lost.
-        A Redis error is logged and retried: the lease survives an outage shorter than it."""
+        """Renew every third of the TTL from a daemon thread; ``on_lost`` once if another beat
+        took it, or if no renewal succeeded for a whole TTL (it expired: another may hold it)."""
         def run() -> None:
+            renewed = time.monotonic()
             while not self._stop.wait(self.ttl_s / 3):
                 try:
                     if self.renew():
+                        renewed = time.monotonic()
                         continue
-                except Exception as exc:  # Redis unreachable: try again next period
+                except Exception as exc:  # Redis unreachable, or refusing the script
                     log.warning("could not renew the beat lease %s (%s): %s", self.key,
                                 type(exc).__name__, exc)
-                    continue
-                self.lost = True
+                    if time.monotonic() - renewed < self.ttl_s:
+                        continue  # it has not expired yet: try again next period
+                self.lost = True  # taken, or expired unrenewed: another beat may hold it
                 with contextlib.suppress(RedisError):  # named in the log if Redis says
                     self.taken_by = self.current()
                 log.error("the beat lease %s is held by another beat (%s): stopping this one",
@@ -148,3 +160,13 @@ class BeatLease:
             self._release(keys=[self.key], args=[self.holder])
         except Exception as exc:  # it expires by itself
             log.warning("could not release the beat lease %s: %s", self.key, exc)
+
+
+def lease_held(client: Redis, key: str, holder: str) -> bool:
+    """Whether ``holder`` holds the lease now; False when Redis cannot say."""
+    try:
+        raw = client.get(key)
+    except RedisError as exc:
+        log.warning("cannot read the beat lease %s (%s): sending nothing", key, exc)
+        return False
+    return (raw.decode(errors="replace") if isinstance(raw, bytes) else raw) == holder

@@ -19,7 +19,12 @@ LEASE_DB = "redis://127.0.0.1:6379/9"  # test_drift's database: this module uses
 def client() -> Iterator[Any]:
     import redis
 
-    yield redis.Redis.from_url(LEASE_DB)
+    client = redis.Redis.from_url(LEASE_DB)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379 (make services)")
+    yield client
 
 
 def _lease(client: Any, key: str, ttl_s: float) -> BeatLease:
@@ -73,3 +78,67 @@ def test_a_beat_whose_lease_is_taken_stops_and_release_leaves_the_other(client: 
     assert lost.wait(2.0) and lease.lost and lease.taken_by == "other host pid 1"
     lease.release()
     assert lease.current() == "other host pid 1"  # not ours: left alone
+
+
+def test_a_lease_that_cannot_be_renewed_for_a_ttl_is_lost(client: Any, key: str) -> None:
+    """Redis refusing the renewal script (an ACL without scripting) is no outage to wait
+    out: after one TTL without a renewal the lease may be another beat's, so it is lost."""
+    import redis
+
+    user = f"nearwatch-test-{uuid.uuid4().hex[:8]}"
+    client.acl_setuser(user, enabled=True, passwords=["+secret"], keys=["*"],
+                       commands=["+@all", "-@scripting"])
+    try:
+        limited = redis.Redis.from_url(LEASE_DB, username=user, password="secret")
+        lease = _lease(limited, key, 0.6)
+        lease.acquire(wait_s=0)  # SET NX works for this user; EVALSHA does not
+        lost = threading.Event()
+        started = time.monotonic()
+        lease.keep(on_lost=lost.set)
+        assert lost.wait(3.0) and lease.lost
+        assert time.monotonic() - started >= 0.6  # not before the lease could have expired
+        lease.release()
+    finally:
+        client.acl_deluser(user)
+
+
+def test_a_redis_that_refuses_the_credentials_is_an_error_not_a_wait(key: str) -> None:
+    import redis
+
+    wrong = redis.Redis.from_url(LEASE_DB, username="nobody-here", password="wrong")
+    with pytest.raises(RuntimeError, match="cannot take the beat lease"):
+        _lease(wrong, key, 1.0).acquire(wait_s=0, sleep=lambda _: pytest.fail("waited"))
+
+
+def test_the_scheduler_sends_only_while_its_beat_holds_the_lease(client: Any, key: str
+                                                                 ) -> None:
+    from celery import Celery
+    from celery.beat import ScheduleEntry
+    from nearwatch.scheduler.app import LEASE_CONF, LeasedScheduler
+
+    queue = f"test-beat-lease-{uuid.uuid4().hex[:8]}"
+    app = Celery(broker=LEASE_DB, set_as_current=False)
+    app.conf.update({LEASE_CONF: {"url": LEASE_DB, "key": key, "holder": "this beat"}})
+    scheduler = LeasedScheduler(app=app, lazy=True)
+    entry = ScheduleEntry(name="check", task="nearwatch.drift_check", schedule=60.0, app=app,
+                          options={"queue": queue})
+    try:
+        client.set(key, "this beat")
+        scheduler.apply_entry(entry)
+        assert client.llen(queue) == 1  # sent to the broker
+        client.set(key, "another beat")
+        scheduler.apply_entry(entry)
+        client.delete(key)  # expired, nobody holds it
+        scheduler.apply_entry(entry)
+        assert client.llen(queue) == 1  # neither sent
+    finally:
+        for name in client.scan_iter(f"*{queue}*"):  # the queue and kombu's binding
+            client.delete(name)
+
+
+@pytest.mark.parametrize("ttl", ["0.5", "0", "-3"])
+def test_a_lease_ttl_below_a_second_is_refused(ttl: str) -> None:
+    from nearwatch.worker.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="NEARWATCH_BEAT_LEASE_TTL_S must be at least 1"):
+        Settings.from_env({"NEARWATCH_BEAT_LEASE_TTL_S": ttl})

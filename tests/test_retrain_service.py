@@ -218,7 +218,8 @@ def test_killing_a_retraining_mid_way_leaves_the_champion_serving(
 def test_a_second_beat_process_refuses_to_start_naming_the_first(
         tmp_path: Path, redis_client: Any) -> None:
     """Exactly one beat (scheduler/lease.py): a second one waits out a lease that a killed
-    beat could have left, then refuses, naming the live one; a clean stop releases it."""
+    beat could have left, then refuses, naming the live one; a beat whose lease another takes
+    stops with exit 1; a clean stop releases it."""
     registry = champion(tmp_path)
     env = loop_env(registry.root, NEARWATCH_BEAT_LEASE_TTL_S="2")
     first = Proc([*CLI, "beat"], env, tmp_path / "beat-1.log")
@@ -233,3 +234,11 @@ def test_a_second_beat_process_refuses_to_start_naming_the_first(
     finally:
         assert first.stop() == 0, first.log()[-2000:]
     assert redis_client.get(LEASE_KEY) is None  # a clean stop releases it
+    third = Proc([*CLI, "beat"], env, tmp_path / "beat-3.log")
+    try:
+        wait_for(lambda: "ready." in third.log(), 60, f"the third beat ({third.log_path})")
+        redis_client.set(LEASE_KEY, "intruder")  # another beat took it
+        assert third.process.wait(30) == 1, third.log()[-2000:]
+        assert "taken by another beat (intruder)" in third.log()
+    finally:
+        third.stop()

@@ -140,8 +140,9 @@ class RetrainSettings:
     beat_lease_ttl_s: float = 30.0  # exactly one beat: a killed one's lease expires after this
 
     def validate(self) -> None:
+        if not self.beat_lease_ttl_s >= 1:  # renewed every third of it: not a busy loop
+            raise SettingsError("NEARWATCH_BEAT_LEASE_TTL_S must be at least 1 (seconds)")
         positive = {"RETRAIN_LOCK_TTL_S": self.lock_ttl_s,
-                    "BEAT_LEASE_TTL_S": self.beat_lease_ttl_s,
                     "RETRAIN_MIN_RECORDS": self.min_records,
                     "FEEDBACK_MAX": self.feedback_max, "DRIFT_WINDOW": self.drift_window,
                     "DRIFT_CHECK_S": self.drift_check_s}
