@@ -227,6 +227,30 @@ def test_kill9_whole_node_mid_stream_loses_nothing(node: WorkerNode, tmp_path: P
         other.proc.stop()
 
 
+def test_an_idle_node_follows_a_promotion_without_a_batch(
+        tmp_path: Path, bundles: tuple[Path, Path]) -> None:
+    """Every scoring process loads a promoted model while idle (``ModelHolder.watch``), so
+    /metrics tells what is served before traffic comes: an idle worker used to report the
+    old version (and its threshold, its certification) until its next batch."""
+    from nearwatch.detector.store.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models")
+    first = registry.add(bundles[0], promote=True)
+    idle = start_worker_node(tmp_path, registry.root, "idle", concurrency=2)
+    try:
+        children = sorted(idle.proc.children())
+        second = registry.add(bundles[1], promote=True)
+        wait_for(lambda: {int(pid) for pid in re.findall(
+            rf"serving model {second} \(was {first}\) in process (\d+)", idle.proc.log())}
+            == set(children), 30, f"both idle processes to load {second}")
+        text = http_get(idle.metrics_url) or ""
+        assert metric_value(text, "nearwatch_model_info", f'version="{second}"') == 1
+        assert metric_value(text, "nearwatch_model_info", f'version="{first}"') == 0
+        assert metric_value(text, "nearwatch_records_scored_total") == 0  # no batch did it
+    finally:
+        idle.proc.stop()
+
+
 def test_hot_reload_mid_stream(node: WorkerNode, node_registry: Any,
                                bundles: tuple[Path, Path]) -> None:
     pool_before = sorted(node.proc.children())

@@ -112,7 +112,7 @@ def _init_pool_process(**_: Any) -> None:
 
     if current_app.conf.get(SETTINGS_KEY) is None:
         return  # some other Celery app's pool
-    build_runtime(current_app)
+    build_runtime(current_app, watch=True)
 
 
 @worker_process_shutdown.connect

@@ -244,6 +244,6 @@ def _scoring_process(app: Celery, loglevel: str, run_dir: Path) -> int:
 
     task_received.connect(note_delivery, weak=False)
     task_postrun.connect(lambda **_: trimmer.done.set(), weak=False)
-    build_runtime(app)  # the model is loaded before the first batch
+    build_runtime(app, watch=True)  # the model is loaded before the first batch
     start_worker(app, worker_argv("solo", 1, loglevel))
     return 0

@@ -46,8 +46,10 @@ def scorer_for(app: Celery) -> BatchScorer:
     return scorer if scorer is not None else build_runtime(app)
 
 
-def build_runtime(app: Celery) -> BatchScorer:
-    """Load the current model and wire the scorer of this process (once per process)."""
+def build_runtime(app: Celery, watch: bool = False) -> BatchScorer:
+    """Load the current model and wire the scorer of this process (once per process);
+    ``watch``: also follow the registry pointer while idle (``ModelHolder.watch``), as the
+    scoring processes of a node do."""
     from nearwatch.detector.threads import configure_threads
 
     from .remote_registry import open_registry
@@ -63,6 +65,8 @@ def build_runtime(app: Celery) -> BatchScorer:
         # a directory, or Redis mirrored into the node's cache (NEARWATCH_MODEL_DIR)
         holder = ModelHolder(open_registry(settings), settings.reload_interval, metrics)
         holder.load_initial()
+        if watch:
+            holder.watch()
         dead_letters: DeadLetters
         alerts = buffer = None
         if settings.redis_url:

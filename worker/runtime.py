@@ -1,4 +1,5 @@
-"""What a worker process holds: the serving model (hot-reloaded), dead letters, metrics.
+"""What a worker process holds: the serving model (hot-reloaded, ``model_holder.py``), dead
+letters, metrics.
 
 ``BatchScorer.score_batch`` is the body of the ``nearwatch.score_batch`` task. It is a pure
 function of (records, model) apart from two side effects, both safe to repeat when a batch
@@ -10,17 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nearwatch.detector import BundleError, Detector  # loaded with any detector module
-from nearwatch.detector.store.registry import ModelRegistry
+from nearwatch.detector import Detector  # loaded with any detector module
 
+from .model_holder import ModelHolder
 from .names import DEADLETTER_MAXLEN, DEADLETTER_STREAM
 from .records import (
     answer_id,
@@ -93,84 +92,6 @@ class LoggedDeadLetters:
         log.warning("dead letter (%s): %s", reason, result["error"])
         self.entries.append({"id": result.get("id"), "error": result["error"], "reason": reason})
         return True
-
-
-class ModelHolder:
-    """The serving model; follows the registry's ``CURRENT`` pointer.
-
-    The pointer is read at most once per ``check_interval`` seconds, from the scoring path
-    (so an idle worker does no work). A new version is loaded *before* it replaces the old
-    one: a batch in flight keeps the model it started with, and a bundle that fails
-    verification is refused (logged, counted) while the old model keeps serving.
-    """
-
-    def __init__(self, registry: ModelRegistry, check_interval: float,
-                 metrics: ServiceMetrics | None = None) -> None:
-        self.registry = registry
-        self.check_interval = check_interval
-        self.metrics = metrics
-        self.version: str | None = None
-        self.detector: Detector | None = None
-        self._refused: str | None = None
-        self._checked_at = 0.0
-        self._lock = threading.Lock()
-
-    def load_initial(self) -> bool:
-        """Load the current model; without one (or a refused one) the worker still starts,
-        answers batches with a failure until a model is promoted, then picks it up."""
-        version = None
-        try:
-            version = self.registry.current_version()
-            if version is None:  # nothing promoted yet: waiting is not a refusal
-                log.warning("no model to serve yet: the registry %s has no current model "
-                            "(nearwatch models add BUNDLE_DIR --promote)", self.registry.root)
-                return False
-            detector = self.registry.load(version)
-        except (BundleError, OSError, ValueError) as exc:
-            log.error("no model to serve yet: %s", exc)
-            self._refused = version  # counted once, not again at the next pointer check
-            if self.metrics is not None:  # a pointer or bundle that does not load
-                self.metrics.model_refused()
-            return False
-        self._install(version, detector)
-        return True
-
-    def current(self) -> tuple[str, Detector]:
-        now = time.monotonic()
-        if self.detector is None or now - self._checked_at >= self.check_interval:
-            with self._lock:
-                self._checked_at = now
-                self._follow_pointer()
-        if self.detector is None:
-            raise BundleError(f"no model to serve: the registry {self.registry.root} has no "
-                              "current model that loads (nearwatch models add ... --promote)")
-        return self.version or "", self.detector
-
-    def _follow_pointer(self) -> None:
-        try:
-            wanted = self.registry.current_version()
-        except BundleError as exc:
-            log.error("model registry pointer unreadable, keeping %s: %s", self.version, exc)
-            return
-        if wanted is None or wanted == self.version or wanted == self._refused:
-            return
-        try:
-            detector = self.registry.load(wanted)
-        except (BundleError, OSError, ValueError) as exc:
-            self._refused = wanted
-            log.error("refusing model %s, keeping %s: %s", wanted, self.version, exc)
-            if self.metrics is not None:
-                self.metrics.model_refused()
-            return
-        self._install(wanted, detector)
-
-    def _install(self, version: str, detector: Detector) -> None:
-        previous = self.version
-        self.version, self.detector = version, detector
-        self._refused = None
-        log.info("serving model %s (was %s) in process %d", version, previous, os.getpid())
-        if self.metrics is not None:
-            self.metrics.model_loaded(version, detector)
 
 
 class BatchScorer:
