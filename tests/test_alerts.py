@@ -120,6 +120,47 @@ def test_scoring_explains_its_flagged_records_from_its_own_search(
     ] + [None] * (len(flagged) - 2)
 
 
+def test_a_bisected_batch_explains_the_same_records_and_no_more(
+        scored: Any, alert_redis: Any) -> None:
+    """A batch that raises is halved until the bad record is alone (``_score_objects``); the
+    halves share one allowance of ``explain_max`` explanations, in batch order."""
+    from nearwatch.worker.runtime import BatchScorer, LoggedDeadLetters
+
+    detector, records, results = scored
+    explained: list[int] = []
+
+    class Fragile:  # the real detector, but a batch holding "boom" raises
+        id_field = detector.id_field
+
+        def score_records(self, batch: list[dict[str, Any]], n: int, explain: int = 0
+                          ) -> list[dict[str, Any]]:
+            if any(r.get("id") == "boom" for r in batch):
+                raise RuntimeError("unexpected")
+            answer = detector.score_records(batch, n, explain=explain)
+            explained.append(sum("fields" in r for r in answer))
+            return answer
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(detector, name)
+
+    class Holder:
+        def current(self) -> tuple[str, Any]:
+            return "v0001", Fragile()
+
+    flagged = [i for i, r in enumerate(results) if r["is_anomaly"]]
+    batch = [dict(r) for r in records]
+    batch.insert(len(batch) // 2, {"id": "boom"})
+    scorer = BatchScorer(Holder(), LoggedDeadLetters(),  # type: ignore[arg-type]
+                         alerts=RedisAlertWriter(alert_redis, maxlen=1000, explain_max=4))
+    answers = scorer.score_batch(batch, delivery="task:bisect")
+    assert "internal error" in answers[len(records) // 2]["error"]
+    assert sum(explained) == 4 and len(explained) > 2  # bisected, and no more than allowed
+    events = [json.loads(f[b"event"]) for _, f in alert_redis.xrange(ALERTS_STREAM)]
+    assert [e["fields"] for e in events] == [
+        detector.explain([records[i]], n_neighbours=1)[0]["fields"] for i in flagged[:4]
+    ] + [None] * (len(flagged) - 4)
+
+
 def test_a_failing_explanation_never_fails_the_scoring(
         bundles: tuple[Path, Path], scored: Any, caplog: Any) -> None:
     from nearwatch.detector import Detector

@@ -201,9 +201,12 @@ class BatchScorer:
                                       time.perf_counter() - started)
         return results
 
-    def _score_objects(self, detector: Detector, records: list[dict[str, Any]]
-                       ) -> list[dict[str, Any]]:
-        explain = 0 if self.alerts is None else self.alerts.explain_max  # from this search
+    def _score_objects(self, detector: Detector, records: list[dict[str, Any]],
+                       explain: int | None = None) -> list[dict[str, Any]]:
+        """Results of ``records``; the first ``explain`` flagged ones (default: the alert
+        writer's ``explain_max``) carry their fields, from the scoring search."""
+        if explain is None:
+            explain = 0 if self.alerts is None else self.alerts.explain_max
         try:
             scored = detector.score_records(records, N_NEIGHBOURS, explain=explain)
             return [_public(r) for r in scored]
@@ -214,10 +217,13 @@ class BatchScorer:
                 log.exception("scoring failed for record id %r", records[0].get("id"))
                 return [{"id": records[0].get("id"), "reason": "scoring_failed",
                          "error": "internal error while scoring this record (see worker log)"}]
-        # Isolate the record that breaks the batch: halve until it is found.
+        # Isolate the record that breaks the batch: halve until it is found (the second half
+        # explains only what the first left of the allowance).
         middle = len(records) // 2
-        return (self._score_objects(detector, records[:middle])
-                + self._score_objects(detector, records[middle:]))
+        first = self._score_objects(detector, records[:middle], explain)
+        flagged = sum(1 for result in first if result.get("is_anomaly") is True)
+        return first + self._score_objects(detector, records[middle:],
+                                           max(0, explain - flagged))
 
     def _dead_letter(self, record: Any, result: dict[str, Any], reason: str, version: str,
                      delivery: str) -> None:
