@@ -40,12 +40,20 @@ class LeasedScheduler(Scheduler):
 
     _lease_client: redis.Redis | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parent = os.getppid()  # the node's main process (this one is its beat child)
+
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
         lease = self.app.conf.get(LEASE_CONF)
         if lease is not None:
             if self._lease_client is None:  # made in this process, not inherited over fork
                 self._lease_client = redis.Redis.from_url(lease["url"])
             if not lease_held(self._lease_client, lease["key"], lease["holder"]):
+                if os.getppid() != self._parent:  # orphaned: its node was killed
+                    log.error("the node of this beat process is gone and another holds (or "
+                              "nobody holds) the lease %s: exiting", lease["key"])
+                    os._exit(1)
                 log.error("not sending %s: this beat does not hold the lease %s", entry.name,
                           lease["key"])
                 return

@@ -95,7 +95,8 @@ class BeatLease:
                 other = self.current()
             except (RedisConnectionError, RedisTimeoutError) as exc:  # not up yet: wait
                 if isinstance(exc, AuthenticationError):
-                    raise RuntimeError(f"cannot take the beat lease {self.key}: {exc}") from exc
+                    raise RuntimeError(f"Redis refused the login of NEARWATCH_REDIS_URL: {exc}"
+                                       ) from exc
                 if time.monotonic() - warned_at >= 60:
                     log.warning("cannot reach Redis to take the beat lease %s (%s: %s): "
                                 "retrying", self.key, type(exc).__name__, exc)
@@ -112,7 +113,7 @@ class BeatLease:
                     f"it: run exactly one beat (a killed beat's lease expires "
                     f"{self.ttl_s:g} s after its last renewal, NEARWATCH_BEAT_LEASE_TTL_S)")
             if not waiting:
-                log.warning("another nearwatch beat holds %s (%s): waiting up to %.0f s for "
+                log.warning("another nearwatch beat holds %s (%s): waiting up to %g s for "
                             "it to expire (a beat that was killed leaves it until then)",
                             self.key, other, wait_s)
                 waiting = True

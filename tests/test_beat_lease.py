@@ -106,7 +106,7 @@ def test_a_redis_that_refuses_the_credentials_is_an_error_not_a_wait(key: str) -
     import redis
 
     wrong = redis.Redis.from_url(LEASE_DB, username="nobody-here", password="wrong")
-    with pytest.raises(RuntimeError, match="cannot take the beat lease"):
+    with pytest.raises(RuntimeError, match="Redis refused the login of NEARWATCH_REDIS_URL"):
         _lease(wrong, key, 1.0).acquire(wait_s=0, sleep=lambda _: pytest.fail("waited"))
 
 

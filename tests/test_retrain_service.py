@@ -242,3 +242,29 @@ def test_a_second_beat_process_refuses_to_start_naming_the_first(
         assert "taken by another beat (intruder)" in third.log()
     finally:
         third.stop()
+
+
+def test_a_beat_process_left_behind_by_a_killed_node_exits(
+        tmp_path: Path, redis_client: Any) -> None:
+    """`kill -9` of the node's main process leaves Celery's forked beat process behind; once
+    the lease has expired it sends nothing and exits at its next due entry."""
+    registry = champion(tmp_path)
+    env = loop_env(registry.root, NEARWATCH_BEAT_LEASE_TTL_S="2")  # drift check every 1 s
+    beat = Proc([*CLI, "beat"], env, tmp_path / "beat.log")
+    try:
+        wait_for(lambda: "ready." in beat.log(), 60, f"the beat ({beat.log_path})")
+        (child,) = wait_for(lambda: beat.children() or None, 30, "the beat's forked process")
+        beat.process.kill()  # the main process only
+        beat.process.wait(10)
+
+        def gone() -> bool:
+            try:
+                state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return True
+            return state in ("Z", "X")
+
+        wait_for(gone, 30, f"the orphaned beat process {child} to exit ({beat.log_path})")
+        assert "the node of this beat process is gone" in beat.log()
+    finally:
+        beat.stop()
