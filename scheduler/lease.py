@@ -29,6 +29,8 @@ from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .lock import RELEASE_IF_HELD
+
 if TYPE_CHECKING:
     from redis import Redis
 
@@ -43,12 +45,6 @@ end
 if not held then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -72,7 +68,7 @@ class BeatLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE_IF_HELD)
 
     @property
     def ttl_ms(self) -> int:
@@ -80,8 +76,7 @@ class BeatLease:
 
     def current(self) -> str | None:
         """The holder named by the lease, None when free."""
-        raw = self.client.get(self.key)
-        return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        return _text(self.client.get(self.key))
 
     def acquire(self, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> None:
         """Take the lease, waiting up to ``wait_s`` for another holder's to expire;
@@ -170,4 +165,8 @@ def lease_held(client: Redis, key: str, holder: str) -> bool:
     except RedisError as exc:
         log.warning("cannot read the beat lease %s (%s): sending nothing", key, exc)
         return False
-    return (raw.decode(errors="replace") if isinstance(raw, bytes) else raw) == holder
+    return _text(raw) == holder
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw

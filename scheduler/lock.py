@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from redis import Redis
 
-_RELEASE = """
+# Delete the key only if it still holds ARGV[1] (also the beat lease's release: lease.py).
+RELEASE_IF_HELD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -37,7 +38,7 @@ class SingleFlight:
         self.key = key
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.token: str | None = None
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE_IF_HELD)
 
     def acquire(self) -> str | None:
         token = str(self.client.incr(f"{self.key}:fence"))
