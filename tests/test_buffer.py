@@ -191,7 +191,7 @@ def test_a_full_bucket_is_not_sent_the_records_it_would_reject(client: Any) -> N
     script = writer._script
 
     def counting(keys: list[str], args: list[Any]) -> Any:
-        sent.append((len(args) - 10) // 3)
+        sent.append((len(args) - 11) // 3)  # after the 11 head arguments
         return script(keys=keys, args=args)
 
     writer._script = counting  # type: ignore[assignment]
@@ -234,6 +234,27 @@ def test_drift_counters(client: Any, scored: Any) -> None:
     assert float(counts[b"bound"]) == detector.fpr_bound_
     writer.write(model(bound=None), "v4", *fake_batch(range(3)), now=T0)
     assert not client.exists("nearwatch:drift:counts:v4")
+
+
+def test_a_batch_is_written_once_per_delivery(client: Any, scored: Any) -> None:
+    """A redelivered or resubmitted batch (same delivery) adds nothing to the reservoir or
+    the drift counts; the same records under another delivery are new traffic."""
+    detector, records, results = scored
+    limits = settings(capacity=8000, max_bytes=16 << 20)  # room for every offer
+    writer = BufferWriter(client, limits, delivery_ttl_s=120)
+    flagged = sum(r["is_anomaly"] for r in results)
+    for delivery, offered in (("task:a", 300), ("task:a", 0), ("answers:x@0", 300),
+                              ("answers:x@0", 0), (None, 300), (None, 300)):
+        assert writer.write(detector, "v5", records, results, now=T0,
+                            delivery=delivery) == offered
+    counts = client.hgetall("nearwatch:drift:counts:v5")
+    assert (int(counts[b"scored"]), int(counts[b"flagged"])) == (1200, 4 * flagged)
+    meta = client.hgetall(f"nearwatch:buffer:{record_schema(detector)}:{bucket_of(T0, limits)}"
+                          ":meta")
+    assert int(meta[b"seen"]) == 1200
+    assert buffer_size(client, record_schema(detector), limits, now=T0) == 1200
+    markers = client.keys("nearwatch:buffer:delivery:*")
+    assert len(markers) == 2 and all(90 <= client.ttl(m) <= 120 for m in markers)
 
 
 def test_a_redis_that_is_down_costs_a_logged_failure(caplog: pytest.LogCaptureFixture) -> None:

@@ -207,22 +207,31 @@ def test_ids_none_ids_numpy_ids_a_failing_model_and_no_threshold(
     assert np.isfinite(answer.score).all()
 
 
-def test_a_redelivered_numeric_batch_writes_no_second_dead_letter_or_event(
+def test_a_redelivered_numeric_batch_writes_no_second_dead_letter_event_or_buffer_entry(
         numeric_model: Any, matrix_redis: Any) -> None:
     from nearwatch.worker.alerts import RedisAlertWriter
+    from nearwatch.worker.reference_buffer import BufferWriter
     from nearwatch.worker.runtime import RedisDeadLetters
+    from nearwatch.worker.settings_sections import BufferSettings
 
     _, registry, live, fields = numeric_model
     holder = ModelHolder(registry, 60.0)
     holder.load_initial()
+    version = holder.current()[0]
     scorer = BatchScorer(holder, RedisDeadLetters(matrix_redis), None,
-                         RedisAlertWriter(matrix_redis, 1000, 20))
+                         RedisAlertWriter(matrix_redis, 1000, 20), None,
+                         BufferWriter(matrix_redis, BufferSettings()))
     rows = live[:200].copy()
     rows[5, 1] = np.nan
     payload = encode_matrix(rows, fields, [f"d{i}" for i in range(200)])
     for delivery in ("client@m:tag-1", "client@m:tag-1", "client@m:tag-2"):
         scorer.score_matrix(payload, delivery)
     assert matrix_redis.xlen("nearwatch:deadletter") == 2  # tag-1 once, tag-2 once
+    # the buffer and the drift monitor count tag-1 once, tag-2 once
+    assert int(matrix_redis.hget(f"nearwatch:drift:counts:{version}", "scored")) == 2 * 199
+    seen = [int(matrix_redis.hget(key, "seen"))
+            for key in matrix_redis.keys("nearwatch:buffer:*:meta")]
+    assert seen == [2 * 199]
     event_ids = [json.loads(f[b"event"])["event_id"]
                  for _, f in matrix_redis.xrange("nearwatch:alerts")]
     per_delivery = len(event_ids) // 3

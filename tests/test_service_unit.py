@@ -185,18 +185,27 @@ def test_redis_dead_letters_are_written_once(redis_client: Any) -> None:
 def test_redelivery_writes_nothing_twice_a_record_sent_again_alerts_again(
         registry: ModelRegistry, redis_client: Any) -> None:
     """The helper's repro: the same anomalous record in two batches must alert twice (it
-    was one event for 24 h); the same batch redelivered (same delivery) must not."""
+    was one event for 24 h); the same batch redelivered (same delivery) must not, nor be
+    counted twice by the reference buffer and the drift monitor."""
     from types import SimpleNamespace
 
     from nearwatch.worker.alerts import ALERTS_STREAM, RedisAlertWriter
+    from nearwatch.worker.reference_buffer import BufferWriter
+    from nearwatch.worker.settings_sections import BufferSettings
     from nearwatch.worker.tasks import delivery_key
 
     for key in (ALERTS_STREAM, "nearwatch:deadletter"):
         redis_client.delete(key)
     holder = ModelHolder(registry, check_interval=0.0)
     holder.load_initial()
+    prefix = "nearwatch:test-redelivery"
+    for key in redis_client.keys(f"{prefix}:*"):
+        redis_client.delete(key)
     scorer = BatchScorer(holder, RedisDeadLetters(redis_client),
-                         alerts=RedisAlertWriter(redis_client, maxlen=1000, explain_max=0))
+                         alerts=RedisAlertWriter(redis_client, maxlen=1000, explain_max=0),
+                         buffer=BufferWriter(redis_client, BufferSettings(), prefix=prefix,
+                                             drift_prefix=f"{prefix}:drift"))
+    counts = f"{prefix}:drift:counts:{holder.current()[0]}"
     spiked = dict(stream_records_for_test(1)[0], id="spike", latency_ms=1e7, cpu_pct=100.0)
     batch = [spiked, dict(spiked, id="bad", latency_ms="slow")]
     task = SimpleNamespace(request=SimpleNamespace(id="t-1"))
@@ -214,9 +223,11 @@ def test_redelivery_writes_nothing_twice_a_record_sent_again_alerts_again(
                 for _, f in redis_client.xrange(ALERTS_STREAM)]
 
     assert len(set(event_ids())) == 1 and redis_client.xlen("nearwatch:deadletter") == 1
+    assert int(redis_client.hget(counts, "scored")) == 1  # the bad record is not scored
     scorer.score_batch(batch, delivery="task:t-2")  # the same records, sent again
     scorer.score_batch(batch)  # called directly: a new delivery each time
     assert len(set(event_ids())) == 3 and redis_client.xlen("nearwatch:deadletter") == 3
+    assert int(redis_client.hget(counts, "scored")) == 3
 
 
 @pytest.fixture()

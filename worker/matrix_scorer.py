@@ -67,7 +67,8 @@ def score_matrix_payload(scorer: BatchScorer, payload: Any, delivery: str | None
         scorer.alerts.emit(detector, version, records, results, delivery,  # type: ignore[arg-type]
                            scored.fields)
     if scorer.buffer is not None:
-        scorer.buffer.write(detector, version, records, results)  # type: ignore[arg-type]
+        scorer.buffer.write(detector, version, records, results,  # type: ignore[arg-type]
+                            delivery=delivery)
     if scorer.metrics is not None:
         scorer.metrics.batch_scored(results, ["invalid_field"] * len(errors),
                                     time.perf_counter() - started)

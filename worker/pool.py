@@ -81,9 +81,13 @@ def build_runtime(app: Celery, watch: bool = False) -> BatchScorer:
                 alerts = RedisAlertWriter(client, settings.alerts.maxlen,
                                           settings.alerts.explain_max, metrics)
             if settings.buffer.enabled:
-                from .reference_buffer import BufferWriter
+                from .reference_buffer import DELIVERY_TTL_S, BufferWriter
 
-                buffer = BufferWriter(client, settings.buffer, metrics)
+                # a batch's marker outlives its redeliveries and resubmissions
+                repeats_within = max(settings.visibility_timeout,
+                                     settings.batch_timeout * settings.max_attempts)
+                buffer = BufferWriter(client, settings.buffer, metrics,
+                                      delivery_ttl_s=max(DELIVERY_TTL_S, 2 * repeats_within))
         else:
             dead_letters = LoggedDeadLetters()
         scorer = BatchScorer(holder, dead_letters, metrics, alerts, settings.limits, buffer)

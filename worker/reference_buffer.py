@@ -27,6 +27,11 @@ rejects).
 The same script counts, for the drift monitor, the records scored and flagged per model
 version (``{drift_prefix}:counts:{version}``: ``scored``, ``flagged``, ``bound`` =
 ``fpr_bound_``) when the model has an FPR bound; the monitor reads and deletes the hash.
+
+A batch is written once per ``delivery`` (``worker.tasks.delivery_key``: the same for a broker
+redelivery and for a producer's resubmission): the script first sets
+``{prefix}:delivery:{digest}`` (``SET NX``, expiring after ``delivery_ttl_s``), and a batch
+whose marker is already there adds nothing to the reservoir or the drift counts.
 """
 
 from __future__ import annotations
@@ -53,12 +58,20 @@ log = logging.getLogger("nearwatch.buffer")
 BUFFER_PREFIX = "nearwatch:buffer"
 DRIFT_PREFIX = "nearwatch:drift"
 CURRENT_SCHEMA = "current-schema"  # {prefix}:current-schema: the last written record schema
+# How long a batch's delivery marker is kept: redeliveries come within the broker's visibility
+# timeout, resubmissions within the producer's attempts (the pool passes both, doubled).
+DELIVERY_TTL_S = 3600.0
 
-# KEYS: list, meta hash, drift hash, current-schema key. ARGV: cap, byte budget, ttl,
-# skipped (echoed back), drift on (1/0), scored, flagged, bound, record schema, records offered,
-# then (u, position in the batch, entry) triples, u uniform in [0, 1).
+# KEYS: list, meta hash, drift hash, current-schema key, delivery marker. ARGV: cap, byte
+# budget, ttl, skipped (echoed back), drift on (1/0), scored, flagged, bound, record schema,
+# records offered, the marker's ttl (0: no marker), then (u, position in the batch, entry)
+# triples, u uniform in [0, 1). A batch whose marker is already set was written by an earlier
+# delivery: nothing is counted twice (seen = -1 says so).
 _WRITE_SCRIPT = """
 local cap, budget, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if ARGV[11] ~= '0' and not redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[11]) then
+  return {0, tonumber(ARGV[4]), -1}
+end
 redis.call('SET', KEYS[4], ARGV[9])
 if ARGV[5] == '1' then
   redis.call('HINCRBY', KEYS[3], 'scored', ARGV[6])
@@ -69,7 +82,7 @@ local meta = redis.call('HMGET', KEYS[2], 'seen', 'bytes')
 local base, bytes = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
 local len = redis.call('LLEN', KEYS[1])
 local kept = 0
-for i = 11, #ARGV, 3 do
+for i = 12, #ARGV, 3 do
   local entry = ARGV[i + 2]
   local size = string.len(entry)
   if len < cap and bytes + size <= budget then
@@ -162,7 +175,8 @@ class BufferWriter:
 
     def __init__(self, client: Redis, settings: BufferSettings, metrics: Any | None = None,
                  prefix: str = BUFFER_PREFIX, drift_prefix: str = DRIFT_PREFIX,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 delivery_ttl_s: float = DELIVERY_TTL_S) -> None:
         self.client = client
         self.settings = settings
         self.metrics = metrics
@@ -171,14 +185,17 @@ class BufferWriter:
         self.rng = rng or random.Random()  # the reservoir's draws (seeded in tests)
         self.cap, self.budget = bucket_capacity(settings)
         self.ttl = math.ceil(settings.window_s + settings.bucket_s)
+        self.delivery_ttl = max(1, math.ceil(delivery_ttl_s))
         self._script = client.register_script(_WRITE_SCRIPT)
         self._seen: dict[str, int] = {}  # bucket key -> its count as last read
         self._schema: tuple[Any, str] | None = None  # (detector, its record schema)
 
     def write(self, detector: Detector, version: str, records: list[Any],
-              results: list[dict[str, Any]], now: float | None = None) -> int:
+              results: list[dict[str, Any]], now: float | None = None,
+              delivery: str | None = None) -> int:
         """Offer the batch's records to the buffer (records[i] is the record of results[i]);
-        the number offered, 0 on failure or for an empty batch."""
+        the number offered, 0 on failure, for an empty batch or for a ``delivery`` already
+        written (None: the batch is not deduplicated)."""
         if not results:
             return 0
         try:
@@ -195,10 +212,14 @@ class BufferWriter:
             flagged = sum(1 for r in results if r.get("is_anomaly") is True)
             head = [self.cap, self.budget, self.ttl, skipped, 0 if bound is None else 1,
                     scored, flagged, repr(float(bound)) if bound is not None else "", schema,
-                    offered]
+                    offered, 0 if delivery is None else self.delivery_ttl]
+            marker = f"{self.prefix}:delivery:" + hashlib.sha1(
+                (delivery or "").encode()).hexdigest()[:24]
             _, _, seen = self._script(
                 keys=[key, f"{key}:meta", f"{self.drift_prefix}:counts:{version}",
-                      f"{self.prefix}:{CURRENT_SCHEMA}"], args=head + args)
+                      f"{self.prefix}:{CURRENT_SCHEMA}", marker], args=head + args)
+            if int(seen) < 0:  # an earlier delivery of this batch was written
+                return 0
             self._seen = {key: int(seen)}  # only the current bucket's count is needed
         except Exception as exc:  # scoring goes on: the buffer only feeds retraining
             log.error("could not write the reference buffer (%s): %s", type(exc).__name__, exc)

@@ -2,8 +2,10 @@
 letters, metrics.
 
 ``BatchScorer.score_batch`` is the body of the ``nearwatch.score_batch`` task. It is a pure
-function of (records, model) apart from two side effects, both safe to repeat when a batch
-is redelivered: metrics (counted per delivery) and dead letters (deduplicated per record).
+function of (records, model) apart from side effects that are safe to repeat when a batch is
+redelivered: metrics (counted per delivery), dead letters (deduplicated per record), alert
+events (the same ``event_id``) and the reference buffer with its drift counts (written once
+per delivery).
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ class BatchScorer:
         if self.alerts is not None:  # one pipelined write per batch; never raises
             self.alerts.emit(detector, version, records, results, delivery, explanations)
         if self.buffer is not None:  # one round trip per batch; never raises
-            self.buffer.write(detector, version, records, results)
+            self.buffer.write(detector, version, records, results, delivery=delivery)
         if self.metrics is not None:
             self.metrics.batch_scored(results, list(reasons.values()),
                                       time.perf_counter() - started)

@@ -3,9 +3,10 @@
 ``nearwatch.score_batch`` runs with ``acks_late`` + ``reject_on_worker_lost``: the broker
 message is acknowledged only after the answer is stored, and a batch whose process died is
 requeued. Re-running is safe: scoring is a pure function of (records, model), and alert
-events and dead letters are keyed by the batch's delivery (``delivery_key``), so a
-redelivered batch gives the same answers and writes no second event or dead letter, while
-the same records sent again by a producer are new events.
+events, dead letters and the reference buffer's writes (with the drift counts) are keyed by
+the batch's delivery (``delivery_key``), so a redelivered batch gives the same answers and
+writes no second event, dead letter or buffer entry, while the same records sent again by a
+producer are new ones.
 
 With ``answer_key`` (what ``ScoringClient`` sends when it has Redis), the answer is pushed
 onto that Redis list (``worker/answers.py``) before the message is acknowledged and the task
