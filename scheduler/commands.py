@@ -35,13 +35,16 @@ def _redis(settings: Settings) -> Any:
     return client
 
 
+_CONFIG_HELP = "TOML file whose [retrain] table overrides the retraining settings."
+
+
 @click.command("beat")
 @click.option("--schedule", default=None,
               help="Retraining schedule: 3600, 30m, 6h, 1d or a cron line (UTC); default "
                    "NEARWATCH_RETRAIN_SCHEDULE; none: by hand and on drift only.")
 @click.option("--config", "config_path", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="TOML file whose [retrain] table overrides the retraining settings.")
+              help=_CONFIG_HELP)
 @click.option("--loglevel", default=None, help="Celery log level (default NEARWATCH_LOG_LEVEL).")
 def beat_command(schedule: str | None, config_path: Path | None, loglevel: str | None) -> None:
     """The maintenance node (run exactly one): beat schedule, retraining, drift, feedback."""
@@ -62,14 +65,25 @@ def beat_command(schedule: str | None, config_path: Path | None, loglevel: str |
 
 
 @click.command("retrain")
+@click.option("--config", "config_path", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help=_CONFIG_HELP + " Give the beat's file, so that a hand run judges as the "
+                   "scheduled ones do.")
 @click.option("--trigger", default="manual", show_default=True, hidden=True)
-def retrain_command(trigger: str) -> None:
+def retrain_command(config_path: Path | None, trigger: str) -> None:
     """Run one retraining now and print its decision and figures (exit 1 if it failed)."""
     from nearwatch.worker.remote_registry import registry_session
 
     from .retrain import retrain_once
+    from .schedule import settings_from_file
 
     settings = cli_settings()
+    if config_path is not None:
+        try:
+            settings = dataclasses.replace(
+                settings, retrain=settings_from_file(config_path, settings.retrain))
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from exc
     client = _redis(settings)
 
     def stop(signum: int, _frame: Any) -> None:  # SIGTERM (a stopped job, kubectl exec)

@@ -145,6 +145,34 @@ def test_retrain_failure_is_logged_without_a_traceback(
     assert retrain.log.filters == []  # the command leaves the logger as it found it
 
 
+def test_a_hand_retrain_takes_the_beats_config_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`retrain --config` applies the same [retrain] table as `beat --config`, so a hand run
+    judges with the gate margins and minimum the scheduled runs use."""
+    from nearwatch.scheduler import retrain
+
+    seen: list[Settings] = []
+
+    def recording_retrain(client: Any, registry: ModelRegistry, settings: Settings,
+                          trigger: str) -> retrain.RetrainResult:
+        seen.append(settings)
+        return retrain.RetrainResult("skipped", trigger, reasons=["recorded"])
+
+    monkeypatch.setattr("nearwatch.scheduler.commands._redis", lambda settings: object())
+    monkeypatch.setattr(retrain, "retrain_once", recording_retrain)
+    config = tmp_path / "retrain.toml"
+    config.write_text("[retrain]\nmin_records = 123\nauroc_margin = 0.02\n")
+    for args in ((), ("--config", str(config))):
+        result = _run("retrain", *args, NEARWATCH_MODEL_DIR=str(tmp_path))
+        assert result.exit_code == 0, result.output
+    assert [(s.retrain.min_records, s.retrain.auroc_margin) for s in seen] == [
+        (2000, 0.01), (123, 0.02)]
+    config.write_text("[retrain]\nmin_record = 5\n")
+    out = _one_line_error(_run("retrain", "--config", str(config),
+                               NEARWATCH_MODEL_DIR=str(tmp_path)))
+    assert "unknown [retrain] keys ['min_record']" in out and len(seen) == 2
+
+
 def test_feedback_refuses_nan_before_reaching_redis() -> None:
     out = _one_line_error(_run("feedback", "--id", "1", "--label", "normal",
                                "--record", '{"latency_ms": NaN}'))
