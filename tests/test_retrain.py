@@ -406,7 +406,9 @@ def test_prune_keeps_the_current_version_and_the_rollback_targets(tmp_path: Path
         assert store.versions() == ["v0005", "v0006", "v0007", "v0008"]
         assert store.current_version() == "v0008"
         assert store.rollback() == "v0006" and store.rollback() == "v0005"
-        assert store.prune(keep=1, protect_recent=3) == ["v0006", "v0007", "v0008"]
+        # the newest version stays, though rolled back from: only older ones go
+        assert store.prune(keep=1, protect_recent=3) == ["v0006", "v0007"]
+        assert store.versions() == ["v0005", "v0008"] and store.current_version() == "v0005"
     assert not [k for k in redis_client.scan_iter("nearwatch:models:v0001*")]
     assert not (registry.root / "v0001").exists()
     assert not [p for p in registry.root.iterdir() if p.name.startswith(".removing")]

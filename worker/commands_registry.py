@@ -114,7 +114,8 @@ def models_rollback() -> None:
 @click.option("--keep", required=True, type=click.IntRange(min=1),
               help="Versions to keep (the current one and the last 5 promotions always stay).")
 def models_prune(keep: int) -> None:
-    """Remove the oldest versions beyond --keep (retraining does this after each run)."""
+    """Remove the versions older than the newest --keep (retraining does this after each
+    run); the current one and the last 5 promotions stay whatever their age."""
     from .remote_registry import location_of, registry_session
 
     with registry_session(cli_settings()) as registry:

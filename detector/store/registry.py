@@ -201,17 +201,18 @@ class ModelRegistry:
         return [e for e in entries if isinstance(e, dict) and "version" in e]
 
     def prune(self, keep: int, protect_recent: int = 5) -> builtins.list[str]:
-        """Remove the oldest versions beyond ``keep`` (0: keep all); never the current one
-        nor the last ``protect_recent`` promotions (what ``rollback`` goes back to). Returns
-        the versions removed. Retraining adds a version per run: this bounds the registry."""
+        """Remove the versions older than the newest ``keep`` (0: keep all); never the
+        current one nor the last ``protect_recent`` promotions (what ``rollback`` goes back
+        to), which stay beside the newest ``keep``: a version just rolled back from is newer
+        than the current one and stays too. Returns the versions removed. Retraining adds a
+        version per run: this bounds the registry to ``keep + protect_recent + 1``."""
         if keep <= 0:
             return []
         with self._history_lock():
             protected = {self.current_version(),
                          *(str(h["version"]) for h in self.history()[-protect_recent:])}
             versions = self.versions()
-            removable = [v for v in versions if v not in protected]
-            doomed = removable[:max(0, len(versions) - keep)]
+            doomed = [v for v in versions[:max(0, len(versions) - keep)] if v not in protected]
             for version in doomed:
                 self.remove(version)
         return doomed
