@@ -52,6 +52,13 @@ class CalibrationError(NearwatchError, ValueError):
     """Too few calibration records to certify the requested false-positive rate."""
 
 
+# The advice of CalibrationError and CalibrationWarning names Python arguments: the CLI
+# replaces these sentences with its flags (worker/commands_model.py).
+STRICT_ADVICE = ("raise alpha or delta, pass alpha=None for scores and p-values only, or "
+                 "strict=False for an uncertified threshold.")
+UNCERTIFIED_ADVICE = "Pass strict=True to raise CalibrationError instead."
+
+
 class BundleError(NearwatchError, ValueError):
     """A model bundle is missing, tampered with, truncated or of an unknown format."""
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from .calibration import required_calibration_size
 from .embedding.supervision import parse_row
-from .errors import CalibrationError
+from .errors import STRICT_ADVICE, UNCERTIFIED_ADVICE, CalibrationError
 from .features.schema import FeatureEncoder
 from .index import KINDS
 from .io import take_rows
@@ -199,8 +199,7 @@ def calibration_split(
             f"alpha={alpha} with delta={delta} needs at least {needed} "
             f"calibration records, i.e. at least {2 * needed} normal training records "
             f"(calibration uses at most half of them); got {n}. Provide more normal "
-            "records, raise alpha or delta, pass alpha=None for scores and p-values only, "
-            "or strict=False for an uncertified threshold."
+            f"records, {STRICT_ADVICE}"
         )
     if n - n_calibration < n_neighbors:
         raise ValueError(
@@ -282,8 +281,7 @@ def uncertified_message(
         f"confidence {1 - delta:g}: that needs at least {2 * needed} normal records "
         f"({needed} for calibration, which uses at most half). The threshold is the largest "
         f"of the {n_calibration} calibration scores; its false-positive rate is certified only "
-        f"up to fpr_bound_={fpr_bound:.4g} and certified_ is False. Pass strict=True to raise "
-        "CalibrationError instead."
+        f"up to fpr_bound_={fpr_bound:.4g} and certified_ is False. {UNCERTIFIED_ADVICE}"
     )
 
 

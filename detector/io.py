@@ -14,11 +14,12 @@ answer it with an error instead of silently dropping it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ class UnreadableRecord:
 
     line: int
     reason: str
+    record_id: Any = None  # the record's id, where it had a valid one (a refused record)
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,7 @@ def read_records(path: str | Path, label_field: str | None = None,
             features = matrix if matrix.dtype == np.float32 else matrix.astype(np.float64)
             labels = np.asarray(archive["y"]).astype(bool) if "y" in archive else None
         return RecordFile(features, labels)
-    # surrogateescape: bytes that are not UTF-8 survive decoding and are refused per line.
-    with file_path.open(newline="", encoding="utf-8", errors="surrogateescape") as stream:
+    with text_lines(file_path.open("rb")) as stream:
         records = list(iter_csv(stream) if suffix == ".csv"
                        else iter_jsonl(stream, max_line_bytes))
     labels = None
@@ -78,28 +79,48 @@ def read_records(path: str | Path, label_field: str | None = None,
     return RecordFile(records, labels)
 
 
+def text_lines(binary: IO[bytes]) -> io.TextIOWrapper:
+    """``binary`` as text lines, split as every reader here splits them (`score`, `train`,
+    `stream`): at ``\\n``, ``\\r\\n`` or a lone ``\\r``; bytes that are not UTF-8 survive
+    decoding (surrogateescape) so that their line alone is refused (``utf8_problem``)."""
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def numbered_lines(stream: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of the non-blank lines of ``text_lines`` (or a file opened with
+    ``newline=""``): a leading byte-order mark and the line ending removed."""
+    for line_number, line in enumerate(stream, start=1):
+        if line.startswith("\ufeff"):
+            line = line[1:]
+        if line.strip():
+            yield line_number, line.rstrip("\r\n")
+
+
 def iter_jsonl(stream: Iterable[str], max_line_bytes: int | None = None) -> Iterator[Any]:
     """Records of JSON lines; blank lines are skipped and not counted, so "record n" (as
     `stream` and the scoring errors number records) is the n-th non-blank line, and an
     unreadable line's error gives its line number too."""
-    record_number = 0
-    for line_number, line in enumerate(stream, start=1):
-        if line_number == 1 and line.startswith("\ufeff"):
-            line = line[1:]  # a byte-order mark
-        if not line.strip():
-            continue
-        record_number += 1
+    for record_number, (line_number, line) in enumerate(numbered_lines(stream), start=1):
         where = f"record {record_number} (line {line_number})"
         problem = _line_problem(line, max_line_bytes)
         if problem:
             yield UnreadableRecord(line_number, f"{where} {problem}")
             continue
         try:
-            yield json.loads(line.rstrip("\r\n"))  # error positions within the line
+            yield json.loads(line)
         except (ValueError, RecursionError) as exc:
             reason = "is nested too deep" if isinstance(exc, RecursionError) else \
-                f"is not valid JSON: {str(exc)[:200]}"
+                f"is not valid JSON: {json_problem(exc)[:200]}"
             yield UnreadableRecord(line_number, f"{where} {reason}")
+
+
+def json_problem(exc: ValueError) -> str:
+    """A JSON parser's error for one line, without its "line 1" (the caller names the input
+    line, which is another number): the column, and a line only when the text has several."""
+    if not isinstance(exc, json.JSONDecodeError):  # orjson's error is a JSONDecodeError too
+        return str(exc)
+    where = f"line {exc.lineno} column {exc.colno}" if exc.lineno > 1 else f"column {exc.colno}"
+    return f"{exc.msg}: {where}"
 
 
 def iter_csv(stream: Iterable[str]) -> Iterator[dict[str, Any] | UnreadableRecord]:
@@ -122,7 +143,7 @@ def iter_csv(stream: Iterable[str]) -> Iterator[dict[str, Any] | UnreadableRecor
             yield UnreadableRecord(reader.line_num, f"line {reader.line_num} is not valid "
                                    f"CSV: {exc}")
             continue
-        problem = _cell_problem("\x00".join(row))
+        problem = utf8_problem("\x00".join(row))
         if header is None:
             if problem:
                 raise ValueError(f"CSV header {problem}")
@@ -147,10 +168,10 @@ def _line_problem(line: str, max_bytes: int | None) -> str:
     if max_bytes is not None and len(line) > max_bytes // 4 \
             and len(line.encode("utf-8", "surrogateescape")) > max_bytes:
         return f"exceeds the limit of {max_bytes} bytes"
-    return _cell_problem(line)
+    return utf8_problem(line)
 
 
-def _cell_problem(text: str) -> str:
+def utf8_problem(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a surrogate escape: the input was not UTF-8

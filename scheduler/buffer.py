@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nearwatch.buffer")
 
 GOLDEN_KEY = "nearwatch:golden"
+# the labelled anomalies of the golden file: hard negatives and the gate's labelled checks
+GOLDEN_ANOMALIES_KEY = "nearwatch:golden:anomalies"
 _CHUNK = 1_000  # values per RPUSH when pinning the golden set
 
 

@@ -38,6 +38,9 @@ def _redis(settings: Settings) -> Any:
 _CONFIG_HELP = "TOML file whose [retrain] table overrides the retraining settings."
 
 
+MAX_GOLDEN_ANOMALIES = 1_000  # known anomalies pinned from a golden file (a sample beyond)
+
+
 @click.command("beat")
 @click.option("--schedule", default=None,
               help="Retraining schedule: 3600, 30m, 6h, 1d or a cron line (UTC); default "
@@ -169,13 +172,14 @@ def feedback_command(record_id: str, label: str, record_json: str | None) -> Non
               help="Sample size (default NEARWATCH_GOLDEN_RECORDS).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--label-field", default=None,
-              help="Ground-truth field (1/true = anomaly): labelled anomalies are not pinned.")
+              help="Ground-truth field (1/true = anomaly): labelled anomalies are pinned apart, "
+                   "as known anomalies for every retraining (hard negatives and the gate).")
 def golden_command(data_path: Path, capacity: int | None, seed: int,
                    label_field: str | None) -> None:
     """Pin a sample of the original training data beside the buffer (replaces the last)."""
     from nearwatch.detector.io import read_records
 
-    from .buffer import pin_golden
+    from .buffer import GOLDEN_ANOMALIES_KEY, pin_golden
 
     settings = cli_settings()
     try:
@@ -183,7 +187,7 @@ def golden_command(data_path: Path, capacity: int | None, seed: int,
         records = _golden_records(data.records, data_path)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    skipped = ""
+    anomalies: list[dict[str, Any]] = []
     if label_field is not None:  # pinned records train every retraining as normal
         if not any(label_field in record for record in records):  # a typo pins them all
             raise click.BadParameter(f"no record in {data_path} has a field {label_field!r}",
@@ -193,11 +197,15 @@ def golden_command(data_path: Path, capacity: int | None, seed: int,
         if not normal:  # pinning nothing would delete the golden set
             raise click.ClickException(f"{data_path}: every record is labelled an anomaly "
                                        f"({label_field}): nothing to pin")
-        skipped = f" ({len(records) - len(normal)} labelled anomalies skipped)"
+        anomalies = [r for r, anomaly in zip(records, data.labels, strict=True) if anomaly]
         records = normal
-    pinned = pin_golden(_redis(settings), records, capacity or settings.buffer.golden_records,
-                        seed)
-    click.echo(f"pinned {pinned} golden records of {len(records)} from {data_path}{skipped}")
+    client = _redis(settings)
+    pinned = pin_golden(client, records, capacity or settings.buffer.golden_records, seed)
+    # replaced too (emptied without labels): the anomalies belong to this golden file
+    known = pin_golden(client, anomalies, MAX_GOLDEN_ANOMALIES, seed, GOLDEN_ANOMALIES_KEY)
+    click.echo(f"pinned {pinned} golden records of {len(records)} from {data_path}"
+               + (f" and {known} labelled anomalies (hard negatives and the retraining "
+                  f"gate's labelled checks)" if known else ""))
 
 
 def _golden_records(records: Any, data_path: Path) -> list[dict[str, Any]]:

@@ -9,12 +9,12 @@
 3. the buffer is shuffled and split: a held-out part (half calibrates the challenger, half is
    the gate window) and the training part, of which only records with
    ``p_value >= min_p`` become references. Half the golden records calibrate when that is
-   enough (``_split_golden``), else the held-out records the champion did not flag (all of
+   enough (``scheduler/golden.py``), else the held-out records the champion did not flag (all of
    them would put the stream's anomalies among the calibration scores: recall at threshold
    0.74 -> 0.16). Records with an anomaly verdict are removed everywhere;
 4. a challenger with the champion's parameters (α, δ, k, encoder, ...) is fitted on training
    + golden records (golden share ``golden_fraction``) + records labelled normal, with
-   records labelled anomalous as known anomalies (hard negatives), and a false positive's
+   labelled anomalies (verdicts, the golden file's) as hard negatives, and a false positive's
    nearest normal references as positive pairs when the encoder learns;
 5. the gate (``scheduler/gate.py``) compares challenger and champion; the challenger is
    added to the registry either way, with the decision and every figure beside it, and
@@ -43,6 +43,7 @@ from . import fields as usable
 from .buffer import BufferEntry, buffer_pace, golden_records, read_buffer
 from .feedback import FeedbackStore, Verdict, canonical_id, split_labelled
 from .gate import GateMargins, judge
+from .golden import golden_anomalies, split_golden
 from .lock import LockLost, SingleFlight
 
 if TYPE_CHECKING:
@@ -105,8 +106,8 @@ def retrain_once(client: Redis, registry: ModelRegistry, settings: Settings,
             log.exception("could not release the retraining lock")
         result.duration_s = time.perf_counter() - started
         _account(client, registry, result)
-    log.warning("retraining (%s): %s %s %s", trigger, result.outcome, result.version or "",
-                "; ".join(result.reasons))
+    log.warning("retraining (%s): %s", trigger, " ".join(filter(None, (
+        result.outcome, result.version, "; ".join(result.reasons)))))
     return result
 
 
@@ -134,7 +135,7 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
     normal_ids = {_id_key(v.record_id) for v in given if v.label == "normal"} - {None}
     called_normal = [_id_key(e.record_id) in normal_ids for e in shuffled[n_held // 2: n_held]]
     training = [e for e in shuffled[n_held:] if e.p_value >= settings.buffer.min_p]
-    golden_calibration, golden = _split_golden(usable.readable_records(
+    golden_calibration, golden = split_golden(usable.readable_records(
         champion, golden_records(client), "golden", result.figures), champion, rng)
     if golden_calibration:  # clean normals the operator pinned: no champion in the loop
         calibration = golden_calibration
@@ -164,6 +165,8 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
             f"pin {8 * needed} golden records (`nearwatch golden`)")
         return
     trained_on, judged_on = split_labelled([v for v in verdicts if v.label == "anomaly"])
+    golden_trained, golden_judged = golden_anomalies(client, champion, result.figures)
+    trained_on, judged_on = trained_on + golden_trained, judged_on + golden_judged
     kept = [v for v in verdicts if v.label == "normal"] + trained_on
     references, pairs, anomalies = _training_set(golden, champion, training, kept,
                                                  settings, result.figures)
@@ -197,23 +200,6 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
         result.figures["pruned"] = registry.prune(settings.retrain.keep_versions)
     except Exception:
         log.exception("could not prune the model registry")
-
-
-def _split_golden(golden: list[Any], champion: Detector, rng: np.random.Generator
-                  ) -> tuple[list[Any], list[Any]]:
-    """(calibration, the rest): half the golden records when that half holds 4 times what
-    certifies alpha (fewer give a loose threshold: recall 0.93 -> 0.57 with 500 at 0.01).
-    Traffic the champion did not flag lacks the normal tail it flags, and each promotion
-    cut it again (realised FPR 0.0036 -> 0.0179 over eight at alpha = 0.01)."""
-    from nearwatch.detector.calibration import required_calibration_size
-
-    if champion.alpha is None or not golden:
-        return [], golden
-    half = len(golden) // 2
-    if half < 4 * required_calibration_size(champion.alpha, champion.delta):
-        return [], golden
-    order = rng.permutation(len(golden)).tolist()
-    return [golden[i] for i in order[:half]], [golden[i] for i in order[half:]]
 
 
 def _training_set(golden: list[Any], champion: Detector, training: list[BufferEntry],

@@ -116,9 +116,64 @@ def test_npz_float64_values_keep_their_precision(workdir: Path) -> None:
 def test_train_with_too_few_records_is_a_clear_error_when_strict(workdir: Path) -> None:
     _invoke("generate", "--out", str(workdir / "small.jsonl"), "--n", "100")
     result = CliRunner().invoke(main, ["train", "--data", str(workdir / "small.jsonl"),
-                                       "--out", str(workdir / "small-model"), "--strict"])
+                                       "--out", str(workdir / "small-model"), "--strict",
+                                       "--encoder", "identity"])
     assert result.exit_code != 0
     assert "299 calibration records" in result.output
+    # the CLI's advice names its flags, not the Python arguments (alpha=None, strict=False)
+    assert "raise --alpha or --delta, or train without --strict (--allow-uncertified" in \
+        result.output
+    assert "strict=False" not in result.output and "alpha=None" not in result.output
+    warned = CliRunner().invoke(main, ["train", "--data", str(workdir / "small.jsonl"),
+                                       "--out", str(workdir / "small-model"),
+                                       "--encoder", "identity"])
+    assert warned.exit_code == 0, warned.output
+    assert "certified_ is False. Pass --strict to refuse instead." in warned.stderr
+    assert "strict=True" not in warned.output
+    # library users keep the Python names
+    from nearwatch.detector import Detector
+    from nearwatch.detector.errors import CalibrationError
+
+    records = [json.loads(line) for line in (workdir / "small.jsonl").read_text().splitlines()]
+    with pytest.raises(CalibrationError, match="or strict=False for an uncertified threshold"):
+        Detector(strict=True, encoder="identity").fit(records)
+
+
+def test_train_options_use_the_python_names(workdir: Path) -> None:
+    """`--n-neighbors`/`--random-state` are the documented spellings (the README deprecates
+    `k` and `seed`); `--k`/`--seed` still work."""
+    from nearwatch.detector import Detector
+
+    help_text = _invoke("train", "--help")
+    assert "--n-neighbors" in help_text and "--random-state" in help_text
+    data = str(workdir / "small.jsonl")
+    _invoke("generate", "--out", data, "--n", "100")
+    for args, n_neighbors, random_state in ((["--n-neighbors", "3", "--random-state", "4"], 3, 4),
+                                            (["--k", "2", "--seed", "6"], 2, 6)):
+        out = workdir / f"model-k{n_neighbors}"
+        _invoke("train", "--data", data, "--out", str(out), "--encoder", "identity", *args)
+        params = Detector.load(out).get_params()
+        assert (params["n_neighbors"], params["random_state"]) == (n_neighbors, random_state)
+
+
+def test_score_errors_keep_ids_and_say_where_stdout_went(workdir: Path) -> None:
+    fields = {f"k{i}": i for i in range(8)}
+    (workdir / "limits.jsonl").write_text("\n".join([
+        json.dumps({"id": "manyfields", **fields}), json.dumps({"id": "deep", "x": [[[1]]]}),
+        "", "{bad"]) + "\n")
+    result = CliRunner().invoke(main, ["score", "--model", str(workdir / "model"), "--data",
+                                       str(workdir / "limits.jsonl"), "--out", "-"],
+                                env={"NEARWATCH_RECORD_MAX_FIELDS": "5",
+                                     "NEARWATCH_RECORD_MAX_DEPTH": "2"})
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    # a record beyond a limit is still named by its (valid) id
+    assert [a["id"] for a in answers] == ["manyfields", "deep", None]
+    assert answers[0]["error"] == "record 1: record has 9 fields, more than the limit of 5"
+    # one line number: the input line, then the column (not the decoder's "line 1")
+    assert answers[2]["error"] == ("record 3 (line 4) is not valid JSON: Expecting property "
+                                   "name enclosed in double quotes: column 2")
+    assert result.exit_code == 1
+    assert "every record of" in result.stderr and "(see the output above)" in result.stderr
 
 
 def test_console_script_is_installed() -> None:
@@ -139,6 +194,26 @@ def test_bad_training_record_is_named(workdir: Path) -> None:
     assert result.exit_code != 0
     assert "'r0000017'" in result.output and "field 'cpu_pct'" in result.output
     assert "record 17 " in result.output  # its position in the file, not in the split
+
+
+def test_train_never_takes_the_anomalies_the_retraining_gate_judges_on(workdir: Path) -> None:
+    """`--known-anomalies` takes labelled anomalies from the half that retraining trains on
+    only: the other half (``held_out_for_judging``) judges challengers against this model."""
+    from nearwatch.detector import Detector
+    from nearwatch.detector.held_out import held_out_for_judging
+
+    data = workdir / "labelled.jsonl"
+    _invoke("generate", "--out", str(data), "--n", "1500", "--anomaly-rate", "0.02")
+    labelled = [r for r in map(json.loads, data.read_text().splitlines()) if r["is_anomaly"]]
+    judged = sum(held_out_for_judging(r) for r in labelled)
+    assert 0 < judged < len(labelled) == 30
+    result = CliRunner().invoke(main, [
+        "train", "--data", str(data), "--out", str(workdir / "known"), "--encoder", "identity",
+        "--label-field", "is_anomaly", "--known-anomalies", "100"])
+    assert result.exit_code == 0, result.output
+    assert (f"{30 - judged} known anomalies, {judged} held out for the retraining gate"
+            in result.output)
+    assert Detector.load(workdir / "known").n_known_anomalies_ == 30 - judged
 
 
 def _fails(*args: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -205,13 +206,17 @@ def _labelled(path: Path) -> Path:
     return path
 
 
-def test_golden_does_not_pin_labelled_anomalies(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    pinned: list[dict[str, Any]] = []
+def test_golden_pins_labelled_anomalies_apart(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labelled anomalies never join the normal golden records: they are pinned under their
+    own key (known anomalies for retraining), which a file without labels empties."""
+    from nearwatch.scheduler.buffer import GOLDEN_ANOMALIES_KEY, GOLDEN_KEY
+
+    pinned: dict[str, list[dict[str, Any]]] = {}
 
     def pin_golden(client: Any, records: list[dict[str, Any]], capacity: int,
-                   seed: int = 0) -> int:
-        pinned.extend(records)
+                   seed: int = 0, key: str = GOLDEN_KEY) -> int:
+        pinned[key] = list(records)
         return len(records)
 
     monkeypatch.setattr("nearwatch.scheduler.commands._redis", lambda settings: object())
@@ -219,9 +224,14 @@ def test_golden_does_not_pin_labelled_anomalies(tmp_path: Path,
     data = _labelled(tmp_path / "train.jsonl")
     result = _run("golden", "--data", str(data), "--label-field", "is_anomaly")
     assert result.exit_code == 0, result.output
-    assert [r["id"] for r in pinned] == [0, 2, 4]
+    assert [r["id"] for r in pinned[GOLDEN_KEY]] == [0, 2, 4]
+    assert [r["id"] for r in pinned[GOLDEN_ANOMALIES_KEY]] == [1, 3]
     assert "pinned 3 golden records of 3" in result.output
-    assert "(2 labelled anomalies skipped)" in result.output
+    assert "and 2 labelled anomalies" in result.output
+    result = _run("golden", "--data", str(data))
+    assert result.exit_code == 0 and pinned[GOLDEN_ANOMALIES_KEY] == [], result.output
+    assert "pinned 5 golden records of 5" in result.output
+    assert "labelled anomalies" not in result.output
     # a label field no record has would pin every anomaly: the option is refused
     out = _one_line_error(_run("golden", "--data", str(data), "--label-field", "nosuch"), 2)
     assert "no record in" in out and "has a field 'nosuch'" in out
@@ -405,3 +415,68 @@ def test_alerts_on_a_database_redis_refuses_is_one_line(tmp_path: Path) -> None:
                                NEARWATCH_REDIS_URL="redis://127.0.0.1:6379/99",
                                NEARWATCH_ALERT_METRICS_PORT="0"))
     assert "refused the alert stream: DB index is out of range" in out, out
+
+
+def test_stream_out_dash_writes_stdout(tmp_path: Path) -> None:
+    """`stream --out -` wrote a file named `-`; `-` is stdout, as for `score --out -`. No
+    worker answers (memory broker): every record gets its `unanswered` error, on stdout, and
+    an error naming a record by its position names its input line too."""
+    (tmp_path / "in.jsonl").write_text('{"id": 1}\n\n{"x": 2}\n')
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEARWATCH_")}
+    environ.update({"NEARWATCH_BROKER_URL": "memory://", "NEARWATCH_MAX_ATTEMPTS": "1"})
+    done = subprocess.run([sys.executable, "-m", "nearwatch.cli", "stream", "--data", "in.jsonl",
+                           "--out", "-", "--timeout", "0.2"], cwd=tmp_path, env=environ,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr  # records went unanswered
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["id"] for a in answers] == [1, "#2"]
+    assert answers[1]["error"].startswith("record #2 (line 3): unanswered after 1 attempt(s)")
+    assert "2 unanswered" in done.stderr and not (tmp_path / "-").exists()
+    help_text = CliRunner().invoke(main, ["stream", "--help"]).output
+    assert "- for stdout" in help_text
+
+
+def test_unknown_nearwatch_variables_are_warned_of_with_the_closest_name(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """NEARWATCH_BATCH_MAX_ATTEMPTS=2 (the docs' table read so) was ignored without a word."""
+    caplog.set_level(logging.WARNING, logger="nearwatch.settings")
+    result = _run("score", "--model", str(tmp_path), "--data", __file__, "--out", "-",
+                  NEARWATCH_BATCH_MAX_ATTEMPTS="2", NEARWATCH_XYZZY="1",
+                  NEARWATCH_MAX_ATTEMPTS="2", NEARWATCH_BUFFER_BUCKETS="12")
+    _one_line_error(result)  # no bundle there: the warnings come first, at startup
+    warned = [r.getMessage() for r in caplog.records if r.name == "nearwatch.settings"]
+    assert [r.levelname for r in caplog.records if r.name == "nearwatch.settings"] == \
+        ["WARNING"] * len(warned)
+    assert "NEARWATCH_BATCH_MAX_ATTEMPTS is not a nearwatch setting (did you mean " \
+        "NEARWATCH_MAX_ATTEMPTS?); ignored" in warned
+    assert "NEARWATCH_XYZZY is not a nearwatch setting; ignored" in warned
+    assert not [m for m in warned if m.startswith(("NEARWATCH_MAX_ATTEMPTS ",
+                                                    "NEARWATCH_BUFFER_BUCKETS ",
+                                                    "NEARWATCH_REDIS_URL "))]
+
+
+def test_every_nearwatch_variable_named_in_docs_or_code_is_a_setting() -> None:
+    """The unknown-variable warning must never fire on a real setting: every NEARWATCH_* name
+    the docs, the code or the deploy files mention is one ``Settings.from_env`` reads."""
+    from nearwatch.worker.command_settings import setting_names, unknown_settings
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *(p for folder in ("docs", "worker", "scheduler", "detector",
+                                                    "deploy", "nearwatch")
+                                   for p in (root / folder).rglob("*") if p.is_file())]
+    mentioned: dict[str, str] = {}
+    for path in files:
+        text = path.read_text(errors="ignore")
+        for name in re.findall(r"NEARWATCH_[A-Z0-9_]*[A-Z0-9]", text):
+            mentioned.setdefault(name, str(path.relative_to(root)))
+    known = setting_names()
+    typo = "NEARWATCH_BATCH_MAX_ATTEMPTS"  # docs/SERVICE.md's example of the warning
+    assert typo in mentioned and typo not in known
+    assert {n: where for n, where in mentioned.items() if n not in known | {typo}} == {}
+    table = re.findall(r"^\| `(NEARWATCH_[^|]*)\|", (root / "docs" / "SERVICE.md").read_text(),
+                       re.MULTILINE)
+    assert len(table) > 40 and not [row for row in table if "`_" in row]  # full names only
+    # and the recording of what from_env reads misses none of its reads
+    settings_py = (root / "worker" / "settings.py").read_text()
+    assert {f"NEARWATCH_{n}" for n in re.findall(r'\bget\("([A-Z0-9_]+)"', settings_py)} <= known
+    assert unknown_settings({name: "1" for name in known}) == []

@@ -267,3 +267,35 @@ def test_limits_are_settings() -> None:
                                   "NEARWATCH_LINGER_MS": "2", "NEARWATCH_OUTAGE_DEADLINE": "9"})
     assert settings.limits.max_bytes == 100 and settings.limits.max_error_chars == 50
     assert settings.linger_ms == 2 and settings.outage_deadline == 9
+
+
+def test_records_beyond_a_limit_keep_their_id_in_answer_and_dead_letter(
+        tmp_path: Path, bundles: tuple[Path, Path]) -> None:
+    """A record refused for its fields or nesting was answered and dead-lettered with id null;
+    a valid top-level id is known once it is parsed, so both carry it."""
+    scorer = _scorer(tmp_path, bundles[0])
+    fields = ", ".join(f'"k{i}": {i}' for i in range(LIMITS.max_fields + 5))
+    lines = ['{"id": "manyfields", ' + fields + "}",
+             '{"id": 7, "x": ' + "[" * 6 + "]" * 6 + "}",
+             '{"id": ' + str(2**70) + ", " + fields + "}",  # orjson reads it as a float
+             '{"id": NaN, ' + fields + "}",  # no valid id: null, as before
+             '{"id": "#9", "load": 1}']  # a reserved id is still refused under its id
+    answers = [_strict(text) for text in scorer.score_json(lines, 1)]
+    assert [a["id"] for a in answers] == ["manyfields", 7, 2**70, None, "#9"]
+    assert answers[0]["error"] == (f"record #1: record has {LIMITS.max_fields + 6} fields, "
+                                   f"more than the limit of {LIMITS.max_fields}")
+    assert answers[1]["error"] == "record #2: record nested deeper than 4 levels"
+    letters = list(scorer.dead_letters.entries)  # type: ignore[attr-defined]
+    assert [e["id"] for e in letters[-5:]] == ["manyfields", 7, 2**70, None, "#9"]
+    # the parsed path did so already; the text path now answers alike
+    (parsed,) = scorer.score_batch([json.loads(lines[0])])
+    assert parsed["id"] == answers[0]["id"]
+
+
+def test_json_errors_give_the_column_not_a_second_line_number() -> None:
+    with pytest.raises(RecordRefused) as caught:
+        parse_record("{bad", LIMITS)
+    assert str(caught.value) == ("not valid JSON: Expecting property name enclosed in double "
+                                 "quotes: column 2")
+    with pytest.raises(RecordRefused, match=r"line 2 column 4$"):
+        parse_record('{"a":\n 1,}', LIMITS)  # a record text of several lines (ingest)

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from nearwatch.detector import Detector
+from nearwatch.detector.held_out import held_out_for_judging
 from nearwatch.detector.store.registry import ModelRegistry
 from nearwatch.detector.synthetic import LABEL_FIELD, generate_records
-from nearwatch.scheduler.buffer import pin_golden
+from nearwatch.scheduler.buffer import GOLDEN_ANOMALIES_KEY, pin_golden
 from nearwatch.scheduler.feedback import FeedbackStore
 from nearwatch.scheduler.lock import SingleFlight
 from nearwatch.scheduler.retrain import LOCK_KEY, OUTCOMES_KEY, retrain_once
@@ -101,11 +102,13 @@ def test_normal_traffic_promotes_and_records_the_decision(tmp_path: Path,
     assert json.loads(shown.output)["retraining"]["outcome"] == "promoted"
 
 
-@pytest.mark.parametrize("encoder", ["identity", "auto"])
+@pytest.mark.parametrize(("encoder", "labels"), [("identity", "feedback"), ("auto", "feedback"),
+                                                 ("identity", "golden")])
 def test_a_poisoned_challenger_is_rejected_and_the_champion_keeps_serving(
-        tmp_path: Path, redis_client: Any, encoder: str) -> None:
+        tmp_path: Path, redis_client: Any, encoder: str, labels: str) -> None:
     """With the learned encoder ("auto") the confirmed anomalies also train the challenger:
-    the gate judges it on the ones it did not train on (it would pass on the others)."""
+    the gate judges it on the ones it did not train on (it would pass on the others). The
+    labelled anomalies of a golden file (``golden --label-field``) judge it the same way."""
     registry, champion, _ = champion_registry(tmp_path, encoder=encoder)
     settings = make_settings(registry.root)
     normal = generate_records(5000, anomaly_rate=0.0, seed=8)
@@ -114,9 +117,12 @@ def test_a_poisoned_challenger_is_rejected_and_the_champion_keeps_serving(
     # the champion catches this kind: the analyst confirmed twenty of them
     labelled, poison = attack[:20], attack[20:]
     assert champion.predict(labelled).mean() > 0.5
-    store = FeedbackStore(redis_client, 1000)
-    for record in labelled:
-        store.put(record["id"], "anomaly", record)
+    if labels == "golden":  # half train the challenger, half judge it
+        pin_golden(redis_client, labelled, 1000, key=GOLDEN_ANOMALIES_KEY)
+    else:
+        store = FeedbackStore(redis_client, 1000)
+        for record in labelled:
+            store.put(record["id"], "anomaly", record)
     # ... but the buffer was poisoned: the same kind of records, passed off as normal
     serve(redis_client, settings, champion, "v0001", normal)
     serve(redis_client, settings, champion, "v0001", poison, p_value=0.9)
@@ -125,6 +131,12 @@ def test_a_poisoned_challenger_is_rejected_and_the_champion_keeps_serving(
 
     assert result.outcome == "rejected", result.figures
     assert any("labelled anomalies fell" in reason for reason in result.reasons)
+    if labels == "golden":
+        judged = [r for r in labelled if held_out_for_judging(r)]
+        assert 0 < len(judged) < len(labelled)
+        assert result.figures["golden_anomalies_judged"] == len(judged)
+        assert result.figures["golden_anomalies_trained"] == len(labelled) - len(judged)
+        assert result.figures["gate_labelled_held_out"] == len(judged)
     assert result.figures["challenger_recall"] < result.figures["champion_recall"]
     assert registry.current_version() == "v0001"  # the champion serves
     assert registry.versions() == ["v0001", "v0002"]  # the challenger is kept, for inspection

@@ -305,6 +305,50 @@ def test_stream_path_assigns_ids_and_answers_bad_lines(registry: ModelRegistry,
     assert (summary.records, summary.errors) == (4, 2)
 
 
+def test_stream_errors_name_the_line_and_lines_split_as_score_splits_them(
+        registry: ModelRegistry, tmp_path: Path) -> None:
+    """`stream` said `record #1: not valid JSON` where `score` said `record 1 (line 3)`; and a
+    file with CR line endings was one record to `stream`, two to `score`."""
+    from nearwatch.detector.io import read_records
+    from nearwatch.worker.stream import LineNumbers, read_input, stream_records
+
+    scorer = _scorer(registry)
+
+    class _LocalClient:  # the worker's text path, without a broker
+        options = ClientOptions(batch_size=2)
+        stats = type("S", (), {"unanswered": 0})()
+
+        def score_json_batches(self, batches: Any) -> Any:
+            for batch, first in batches:
+                yield scorer.score_json(batch, first)
+
+    def streamed(data: bytes) -> list[dict[str, Any]]:
+        path = tmp_path / "in.jsonl"
+        path.write_bytes(data)
+        numbers, out = LineNumbers(), io.StringIO()
+        stream_records(_LocalClient(), read_input(str(path), line_numbers=numbers), out,  # type: ignore[arg-type]
+                       line_numbers=numbers)
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
+    (bad,) = streamed(b"\n\n{bad\n")
+    assert bad["error"] == ("record #1 (line 3): not valid JSON: Expecting property name "
+                            "enclosed in double quotes: column 2")
+    good = json.dumps(stream_records_for_test(1)[0]).encode()
+    results = streamed(b"\n".join([b"{bad", b"", good, b"", b"", b"[1]", b"\xff{}", good]))
+    assert [r.get("error", "")[:20] for r in results] == [
+        "record #1 (line 1): ", "", "record #3 (line 6): ", "record #4 (line 7): ", ""]
+    refused = list(read_input(str(tmp_path / "in.jsonl")))[3]  # the producer answers it
+    assert str(refused) == "not valid UTF-8 (character 0)" and refused.text == b"\xff{}"
+    # one reader of lines: LF, CRLF and a lone CR end a line for `stream` as for `score`
+    for data in (b'{"a": 1}\r{"a": 2}\r', b'{"a": 1}\r\n\r\n{"a": 2}', b'{"a": 1}\n{"a": 2}\n'):
+        path = tmp_path / "endings.jsonl"
+        path.write_bytes(data)
+        assert list(read_input(str(path))) == ['{"a": 1}', '{"a": 2}'], data
+        assert read_records(path).records == [{"a": 1}, {"a": 2}], data
+    assert [r.get("error", "")[:19] for r in streamed(b"{bad\r\r" + good + b"\r[1]\r")] == [
+        "record #1 (line 1):", "", "record #3 (line 4):"]
+
+
 def test_ingest_leaves_unanswered_entries_pending_then_reclaims(redis_client: Any) -> None:
     from nearwatch.worker.client import Unanswered
     from nearwatch.worker.ingest import IngestOptions, StreamIngest

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import warnings
@@ -11,7 +10,13 @@ from typing import Any
 
 import click
 import numpy as np
-from nearwatch.detector.io import UnreadableRecord, iter_jsonl, read_records, take_rows
+from nearwatch.detector.io import (
+    UnreadableRecord,
+    iter_jsonl,
+    read_records,
+    take_rows,
+    text_lines,
+)
 
 from .command_settings import cli_settings
 from .records import truncate
@@ -53,12 +58,17 @@ def generate_command(
 @click.option("--class-field", default=None,
               help="Class of each normal record (e.g. service): supervised metric learning.")
 @click.option("--known-anomalies", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Use up to N labelled anomalies as hard negatives (needs --label-field).")
+              help="Use up to N labelled anomalies as hard negatives (needs --label-field); "
+                   "taken from the half that retraining trains on, never from the half its "
+                   "gate judges on (detector/held_out.py).")
 @click.option("--id-field", default="id", show_default=True)
 @click.option("--encoder", default="auto", show_default=True,
               type=click.Choice(["auto", "identity", "metric"]))
-@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--n-neighbors", "--k", "n_neighbors", default=5, show_default=True,
+              type=click.IntRange(min=1),
+              help="Nearest normal references a score is computed from (--k: old name).")
+@click.option("--random-state", "--seed", "random_state", default=0, show_default=True,
+              type=int, help="Seed of the training run (--seed: old name).")
 @click.option("--strict/--allow-uncertified", default=False, show_default=True,
               help="Refuse too few normal records to certify --alpha/--delta, or (default) "
                    "train anyway with the tightest threshold they allow, warn, and report "
@@ -68,12 +78,13 @@ def generate_command(
               help="Declared schema (JSON) instead of inferring it.")
 def train_command(
     data_path: Path, out_dir: Path, alpha: float, delta: float, label_field: str | None,
-    class_field: str | None, known_anomalies: int, id_field: str, encoder: str, k: int,
-    seed: int, strict: bool, schema_path: Path | None,
+    class_field: str | None, known_anomalies: int, id_field: str, encoder: str,
+    n_neighbors: int, random_state: int, strict: bool, schema_path: Path | None,
 ) -> None:
     """Train a detector on normal records and save it as a verified bundle."""
     from nearwatch.detector import Detector
     from nearwatch.detector.errors import CalibrationWarning
+    from nearwatch.detector.held_out import held_out_for_judging
     from nearwatch.detector.store.bundle import check_bundle_target
     from nearwatch.detector.threads import configure_threads
 
@@ -98,14 +109,20 @@ def train_command(
     if len(normal_rows) == 0:
         raise click.ClickException(f"{data_path}: no normal records to train on" + (
             f" (all {len(records)} are labelled anomalies)" if len(records) else ""))
-    anomaly_rows = np.flatnonzero(is_anomaly)[:known_anomalies]
+    labelled_rows = np.flatnonzero(is_anomaly)
+    # the other half judges challengers (`golden --label-field`): no model may train on it
+    trainable = [i for i in labelled_rows.tolist()
+                 if not held_out_for_judging(records[i], id_field)]
+    anomaly_rows = np.array(trainable[:known_anomalies], dtype=np.int64)
+    held_out = f", {len(labelled_rows) - len(trainable)} held out for the retraining gate" \
+        if known_anomalies else ""
     normals = take_rows(records, normal_rows)
     labels = None
     if class_field is not None:
         labels = [r.get(class_field) for r in normals]
     detector = Detector(
-        n_neighbors=k, alpha=alpha, delta=delta, id_field=id_field, encoder=encoder,
-        random_state=seed, strict=strict,
+        n_neighbors=n_neighbors, alpha=alpha, delta=delta, id_field=id_field, encoder=encoder,
+        random_state=random_state, strict=strict,
         label_fields=tuple(f for f in (label_field, class_field) if f),
         schema=schema, progress=True,
     )
@@ -116,10 +133,10 @@ def train_command(
             warnings.simplefilter("always", CalibrationWarning)
             detector.fit(normals, labels=labels, anomalies=anomalies)
     except ValueError as exc:  # every library error is a ValueError with a clear message
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_cli_advice(str(exc))) from exc
     for warning in caught:
         if issubclass(warning.category, CalibrationWarning):
-            click.echo(f"warning: {warning.message}", err=True)
+            click.echo(f"warning: {_cli_advice(str(warning.message))}", err=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)
@@ -131,7 +148,7 @@ def train_command(
         raise click.ClickException(f"cannot write the model to {out_dir}: {exc}") from exc
     click.echo(
         f"trained on {len(normal_rows)} normal records ({detector.training_mode_}, "
-        f"{len(anomaly_rows)} known anomalies): {detector.n_reference_} references, "
+        f"{len(anomaly_rows)} known anomalies{held_out}): {detector.n_reference_} references, "
         f"threshold {detector.threshold_:.4g} (target FPR {alpha}; certified_="
         f"{detector.certified_}: FPR <= {detector.fpr_bound_:.4g} with probability "
         f"{1 - delta:.2f}{'' if detector.certified_ else ', too few normal records'}); "
@@ -207,7 +224,19 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
     )
     if counts["records"] and counts["errors"] == counts["records"]:
         # nothing could be scored (a wrong file, another model's records): not a success
-        raise click.ClickException(f"every record of {data_path} is an error (see {out_path})")
+        where = "the output above" if to_stdout else out_path
+        raise click.ClickException(f"every record of {data_path} is an error (see {where})")
+
+
+def _cli_advice(message: str) -> str:
+    """A library message that advises Python arguments, advising the flags of `train` instead
+    (the CLI cannot train without a threshold, as ``alpha=None`` does)."""
+    from nearwatch.detector.errors import STRICT_ADVICE, UNCERTIFIED_ADVICE
+
+    return message.replace(STRICT_ADVICE, "raise --alpha or --delta, or train without --strict "
+                           "(--allow-uncertified, the default) for an uncertified threshold."
+                           ).replace(
+        UNCERTIFIED_ADVICE, "Pass --strict to refuse instead.")
 
 
 def _read(data_path: Path, label_field: str | None) -> Any:
@@ -232,8 +261,9 @@ def _check_named_fields(records: Any, data_path: Path, options: dict[str, str | 
 
 
 def _screen(chunk: list[Any], start: int, id_field: str, limits: RecordLimits) -> list[Any]:
-    """Records beyond the limits, or with an id JSON cannot carry, become unreadable."""
-    from .records import RecordRefused, check_record
+    """Records beyond the limits, or with an id JSON cannot carry, become unreadable (with
+    their id, where it is valid: a record over a limit is still named by it)."""
+    from .records import RecordRefused, answer_id, check_record
 
     screened = []
     for i, record in enumerate(chunk):
@@ -241,7 +271,8 @@ def _screen(chunk: list[Any], start: int, id_field: str, limits: RecordLimits) -
             try:
                 check_record(record, limits, id_field)
             except RecordRefused as exc:
-                record = UnreadableRecord(start + i + 1, f"record {start + i + 1}: {exc}")
+                record = UnreadableRecord(start + i + 1, f"record {start + i + 1}: {exc}",
+                                          answer_id(record, id_field))
         screened.append(record)
     return screened
 
@@ -250,9 +281,7 @@ def _read_scored(data_path: Path, max_line_bytes: int) -> Any:
     """Records from a file, or JSON lines from stdin (``-``)."""
     if str(data_path) != "-":
         return read_records(data_path, max_line_bytes=max_line_bytes).records
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape",
-                             newline="")
-    return list(iter_jsonl(stdin, max_line_bytes))
+    return list(iter_jsonl(text_lines(sys.stdin.buffer), max_line_bytes))
 
 
 def _score_chunk(detector: Any, chunk: list[Any], start: int, n_fields: int = 0
@@ -272,7 +301,7 @@ def _score_chunk(detector: Any, chunk: list[Any], start: int, n_fields: int = 0
     results = []
     for position, record in enumerate(chunk, start=start + 1):
         if isinstance(record, UnreadableRecord):
-            results.append({"id": None, "error": record.reason})
+            results.append({"id": record.record_id, "error": record.reason})
             continue
         result = next(scored)
         prefix = f"record {result.pop('index', None)}"

@@ -71,8 +71,9 @@ def worker_command(concurrency: int, pool: str, loglevel: str | None) -> None:
               "default NEARWATCH_LINGER_MS).")
 @click.option("--batch", "batch_size", default=None, type=click.IntRange(min=1),
               help=f"Records per task (default NEARWATCH_BATCH_SIZE, {DEFAULTS.batch_size}).")
-@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="Results as JSON lines (default: stdout).")
+@click.option("--out", "out_path", default="-", show_default=True,
+              type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="Results as JSON lines, or - for stdout (the summary goes to stderr).")
 @click.option("--max-in-flight", default=None, type=click.IntRange(min=1),
               help="Batches submitted and not yet answered (default NEARWATCH_MAX_IN_FLIGHT, "
               f"{DEFAULTS.max_in_flight}).")
@@ -80,7 +81,7 @@ def worker_command(concurrency: int, pool: str, loglevel: str | None) -> None:
               help="Seconds before an unanswered batch is submitted again (default "
               f"NEARWATCH_BATCH_TIMEOUT, {DEFAULTS.batch_timeout:g}).")
 def stream_command(source: str, fmt: str, linger_ms: float | None, batch_size: int | None,
-                   out_path: Path | None, max_in_flight: int | None,
+                   out_path: Path, max_in_flight: int | None,
                    batch_timeout: float | None) -> None:
     """Score records through the workers: one result line per record, in input order.
 
@@ -91,7 +92,7 @@ def stream_command(source: str, fmt: str, linger_ms: float | None, batch_size: i
 
     from .app import create_app
     from .client import ClientOptions, ScoringClient
-    from .stream import read_input, stream_records
+    from .stream import LineNumbers, read_input, stream_records
 
     settings = cli_settings()
     options = ClientOptions.from_settings(settings, batch_size=batch_size,
@@ -101,17 +102,24 @@ def stream_command(source: str, fmt: str, linger_ms: float | None, batch_size: i
     app = create_app(settings)
     _require_broker(app)
     client = ScoringClient(app, options)
-    out = out_path.open("w") if out_path else sys.stdout
+    to_file = str(out_path) != "-"  # "-": stdout, as for `score --out -`
+    try:
+        out = out_path.open("w") if to_file else sys.stdout
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out_path}: {exc.strerror or exc}") from exc
+    line_numbers = LineNumbers()
     try:
         with tqdm(unit="rec", file=sys.stderr, disable=None, desc="streamed") as progress:
-            lines = read_input(source, fmt, lambda text: click.echo(text, err=True))
-            summary = stream_records(client, lines, out, progress, live=source == "-")
+            lines = read_input(source, fmt, lambda text: click.echo(text, err=True),
+                               line_numbers)
+            summary = stream_records(client, lines, out, progress, live=source == "-",
+                                     line_numbers=line_numbers)
     except OSError as exc:
         raise click.ClickException(f"--data {source}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # e.g. a CSV header that is not UTF-8
         raise click.ClickException(f"--data {source}: {exc}") from exc
     finally:
-        if out_path:
+        if to_file:
             out.close()
     click.echo(summary.line(), err=True)
     if summary.unanswered:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from nearwatch.detector.io import json_problem
 
 from .settings import RecordLimits
 
@@ -47,6 +48,7 @@ class RecordRefused(ValueError):
         super().__init__(message)
         self.reason = reason
         self.text = text  # the refused input, where a reader had it (for the dead letter)
+        self.record_id: Any = None  # a record refused once parsed: its id, if a valid one
 
 
 def truncate(text: str, limit: int) -> str:
@@ -85,6 +87,7 @@ def parse_record(text: str | bytes, limits: RecordLimits, id_field: str = "id") 
     """
     check_text(text, limits)
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    value: Any = None
     try:
         try:
             value = orjson.loads(data)
@@ -93,24 +96,36 @@ def parse_record(text: str | bytes, limits: RecordLimits, id_field: str = "id") 
                 raise RecordRefused(TOO_LARGE, "record nested deeper than "
                                     f"{limits.max_depth} levels") from None
             value = json.loads(data)  # NaN/Infinity literals: json's meaning
+            if isinstance(value, dict):
+                check_record(value, limits, id_field)
         else:
             if type(value) is dict:
                 if _check_parsed(value, limits, id_field):
                     value = json.loads(data)  # exact integers beyond 64 bits
                     check_record(value, limits, id_field)
-                return value
-            if _inexact(value, limits.max_depth + 1):
+            elif _inexact(value, limits.max_depth + 1):
                 value = json.loads(data)
-    except RecordRefused:
+    except RecordRefused as exc:
+        if isinstance(value, dict):  # beyond a limit: its answer and dead letter keep its id
+            exc.record_id = _exact_id(value, data, id_field)
         raise
     except RecursionError:
         raise RecordRefused(TOO_LARGE, f"record nested deeper than {limits.max_depth} "
                             "levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordRefused(INVALID_JSON, f"not valid JSON: {truncate(str(exc), 200)}") from None
-    if isinstance(value, dict):
-        check_record(value, limits, id_field)
+        raise RecordRefused(INVALID_JSON, f"not valid JSON: {truncate(json_problem(exc), 200)}"
+                            ) from None
     return value
+
+
+def _exact_id(record: dict[str, Any], data: bytes, id_field: str) -> Any:
+    """``answer_id`` of a record refused once parsed, exact where orjson read a big integer."""
+    if type(record.get(id_field)) is float and not -_BIG < record[id_field] < _BIG:
+        try:
+            record = json.loads(data)
+        except (ValueError, RecursionError):  # deeper than json can go: no id
+            return None
+    return answer_id(record, id_field)
 
 
 _BIG = float(2**63)  # orjson's float for an integer literal beyond 64 bits is at least this
@@ -254,12 +269,12 @@ PRODUCER_REFUSED = "refused by the producer"  # answer to a None stand-in (clien
 
 def prepare_lines(lines: list[Any], first_position: int | None, id_field: str,
                   limits: RecordLimits, label: Callable[[int], str]
-                  ) -> tuple[list[Any], dict[int, tuple[str, str]]]:
-    """The worker's text path: JSON texts → records, and ``{index: (reason, error)}`` for
+                  ) -> tuple[list[Any], dict[int, tuple[str, str, Any]]]:
+    """The worker's text path: JSON texts → records, and ``{index: (reason, error, id)}`` for
     those refused before scoring. ``None`` is a producer's stand-in for a line it answered
     itself; with ``first_position`` (`stream`), id-less records get ``"#<position>"``."""
     records: list[Any] = []
-    refused: dict[int, tuple[str, str]] = {}
+    refused: dict[int, tuple[str, str, Any]] = {}
     for i, line in enumerate(lines):
         record: Any = line
         try:
@@ -273,8 +288,9 @@ def prepare_lines(lines: list[Any], first_position: int | None, id_field: str,
                     record[id_field] = f"#{first_position + i}"
                 else:
                     check_reserved_id(record, id_field)
-        except RecordRefused as exc:
-            refused[i] = (exc.reason, f"{label(i)}: {exc}")
+        except RecordRefused as exc:  # the id of a record refused once parsed, else as before
+            known = answer_id(record, id_field) if exc.record_id is None else exc.record_id
+            refused[i] = (exc.reason, f"{label(i)}: {exc}", known)
         records.append(record)
     return records, refused
 
@@ -301,15 +317,3 @@ def answer_id(record: Any, id_field: str) -> Any:
     except RecordRefused:
         return None
     return record.get(id_field)
-
-
-def record_excerpt(record: Any, limit: int = 65_536) -> str:
-    """A dead letter's copy of the record: its JSON (or text) cut to ``limit`` characters."""
-    if isinstance(record, bytes):
-        record = record[: limit * 4].decode("utf-8", "replace")
-    if isinstance(record, str):
-        return record[:limit]
-    try:
-        return json.dumps(record, default=str)[:limit]
-    except (ValueError, RecursionError):
-        return f"<{type(record).__name__} that JSON cannot hold>"

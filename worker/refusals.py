@@ -60,6 +60,18 @@ def excerpt(record: Any, chars: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= chars else text[:chars] + "…"
 
 
+def record_excerpt(record: Any, limit: int = 65_536) -> str:
+    """A dead letter's copy of the record: its JSON (or text) cut to ``limit`` characters."""
+    if isinstance(record, bytes):
+        record = record[: limit * 4].decode("utf-8", "replace")
+    if isinstance(record, str):
+        return record[:limit]
+    try:
+        return json.dumps(record, default=str)[:limit]
+    except (ValueError, RecursionError):
+        return f"<{type(record).__name__} that JSON cannot hold>"
+
+
 def _short_repr() -> reprlib.Repr:
     short = reprlib.Repr()
     short.maxstring = short.maxother = short.maxlong = EXCERPT_CHARS

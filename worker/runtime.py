@@ -28,10 +28,9 @@ from .records import (
     dump_result,
     prepare_lines,
     prepare_objects,
-    record_excerpt,
     truncate,
 )
-from .refusals import read_labels, read_refusals, record_label
+from .refusals import read_labels, read_refusals, record_excerpt, record_label
 from .settings import RecordLimits
 
 if TYPE_CHECKING:
@@ -141,7 +140,7 @@ class BatchScorer:
         return [dump_result(r) for r in self._score(
             records, self._with_producer(records, refused, producer_refused), label, delivery)]
 
-    def _with_producer(self, records: list[Any], refused: dict[int, tuple[str, str]],
+    def _with_producer(self, records: list[Any], refused: Mapping[int, tuple[Any, ...]],
                        producer_refused: Any) -> dict[int, tuple[Any, ...]]:
         """With the producer's refusals of its stand-ins, whose excerpts take the records'
         places (for the dead letters). Values: (reason, error[, record id])."""

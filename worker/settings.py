@@ -1,7 +1,8 @@
 """Service configuration: the one place that reads the environment, and every default.
 
 Every ``NEARWATCH_*`` variable is read here, once, into a frozen ``Settings`` that the
-commands pass down; nothing else in the service looks at ``os.environ``. The dataclasses
+commands pass down; nothing else in the service reads ``os.environ`` (``command_settings.py``
+warns of names that are no setting). The dataclasses
 below hold the only copy of each default value: ``from_env``, the CLI options, the producer
 (``ClientOptions``) and the ingest loop (``IngestOptions``) all take theirs from here.
 

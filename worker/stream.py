@@ -3,10 +3,11 @@
 Ids: a record without an ``id`` gets ``"#<n>"``, ``n`` its 1-based position in the input
 (blank lines are skipped, not counted), so every output line can be traced back to its input
 record. Lines that are not JSON objects (or not UTF-8, beyond the size limit, a CSV row
-with the wrong number of cells) are answered in place with an error naming the position;
-nothing is dropped. The format is ``--format`` or, for ``auto``, the file extension; stdin
-is CSV only when its first line (BOM and whitespace ignored) does not start with ``{`` or
-``[`` and has a comma, and the choice is reported on stderr.
+with the wrong number of cells) are answered in place with an error naming the position
+and line (``record #3 (line 5): ...``; a CSV row's error names its line); nothing is dropped.
+The format is ``--format`` or, for ``auto``, the file extension; stdin is CSV only when its
+first line (BOM and whitespace ignored) does not start with ``{`` or ``[`` and has a comma,
+and the choice is reported on stderr.
 """
 
 from __future__ import annotations
@@ -14,16 +15,23 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from nearwatch.detector.io import UnreadableRecord, iter_csv
+from nearwatch.detector.io import (
+    UnreadableRecord,
+    iter_csv,
+    numbered_lines,
+    text_lines,
+    utf8_problem,
+)
 
 from .client import ScoringClient, chunks
 from .flow import linger_chunks
-from .records import INVALID_JSON, RecordRefused, decode_line
+from .records import INVALID_JSON, RecordRefused, dump_result
 
 FORMATS = ("auto", "jsonl", "csv")
 
@@ -46,67 +54,117 @@ class StreamSummary:
                 f"{self.throughput:,.0f} records/s")
 
 
-def read_input(source: str, fmt: str = "auto", notice: Any = None
-               ) -> Iterator[str | RecordRefused]:
+class LineNumbers:
+    """The input line of each JSONL record ``read_input`` yields, so that `stream` names it in
+    errors as `score` does (blank lines are not records: record #n may be a later line).
+
+    Kept as runs of one offset (line - position), forgotten as the answers are written in
+    order: a few entries however long the input. ``note`` runs in the reader's thread,
+    ``line``/``forget`` in the writer's (deque appends and pops are atomic)."""
+
+    def __init__(self) -> None:
+        self._runs: deque[tuple[int, int]] = deque([(1, 0)])  # (first position, offset)
+        self._count = 0
+        self.active = False  # set for JSON lines (CSV errors name their line themselves)
+
+    def note(self, line: int) -> None:
+        self._count += 1
+        if line - self._count != self._runs[-1][1]:
+            self._runs.append((self._count, line - self._count))
+
+    def forget(self, position: int) -> None:
+        """Answers up to ``position`` are written: their runs are no longer needed."""
+        while len(self._runs) > 1 and self._runs[1][0] <= position:
+            self._runs.popleft()
+
+    def line(self, position: int) -> int | None:
+        if not self.active:
+            return None
+        self.forget(position)
+        return position + self._runs[0][1]
+
+    def name_line(self, result: str, position: int) -> str:
+        """An error answer ``record #<position>: ...`` as ``record #<position> (line L): ...``."""
+        line = self.line(position)
+        prefix = f"record #{position}:"
+        if line is None or f'"{prefix}' not in result:
+            return result
+        answer = json.loads(result)
+        error = answer.get("error")
+        if isinstance(error, str) and error.startswith(prefix):
+            answer["error"] = f"record #{position} (line {line}):{error[len(prefix):]}"
+        return dump_result(answer)
+
+
+def read_input(source: str, fmt: str = "auto", notice: Any = None,
+               line_numbers: LineNumbers | None = None) -> Iterator[str | RecordRefused]:
     """One JSON text per record, in input order (JSONL lines as they are; CSV rows encoded),
     or a ``RecordRefused`` for an input record that cannot be sent (answered in place).
 
+    Lines are split as `score` splits them (``text_lines``: a lone CR ends a line too).
     JSONL lines are not parsed here: the workers parse them (in parallel) and answer a line
-    that is not a JSON object with an error naming its position.
+    that is not a JSON object with an error naming its position; ``line_numbers`` learns
+    each record's line, for those errors.
     """
-    stream: IO[bytes] = sys.stdin.buffer if source == "-" \
+    binary: IO[bytes] = sys.stdin.buffer if source == "-" \
         else Path(source).open("rb")  # noqa: SIM115 - closed below
+    stream = text_lines(binary)
     try:
-        lines: Iterator[bytes] = iter(stream)
+        lines: Iterator[str] = iter(stream)
         if fmt == "auto" and source != "-":
             fmt = "csv" if Path(source).suffix.lower() == ".csv" else "jsonl"
         elif fmt == "auto":
             head = [line for line in _until_content(lines)]
-            first = head[-1].lstrip(b"\xef\xbb\xbf").strip() if head else b""
-            fmt = "jsonl" if first[:1] in (b"{", b"[", b"") or b"," not in first else "csv"
+            first = head[-1].lstrip("\ufeff").strip() if head else ""
+            fmt = "jsonl" if first[:1] in ("{", "[", "") or "," not in first else "csv"
             if notice is not None:
                 notice(f"stdin read as {fmt.upper()} (sniffed; --format sets it)")
             lines = _chain(head, lines)
         if fmt == "csv":
-            text = (line.decode("utf-8", "surrogateescape") for line in lines)
-            for row in iter_csv(text):
+            for row in iter_csv(lines):
                 if isinstance(row, UnreadableRecord):
                     yield RecordRefused(INVALID_JSON, row.reason)
                 else:
                     yield json.dumps(row)
-        else:
-            for raw in lines:
-                try:
-                    line = decode_line(raw)
-                except RecordRefused as exc:
-                    exc.text = raw  # its start goes to the dead letter
-                    yield exc
-                    continue
-                if line.strip():
-                    yield line.rstrip("\r\n")
+            return
+        if line_numbers is not None:
+            line_numbers.active = True
+        for number, line in numbered_lines(lines):
+            if line_numbers is not None:
+                line_numbers.note(number)
+            problem = "" if line.isascii() else utf8_problem(line)
+            if problem:  # its start goes to the dead letter
+                yield RecordRefused(INVALID_JSON, problem.removeprefix("is "),
+                                    line.encode("utf-8", "surrogateescape"))
+            else:
+                yield line
     finally:
-        if source != "-":
+        if source == "-":
+            stream.detach()  # stdin stays open
+        else:
             stream.close()
 
 
-def _until_content(lines: Iterator[bytes]) -> Iterator[bytes]:
+def _until_content(lines: Iterator[str]) -> Iterator[str]:
     for line in lines:
         yield line
-        if line.strip().lstrip(b"\xef\xbb\xbf"):
+        if line.strip().lstrip("\ufeff"):
             return
 
 
-def _chain(head: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
     yield from head
     yield from rest
 
 
 def stream_records(client: ScoringClient, lines: Iterable[str | RecordRefused], out: TextIO,
-                   progress: Any = None, live: bool = False) -> StreamSummary:
+                   progress: Any = None, live: bool = False,
+                   line_numbers: LineNumbers | None = None) -> StreamSummary:
     """Send JSON texts in batches, write one JSON result line per record, in order.
 
     ``live`` (stdin, a pipe): a partial batch goes out after ``client.options.linger`` s,
-    and every answered batch is flushed at once."""
+    and every answered batch is flushed at once. ``line_numbers`` (``read_input``'s): an
+    error naming a record by its position names its input line too."""
     summary = StreamSummary()
     started = time.perf_counter()
 
@@ -125,8 +183,13 @@ def stream_records(client: ScoringClient, lines: Iterable[str | RecordRefused], 
             # only be a key (a quote inside a string value is escaped), so no parse is needed.
             summary.records += 1
             summary.anomalies += _ANOMALY in result or _ANOMALY_SPACED in result
-            summary.errors += _ERROR in result
+            if _ERROR in result:
+                summary.errors += 1
+                if line_numbers is not None:  # errors are few: parsed again only they are
+                    result = line_numbers.name_line(result, summary.records)
             out.write(result + "\n")
+        if line_numbers is not None:
+            line_numbers.forget(summary.records)
         if live:
             out.flush()
         if progress is not None:
