@@ -103,6 +103,24 @@ def test_records_the_producer_refuses_are_dead_lettered_with_their_reason(
     assert errors("too_large") == before["too_large"] + 1
 
 
+def test_fields_the_model_does_not_know_are_scored_without_and_counted(
+        node: WorkerNode) -> None:
+    """An unknown field is ignored, not refused (the record is scored on what the model
+    knows), and counted on /metrics: a producer's new or renamed field must show somewhere."""
+
+    def unknown() -> float:
+        return metric_value(http_get(node.metrics_url) or "", "nearwatch_unknown_fields_total")
+
+    before = unknown()
+    records = stream_records_for_test(6, prefix="newfield")
+    sent = [dict(r, region_v2="eu", sampled=True) if i % 2 else r
+            for i, r in enumerate(records)]
+    (results,) = list(scoring_client(node, batch_size=10).score_batches([sent]))
+    plain = list(scoring_client(node, batch_size=10).score_batches([records]))[0]
+    assert [r["score"] for r in results] == [r["score"] for r in plain]  # scored without them
+    wait_for(lambda: unknown() == before + 6, 10, "the 6 unknown fields counted")
+
+
 def _stream_proc(tmp_path: Path, node: WorkerNode, n: int, batch: int, timeout: float
                  ) -> tuple[Proc, list[dict[str, Any]], Path]:
     records = stream_records_for_test(n, seed=11, prefix="k")

@@ -35,6 +35,8 @@ from prometheus_client import values as prom_values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
+from .metric_values import observe_many
+
 if TYPE_CHECKING:
     from nearwatch.detector import Detector
 
@@ -170,6 +172,10 @@ class ServiceMetrics:
         self.alert_write_failures = Counter(
             "nearwatch_alert_write_failures",
             "Scored batches whose alert events could not be written", registry=r)
+        self.unknown_fields = Counter(
+            "nearwatch_unknown_fields", "Fields of scored records that the serving model does "
+            "not know (ignored; a new field reaches a model only through `nearwatch train`)",
+            registry=r)
         self.buffer_write_failures = Counter(
             "nearwatch_buffer_write_failures", "Batches not added to the reference buffer "
             "(Redis unreachable)", registry=r)
@@ -248,10 +254,12 @@ class ServiceMetrics:
         self._info_labels = (version, str(detector.model_version_))
         self.model_info.labels(*self._info_labels).set(1)
 
-    def batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float
-                     ) -> None:
+    def batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float,
+                     unknown_fields: int = 0) -> None:
         with self._guard():
             self._batch_scored(results, reasons, seconds)
+            if unknown_fields:
+                self.unknown_fields.inc(unknown_fields)
 
     def _batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float
                       ) -> None:
@@ -292,28 +300,6 @@ def create_service_metrics() -> ServiceMetrics | None:
     except OSError as exc:
         log.error("metrics disabled in this process: %s (scoring goes on)", exc)
         return None
-
-
-def observe_many(histogram: Histogram, values: list[float]) -> None:
-    """``observe`` each value, with one file write per touched bucket instead of per value.
-
-    Uses the histogram's internal bucket counters (stable across prometheus_client releases
-    for years); falls back to plain ``observe`` if they are not there.
-    """
-    import numpy as np
-
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for value in values:
-            histogram.observe(value)
-        return
-    counts = np.bincount(np.searchsorted(np.asarray(bounds), values, side="left"),
-                         minlength=len(bounds))
-    for index in np.flatnonzero(counts).tolist():
-        buckets[index].inc(int(counts[index]))
-    total.inc(float(np.sum(values)))
 
 
 def _number(value: float | None) -> float:

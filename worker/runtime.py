@@ -177,6 +177,8 @@ class BatchScorer:
                 reasons[i] = "not_an_object"
             else:
                 objects.append(i)
+        encoder = detector.feature_encoder_  # counts the fields it ignores, per process
+        unknown_before = encoder.unknown_fields_seen_
         scored = self._score_objects(detector, [records[i] for i in objects])
         for i, result in zip(objects, scored, strict=True):
             if "error" in result and result["id"] is None:  # named by its batch position
@@ -199,7 +201,8 @@ class BatchScorer:
             self.buffer.write(detector, version, records, results, delivery=delivery)
         if self.metrics is not None:
             self.metrics.batch_scored(results, list(reasons.values()),
-                                      time.perf_counter() - started)
+                                      time.perf_counter() - started,
+                                      encoder.unknown_fields_seen_ - unknown_before)
         return results
 
     def _score_objects(self, detector: Detector, records: list[dict[str, Any]],
