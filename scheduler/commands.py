@@ -156,12 +156,34 @@ def feedback_command(record_id: str, label: str, record_json: str | None) -> Non
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
     settings = cli_settings()
+    if record is not None:  # before it is stored: a retraining would leave it out, unsaid
+        problem = _unreadable_by_current_model(settings, record)
+        if problem:
+            raise click.ClickException(problem)
     try:
         stored = give_feedback(_redis(settings), settings, _parse_id(record_id), label, record)
     except (LookupError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"recorded: id {json.dumps(stored['id'])} is {stored['label']} "
                f"(record from {stored['source']})")
+
+
+def _unreadable_by_current_model(settings: Settings, record: Any) -> str | None:
+    """Why the serving model cannot read ``record`` (None: it can, or there is no model to
+    ask, which is said on stderr); fields it does not know are ignored, as retraining does."""
+    from nearwatch.worker.remote_registry import registry_session
+
+    try:
+        with registry_session(settings) as registry:
+            version, model = registry.load_current()
+    except Exception as exc:  # no model (yet), or none reachable: retraining checks later
+        click.echo(f"note: --record not checked against a model ({exc})", err=True)
+        return None
+    result = model.score_records([record], 0)[0]
+    if "error" not in result:
+        return None
+    return (f"--record: {result['error']}: the current model {version} cannot read it, so "
+            f"no retraining would learn from this verdict")
 
 
 @click.command("golden")

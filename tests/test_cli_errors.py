@@ -183,6 +183,24 @@ def test_feedback_refuses_nan_before_reaching_redis() -> None:
     assert "--record field 'x'[1]: inf is not a finite number" in out
 
 
+def test_feedback_refuses_a_record_the_current_model_cannot_read(
+        tmp_path: Path, bundles: tuple[Path, Path]) -> None:
+    """Checked before Redis is reached (it is unreachable here): the verdict would be left
+    out of every retraining."""
+    registry = ModelRegistry(tmp_path / "models")
+    registry.add(bundles[0], promote=True)
+    out = _one_line_error(_run("feedback", "--id", "r1", "--label", "normal", "--record",
+                               '{"id": "r1", "latency_ms": "bad"}',
+                               NEARWATCH_MODEL_DIR=str(registry.root)))
+    assert "--record: " in out and "field 'latency_ms'" in out
+    assert "the current model v0001 cannot read it" in out
+    # a readable record (an unknown field is ignored) gets past the check, to Redis
+    out = _one_line_error(_run("feedback", "--id", "r1", "--label", "normal", "--record",
+                               '{"id": "r1", "latency_ms": 12.5, "new": 1}',
+                               NEARWATCH_MODEL_DIR=str(registry.root)))
+    assert "cannot read it" not in out and "Redis" in out
+
+
 def test_feedback_store_refuses_nan() -> None:
     stored: list[Any] = []
 
