@@ -9,22 +9,25 @@ import numpy as np
 
 from . import fields as usable
 from .buffer import GOLDEN_ANOMALIES_KEY, golden_records
-from .feedback import Verdict
+from .feedback import Verdict, canonical_id
 
 if TYPE_CHECKING:
     from nearwatch.detector import Detector
     from redis import Redis
 
 
-def golden_anomalies(client: Redis, champion: Detector, figures: dict[str, Any]
-                     ) -> tuple[list[Verdict], list[Verdict]]:
+def golden_anomalies(client: Redis, champion: Detector, figures: dict[str, Any],
+                     verdict_ids: set[str]) -> tuple[list[Verdict], list[Verdict]]:
     """The golden file's labelled anomalies (``nearwatch golden --label-field``) as anomaly
     verdicts, (trained on, judged on) by ``held_out_for_judging`` of each record as pinned.
     Without them, challengers trained without a champion's known anomalies lost recall that
-    no check could see."""
+    no check could see. A record an analyst gave a verdict on (``verdict_ids``, canonical)
+    is left to the verdict: counted once, in one half."""
     from nearwatch.detector.held_out import held_out_for_judging
 
-    pinned = golden_records(client, GOLDEN_ANOMALIES_KEY)
+    pinned = [r for r in golden_records(client, GOLDEN_ANOMALIES_KEY)
+              if r.get(champion.id_field) is None
+              or canonical_id(r[champion.id_field]) not in verdict_ids]
     halves: list[list[Verdict]] = []
     for judged in (False, True):
         half = [r for r in pinned if held_out_for_judging(r, champion.id_field) == judged]

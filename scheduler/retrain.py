@@ -165,7 +165,9 @@ def _retrain(client: Redis, registry: ModelRegistry, settings: Settings, lock: S
             f"pin {8 * needed} golden records (`nearwatch golden`)")
         return
     trained_on, judged_on = split_labelled([v for v in verdicts if v.label == "anomaly"])
-    golden_trained, golden_judged = golden_anomalies(client, champion, result.figures)
+    golden_trained, golden_judged = golden_anomalies(
+        client, champion, result.figures,
+        {key for v in given if (key := _id_key(v.record_id)) is not None})
     trained_on, judged_on = trained_on + golden_trained, judged_on + golden_judged
     kept = [v for v in verdicts if v.label == "normal"] + trained_on
     references, pairs, anomalies = _training_set(golden, champion, training, kept,

@@ -95,6 +95,11 @@ def test_train_on_npz_uses_normals_only(workdir: Path) -> None:
     results = [json.loads(line) for line in (workdir / "npz.jsonl").read_text().splitlines()]
     assert [r["id"] for r in results] == list(range(820))
     assert np.mean([r["is_anomaly"] for r in results[800:]]) > 0.9
+    # rows of an array file are never pinned by `golden`: every labelled one may train
+    output = _invoke("train", "--data", str(workdir / "data.npz"), "--out",
+                     str(workdir / "npz-known"), "--encoder", "identity", "--label-field", "y",
+                     "--known-anomalies", "20")
+    assert "20 known anomalies)" in output and "held out" not in output
 
 
 def test_npz_float64_values_keep_their_precision(workdir: Path) -> None:

@@ -119,6 +119,8 @@ def test_a_poisoned_challenger_is_rejected_and_the_champion_keeps_serving(
     assert champion.predict(labelled).mean() > 0.5
     if labels == "golden":  # half train the challenger, half judge it
         pin_golden(redis_client, labelled, 1000, key=GOLDEN_ANOMALIES_KEY)
+        # also given as a verdict: counted once, as the verdict (fewer than 4 verdicts train)
+        FeedbackStore(redis_client, 1000).put(labelled[0]["id"], "anomaly", labelled[0])
     else:
         store = FeedbackStore(redis_client, 1000)
         for record in labelled:
@@ -132,10 +134,10 @@ def test_a_poisoned_challenger_is_rejected_and_the_champion_keeps_serving(
     assert result.outcome == "rejected", result.figures
     assert any("labelled anomalies fell" in reason for reason in result.reasons)
     if labels == "golden":
-        judged = [r for r in labelled if held_out_for_judging(r)]
-        assert 0 < len(judged) < len(labelled)
+        judged = [r for r in labelled[1:] if held_out_for_judging(r)]
+        assert 0 < len(judged) < len(labelled) - 1
         assert result.figures["golden_anomalies_judged"] == len(judged)
-        assert result.figures["golden_anomalies_trained"] == len(labelled) - len(judged)
+        assert result.figures["golden_anomalies_trained"] == len(labelled) - 1 - len(judged)
         assert result.figures["gate_labelled_held_out"] == len(judged)
     assert result.figures["challenger_recall"] < result.figures["champion_recall"]
     assert registry.current_version() == "v0001"  # the champion serves

@@ -230,6 +230,32 @@ def test_redelivery_writes_nothing_twice_a_record_sent_again_alerts_again(
     assert int(redis_client.hget(counts, "scored")) == 3
 
 
+def test_a_resubmitted_batch_keeps_its_tag_and_so_its_delivery(memory_app: Any) -> None:
+    """A batch the producer submits again is a new task (a new id): the tag it carries, the
+    same at every submission, names the delivery, for object batches and text batches
+    (`ingest`'s labelled ones too); a numeric batch carries its own in its payload."""
+    from types import SimpleNamespace
+
+    from nearwatch.worker.client import _Batch, _text_batch
+    from nearwatch.worker.tasks import delivery_key
+
+    client = ScoringClient(memory_app, ClientOptions(batch_size=10))
+    answer_key = "nearwatch:answers:" + "1" * 32
+    for batch in (_Batch([{"id": 1}]), _text_batch(['{"id": 1}'], 7),
+                  _text_batch(['{"id": 1}'], ["stream entry 1-0"])):
+        first, again = (client._arguments(batch)[1]["batch"] for _ in range(2))
+        other = client._arguments(_Batch([{"id": 1}]))[1]["batch"]
+        assert first == again != other and len(first) == 32
+        deliveries = {delivery_key(SimpleNamespace(request=SimpleNamespace(id=task_id)),
+                                   answer_key, batch.first_position, first)
+                      for task_id in ("t-1", "t-2")}  # submitted twice: two task ids
+        assert deliveries == {f"{answer_key}@b:{first}"}
+    matrix = _Batch([None], matrix={"batch": "m1"})
+    assert "batch" not in client._arguments(matrix)[1]
+    task = SimpleNamespace(request=SimpleNamespace(id="t-3"))
+    assert delivery_key(task, answer_key, 3, "x" * 65) == f"{answer_key}@3"  # not a tag
+
+
 @pytest.fixture()
 def memory_app(registry: ModelRegistry) -> Any:
     from nearwatch.worker.app import create_app

@@ -10,11 +10,9 @@ Guarantees:
 
 - bounded work in flight: at most ``max_in_flight`` batches are submitted and unanswered;
 - every record is answered exactly once, in input order. The broker delivers at least once
-  (a batch whose worker died is redelivered; a batch unanswered after ``batch_timeout`` is
-  submitted again, e.g. when a whole worker node died and its messages wait for the broker's
-  visibility timeout). Each batch has a sequence number; its first valid answer is used, the
-  results of other attempts are discarded, and every answer is checked record by record
-  (same count, same ids) before it is accepted;
+  (a dead worker's batch is redelivered; one unanswered after ``batch_timeout`` is submitted
+  again under the same ``batch`` tag). Its first valid answer, checked record by record
+  (same count, same ids), is used; the other attempts' results are discarded;
 - a batch that is still unanswered after ``max_attempts`` submissions is answered with one
   error per record (``stats.unanswered`` counts them), never silently dropped;
 - a record the broker cannot carry or the limits refuse (``screen_record``/``check_text``)
@@ -86,6 +84,7 @@ class _Batch:
     first_position: int | None = None  # text batches: input position of records[0]
     labels: list[str] | None = None  # text batches: each record's name instead (ingest)
     matrix: dict[str, Any] | None = None  # a numeric batch's payload (worker/matrix.py)
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex)  # kept when resubmitted
     attempts: list[AsyncResult] = field(default_factory=list)
     first_submitted_at: float = 0.0
     submitted_at: float = 0.0
@@ -198,7 +197,8 @@ class ScoringClient:
         args: list[Any] = [batch.records if batch.matrix is None else batch.matrix]
         if batch.task == SCORE_JSON_BATCH:
             args.append(batch.first_position)
-        return args, task_extras(batch.refused, batch.labels)
+        return args, task_extras(batch.refused, batch.labels,
+                                 None if batch.matrix is not None else batch.tag)
 
     def _submit(self, batch: _Batch) -> None:
         args, extras = self._arguments(batch)

@@ -111,11 +111,12 @@ def train_command(
             f" (all {len(records)} are labelled anomalies)" if len(records) else ""))
     labelled_rows = np.flatnonzero(is_anomaly)
     # the other half judges challengers (`golden --label-field`): no model may train on it
-    trainable = [i for i in labelled_rows.tolist()
-                 if not held_out_for_judging(records[i], id_field)]
+    # (rows of an array file are never pinned by `golden`: none is held out)
+    trainable = [i for i in labelled_rows.tolist() if not isinstance(records[i], dict)
+                 or not held_out_for_judging(records[i], id_field)]
     anomaly_rows = np.array(trainable[:known_anomalies], dtype=np.int64)
     held_out = f", {len(labelled_rows) - len(trainable)} held out for the retraining gate" \
-        if known_anomalies else ""
+        if known_anomalies and len(trainable) < len(labelled_rows) else ""
     normals = take_rows(records, normal_rows)
     labels = None
     if class_field is not None:

@@ -151,12 +151,16 @@ def record_label(i: int, first_position: int | None, labels: list[str] | None) -
         f"record #{first_position + i}"
 
 
-def task_extras(refused: dict[str, list[Any]], labels: list[str] | None) -> dict[str, Any]:
-    """The optional task keywords a batch needs (sent only when used: older workers refuse
-    them)."""
+def task_extras(refused: dict[str, list[Any]], labels: list[str] | None,
+                tag: str | None = None) -> dict[str, Any]:
+    """The optional task keywords a batch needs (``refused`` and ``labels`` sent only when
+    used: older workers refuse them); ``tag``: the batch's name, the same when the producer
+    resubmits it, so that a worker takes its side effects once (``worker.tasks``)."""
     extras: dict[str, Any] = {"refused": refused} if refused else {}
     if labels is not None:
         extras["labels"] = labels
+    if tag is not None:
+        extras["batch"] = tag
     return extras
 
 

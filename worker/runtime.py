@@ -177,8 +177,9 @@ class BatchScorer:
                 reasons[i] = "not_an_object"
             else:
                 objects.append(i)
-        encoder = detector.feature_encoder_  # counts the fields it ignores, per process
-        unknown_before = encoder.unknown_fields_seen_
+        # the encoder counts the fields it ignores (per process; a stand-in may have none)
+        encoder = getattr(detector, "feature_encoder_", None)
+        unknown_before = getattr(encoder, "unknown_fields_seen_", 0)
         scored = self._score_objects(detector, [records[i] for i in objects])
         for i, result in zip(objects, scored, strict=True):
             if "error" in result and result["id"] is None:  # named by its batch position
@@ -202,7 +203,8 @@ class BatchScorer:
         if self.metrics is not None:
             self.metrics.batch_scored(results, list(reasons.values()),
                                       time.perf_counter() - started,
-                                      encoder.unknown_fields_seen_ - unknown_before)
+                                      getattr(encoder, "unknown_fields_seen_", 0)
+                                      - unknown_before)
         return results
 
     def _score_objects(self, detector: Detector, records: list[dict[str, Any]],
