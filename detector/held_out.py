@@ -30,5 +30,7 @@ def held_out_for_judging(record: Any, id_field: str = "id") -> bool:
     """Whether this labelled anomaly judges models (True) or may train them (False)."""
     key = record.get(id_field) if isinstance(record, Mapping) else None
     value = record if key is None else key
+    if isinstance(value, float) and value.is_integer():  # 17.0 and 17 are one id
+        value = int(value)
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).digest()[0] % 2 == 1

@@ -259,14 +259,23 @@ def split_labelled(verdicts: list[Verdict]) -> tuple[list[Verdict], list[Verdict
 
     Judging a challenger on the anomalies it trained on overstates it (measured with the
     learned encoder: recall 0.80 on them, 0.15 on fresh ones of the same kind). From four
-    verdicts on, every other one by a hash of its id goes to the gate; with fewer, all train.
+    verdicts on, each goes to the gate by a hash of its id (``held_out_for_judging``, as the
+    golden file's anomalies): a verdict stays in its half as verdicts accumulate, so the
+    champion was never trained on what the next gate judges it on. With fewer, or when the
+    hash leaves a half empty, all train / they alternate by hash rank.
 
     >>> trained, judged = split_labelled([Verdict(i, "anomaly", {}, 0.0, "") for i in range(8)])
     >>> len(trained) > 0 and len(judged) > 0 and len(trained) + len(judged) == 8
     True
     """
+    from nearwatch.detector.held_out import held_out_for_judging
+
     if len(verdicts) < 4:
         return verdicts, []
+    judged = [held_out_for_judging({"id": v.record_id}) for v in verdicts]
+    if any(judged) and not all(judged):
+        return ([v for v, j in zip(verdicts, judged, strict=True) if not j],
+                [v for v, j in zip(verdicts, judged, strict=True) if j])
     ranked = sorted(verdicts, key=lambda v: hashlib.sha1(canonical_id(v.record_id).encode())
                     .hexdigest())
     return ranked[0::2], ranked[1::2]

@@ -158,3 +158,22 @@ def test_record_feedback(client: Any) -> None:
         "give the record inline")
     with pytest.raises(ValueError, match="label"):
         record_feedback(client, store, "seen", "fine", None)
+
+
+def test_a_verdict_stays_in_its_half_as_verdicts_accumulate() -> None:
+    """The champion trained on one half of the anomaly verdicts; the next retraining, with
+    more verdicts, must not judge it on those (a rank-based split moved about a third)."""
+    from nearwatch.detector.held_out import held_out_for_judging
+    from nearwatch.scheduler.feedback import Verdict, split_labelled
+
+    def halves(n: int) -> dict[str, bool]:
+        trained, judged = split_labelled([Verdict(f"r{i}", "anomaly", {}, 0.0, "alerts")
+                                          for i in range(n)])
+        assert trained and judged
+        return {**{v.record_id: False for v in trained}, **{v.record_id: True for v in judged}}
+
+    early, later = halves(10), halves(40)
+    assert all(later[record_id] == judged for record_id, judged in early.items())
+    # the golden file's labelled anomaly with the same id lands in the same half
+    assert all(held_out_for_judging({"id": record_id, "x": 1}) == judged
+               for record_id, judged in later.items())
