@@ -173,7 +173,7 @@ class Detector(EstimatorAPI, FittedAttributes):
         calibrate on instead of a random share of ``X`` (all of ``X`` then becomes references).
         """
         check_params(self.get_params())
-        data = as_records(X)
+        data = as_records(X, fitting=True)
         anomaly_data = None if anomalies is None else as_records(anomalies, "anomalies")
         inputs = route_anomaly_flags(data, y, labels, pairs, triplets, anomaly_data)
         n = len(inputs.normals)
@@ -242,6 +242,7 @@ class Detector(EstimatorAPI, FittedAttributes):
         self.fpr_bound_ = calibrator.fpr_bound_
         self.certified_ = bool(calibrator.certified_)
         self.model_version_ = model_version_of(self)
+        self._params_at_fit = self._config()  # scoring refuses to run with other ones
         if self.alpha is not None and not self.certified_ and self.fpr_bound_ is not None:
             warnings.warn(uncertified_message(n, needed, self.alpha, self.delta,
                           self.n_calibration_, self.fpr_bound_), CalibrationWarning, stacklevel=2)
@@ -251,6 +252,7 @@ class Detector(EstimatorAPI, FittedAttributes):
     def _check_fitted(self) -> None:
         if not hasattr(self, "reference_index_"):
             raise NotFittedError("this Detector is not fitted yet: call fit() or Detector.load()")
+        self._check_params_unchanged()
 
     def _embed(self, X: Records) -> np.ndarray:
         self._check_fitted()

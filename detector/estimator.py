@@ -91,6 +91,23 @@ class EstimatorAPI:
             setattr(self, name, value)
         return self
 
+    def _check_params_unchanged(self) -> None:
+        """A fitted model scores with the parameters it was fitted with: after ``set_params``
+        (or an attribute assignment) changed one, its threshold and references no longer
+        match it, and a saved bundle would not load. ``progress`` may change."""
+        from .errors import NotFittedError
+
+        at_fit = getattr(self, "_params_at_fit", None)
+        if at_fit is None:
+            return
+        now = self._config()
+        if now != at_fit:
+            changed = sorted(name for name in now if now[name] != at_fit.get(name))
+            raise NotFittedError(
+                f"{', '.join(changed)} changed after this {type(self).__name__} was fitted: "
+                f"its threshold and references belong to the old value(s); call fit() again "
+                f"(or set them back)")
+
     def _config(self) -> dict[str, Any]:
         """JSON form of the parameters that decide the model (bundle manifest, model version)."""
         config = self.get_params()
@@ -125,16 +142,31 @@ class EstimatorAPI:
         return self.fit(data, y, **fit_kwargs).predict(data)  # type: ignore[attr-defined]
 
 
-def as_records(X: Any, name: str = "X") -> Any:
+def as_records(X: Any, name: str = "X", fitting: bool = False) -> Any:
     """``X`` as the library reads it: an array as is, any other iterable as a list; a single
-    record or a text is a clear error (they iterated into field names or characters).
+    record or a text is a clear error (they iterated into field names or characters), as is
+    an array that is not 2-D or holds complex numbers, and (``fitting``) no records at all.
 
     >>> as_records({"latency_ms": 3.0})
     Traceback (most recent call last):
     ...
     ValueError: X is a single record (a dict): pass a list of records, e.g. [record]
+    >>> as_records(np.zeros((7, 2, 2)))
+    Traceback (most recent call last):
+    ...
+    ValueError: X is a 3-D array of shape (7, 2, 2): pass a 2-D array (records x fields)
     """
     if isinstance(X, np.ndarray):
+        if X.ndim != 2:
+            raise ValueError(
+                f"{name} is a {X.ndim}-D array of shape {X.shape}: pass a 2-D array (records x "
+                f"fields)" + (", e.g. X.reshape(-1, 1) for one field" if X.ndim == 1 else ""))
+        if np.iscomplexobj(X):
+            raise ValueError(f"{name} holds complex numbers ({X.dtype}): nearwatch reads real "
+                             "numbers only")
+        if fitting and 0 in X.shape:
+            raise ValueError(f"{name} of shape {X.shape} holds no values: fit needs normal "
+                             "records with at least one field")
         return X
     if isinstance(X, dict):
         raise ValueError(f"{name} is a single record (a dict): pass a list of records, "
@@ -142,4 +174,7 @@ def as_records(X: Any, name: str = "X") -> Any:
     if isinstance(X, str | bytes):
         raise ValueError(f"{name} is a {type(X).__name__}: pass a list of records (parsed "
                          "JSON objects) or a numeric array")
-    return list(X)
+    records = list(X)
+    if fitting and not records:
+        raise ValueError(f"{name} holds no records: fit needs normal records to learn from")
+    return records

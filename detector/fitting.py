@@ -43,18 +43,22 @@ def check_params(params: dict[str, Any]) -> None:
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {params['metric']!r}")
     if params["encoder"] not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {params['encoder']!r}")
-    if not 0.0 < params["calibration_fraction"] < 1.0:
-        raise ValueError("calibration_fraction must be in (0, 1)")
+    if not (_is_number(fraction := params["calibration_fraction"]) and 0.0 < fraction < 1.0):
+        raise ValueError(f"calibration_fraction must be a number in (0, 1), got {fraction!r}")
     alpha, delta = params["alpha"], params["delta"]
-    if alpha is not None and not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1) or None, got {alpha!r}")
-    if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if alpha is not None and not (_is_number(alpha) and 0.0 < alpha < 1.0):
+        raise ValueError(f"alpha must be a number in (0, 1) or None, got {alpha!r}")
+    if not (_is_number(delta) and 0.0 < delta < 1.0):
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
     power = params.get("density_power", 0.0)
-    if isinstance(power, bool) or not isinstance(power, int | float) or not 0.0 <= power <= 1.0:
+    if not _is_number(power) or not 0.0 <= power <= 1.0:
         raise ValueError(f"density_power must be a number in [0, 1], got {power!r}")
     if params["index"] not in KINDS:
         raise ValueError(f"index must be one of {KINDS}, got {params['index']!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -194,18 +198,16 @@ def calibration_split(
     if alpha is not None:
         wanted = min(wanted, max(needed, enough_calibration(alpha, delta)))
     n_calibration = min(max(wanted, needed), n // 2)
-    if n_calibration < needed and (strict or n_calibration < 1):
-        raise CalibrationError(
-            f"alpha={alpha} with delta={delta} needs at least {needed} "
-            f"calibration records, i.e. at least {2 * needed} normal training records "
-            f"(calibration uses at most half of them); got {n}. Provide more normal "
-            f"records, {STRICT_ADVICE}"
-        )
-    if n - n_calibration < n_neighbors:
+    if n_calibration < 1 or n - n_calibration < n_neighbors:  # too few whatever alpha is
         raise ValueError(
             f"{n} normal records leave {n - n_calibration} references beside {n_calibration} "
-            f"calibration records; n_neighbors={n_neighbors} needs at least {n_neighbors}"
-        )
+            f"calibration records; n_neighbors={n_neighbors} needs at least {n_neighbors} "
+            f"references and 1 calibration record")
+    if n_calibration < needed and strict:
+        raise CalibrationError(
+            f"alpha={alpha} with delta={delta} needs at least {needed} calibration records, "
+            f"i.e. at least {2 * needed} normal training records (calibration uses at most "
+            f"half of them); got {n}. Provide more normal records, {STRICT_ADVICE}")
     order = np.random.default_rng(random_state).permutation(n)
     return np.sort(order[n_calibration:]), np.sort(order[:n_calibration]), needed
 

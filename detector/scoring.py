@@ -147,6 +147,9 @@ def explain_rows(
 ) -> list[dict[str, Any]]:
     """Nearest references and the fields that differ most from the k nearest ones
     (``field_deviations``)."""
+    for name, value in (("n_neighbours", n_neighbours), ("n_fields", n_fields)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     scores, distances, rows = neighbour_search(detector, features, n_neighbours)
     p_values = detector.calibrator_.p_value(scores)
     fields = field_deviations(detector, features, rows, n_fields)

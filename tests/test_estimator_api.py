@@ -167,6 +167,56 @@ def test_clone_get_params_set_params_round_trip() -> None:
     assert not hasattr(clone(fitted), "reference_index_")
 
 
+def test_a_fitted_detector_refuses_to_score_with_changed_parameters(tmp_path: Path) -> None:
+    """set_params after fit used to score with the new k and the old threshold (certified_
+    still True, the flag rate 20 times alpha) and save a bundle that load() refused."""
+    from nearwatch.detector import NotFittedError
+
+    x = _flagged_data()[0]
+    detector = Detector(encoder="identity", alpha=0.05, delta=0.1, n_neighbors=3).fit(x)
+    scores = detector.score(x[:20])
+    detector.set_params(progress=True)  # not a model parameter: scoring goes on
+    np.testing.assert_array_equal(detector.score(x[:20]), scores)
+    detector.set_params(n_neighbors=50, alpha=0.5)
+    for call in (lambda: detector.score(x[:5]), lambda: detector.predict(x[:5]),
+                 lambda: detector.save(tmp_path / "changed")):
+        with pytest.raises(NotFittedError, match=r"alpha, n_neighbors changed after this "
+                                                 r"Detector was fitted: .* call fit\(\) again"):
+            call()
+    assert not (tmp_path / "changed").exists()
+    detector.set_params(n_neighbors=3, alpha=0.05)  # set back: scores as fitted
+    np.testing.assert_array_equal(detector.score(x[:20]), scores)
+    detector.save(tmp_path / "bundle")
+    loaded = Detector.load(tmp_path / "bundle")
+    np.testing.assert_array_equal(loaded.score(x[:20]), scores)
+    with pytest.raises(NotFittedError, match="delta changed"):
+        loaded.set_params(delta=0.2).score(x[:5])
+    refit = loaded.fit(x)  # fitting again takes the new value
+    assert refit.delta == 0.2 and refit.score(x[:5]).shape == (5,)
+
+
+@pytest.mark.parametrize(("X", "params", "message"), [
+    (np.zeros(700), {}, r"X is a 1-D array of shape \(700,\): .* X.reshape\(-1, 1\)"),
+    (np.zeros((1000, 2, 2)), {}, r"X is a 3-D array of shape \(1000, 2, 2\)"),
+    (np.zeros((10, 0)), {}, r"X of shape \(10, 0\) holds no values"),
+    (np.empty((0, 4)), {}, r"X of shape \(0, 4\) holds no values"),
+    ([], {}, "X holds no records: fit needs normal records"),
+    (np.zeros((1, 4)), {}, "1 normal records leave 1 references beside 0 calibration records"),
+    (np.zeros((700, 3), complex), {}, "X holds complex numbers"),
+    (np.ones((700, 3)), {"alpha": "0.01"}, "alpha must be a number in .* got '0.01'"),
+    (np.ones((700, 3)), {"delta": True}, "delta must be a number in \\(0, 1\\), got True"),
+])
+def test_bad_training_input_is_named_as_the_caller_gave_it(X: Any, params: dict[str, Any],
+                                                           message: str) -> None:
+    """Checked before the reference/calibration split, which used to report the shape of a
+    part (700 rows as 401) or blame calibration for an empty X."""
+    with pytest.raises(ValueError, match=message):
+        Detector(encoder="identity", **params).fit(X)
+    fitted = Detector(encoder="identity", alpha=None).fit(np.ones((40, 3)) + np.eye(40, 3))
+    with pytest.raises(ValueError, match="n_neighbours must be a positive integer, got -1"):
+        fitted.explain(np.ones((1, 3)), -1)
+
+
 def test_decision_function_score_samples_and_fit_predict() -> None:
     x, y = _flagged_data()
     detector = Detector(encoder="identity", alpha=0.05, delta=0.1)

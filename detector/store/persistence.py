@@ -207,6 +207,7 @@ def _restore(
     if recomputed != detector.model_version_:
         raise BundleError(f"the manifest's model_version_ {detector.model_version_} does not "
                           f"match the bundle's content ({recomputed}): it was edited")
+    detector._params_at_fit = detector._config()
     return detector
 
 
