@@ -150,7 +150,7 @@ def test_invalid_parameters_are_refused() -> None:
     data = np.zeros((10, 2))
     for kwargs, message in (({"n_neighbors": 0}, "n_neighbors must be a positive integer"),
                             ({"metric": "manhattan"}, "metric must be"),
-                            ({"alpha": 1.5}, "alpha must be in"),
+                            ({"alpha": 1.5}, "alpha must be a number in"),
                             ({"encoder": "magic"}, "encoder must be one of")):
         with pytest.raises(ValueError, match=message):
             Detector(**kwargs).fit(data)
