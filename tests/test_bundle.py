@@ -117,6 +117,8 @@ def test_schema_version_mismatch_is_refused(saved: tuple, tmp_path: Path) -> Non
 def test_not_a_bundle(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"not a nearwatch bundle: manifest\.json is missing"):
         Detector.load(tmp_path)
+    with pytest.raises(BundleError, match=r"missing: no such directory \(a bundle is the"):
+        Detector.load(tmp_path / "missing")
 
 
 # ---------------------------------------------------------------- learned (default) encoder

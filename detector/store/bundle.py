@@ -159,6 +159,9 @@ def read_bundle(path: str | Path, signing_key: bytes | None = None
     """
     folder = Path(path)
     manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such directory (a bundle is the directory that "
+                          "Detector.save or `nearwatch train --out` wrote)")
     if not manifest_path.is_file():
         raise BundleError(f"{folder} is not a nearwatch bundle: {MANIFEST} is missing")
     try:
