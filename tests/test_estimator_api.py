@@ -217,6 +217,15 @@ def test_bad_training_input_is_named_as_the_caller_gave_it(X: Any, params: dict[
         fitted.explain(np.ones((1, 3)), -1)
 
 
+def test_nan_class_labels_are_refused() -> None:
+    """They trained as one class of their own ("nan"), without a word."""
+    x = np.random.default_rng(0).normal(size=(700, 3))
+    labels: list[Any] = [i % 2 for i in range(700)]
+    labels[5] = labels[9] = float("nan")
+    with pytest.raises(ValueError, match=r"labels hold nan \(2 of 700\): a class label"):
+        Detector(encoder="identity").fit(x, labels=labels)
+
+
 def test_decision_function_score_samples_and_fit_predict() -> None:
     x, y = _flagged_data()
     detector = Detector(encoder="identity", alpha=0.05, delta=0.1)

@@ -53,6 +53,10 @@ class FitSupervision:
             label_array = np.asarray(list(labels), dtype=object)
             if len(label_array) != n:
                 raise ValueError(f"labels has {len(label_array)} entries for {n} records")
+            nan = sum(1 for label in label_array if isinstance(label, float) and label != label)
+            if nan:  # a missing class, not a class: str(nan) would group them all
+                raise ValueError(f"labels hold nan ({nan} of {n}): a class label must be a "
+                                 "string or a number")
             restricted_labels = _encode_labels(label_array[reference_rows])
         restricted_pairs, unused_pairs = _restrict_rows(pairs, "pairs", position, n)
         restricted_triplets, unused_triplets = _restrict_rows(triplets, "triplets", position, n)
