@@ -13,8 +13,10 @@ The old spellings ``k`` and ``seed`` still work for one release, with a ``Deprec
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
@@ -51,6 +53,15 @@ class RenamedParameter:
         setattr(obj, self.current, value)
 
 
+@functools.cache
+def _constructor_arguments(init: Callable[..., Any]) -> tuple[str, ...]:
+    """Read once per class: ``inspect.signature`` costs ~80 µs, and every scoring call checks
+    the parameters against those of the fit (``_check_params_unchanged``)."""
+    parameters = inspect.signature(init).parameters.values()
+    return tuple(p.name for p in parameters
+                 if p.name != "self" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
 class EstimatorAPI:
     """Mixin: parameters by name, sklearn's score spellings and ``fit_predict``.
 
@@ -67,9 +78,7 @@ class EstimatorAPI:
     @classmethod
     def _param_names(cls) -> list[str]:
         """Constructor arguments (the deprecated keyword-only spellings excluded)."""
-        parameters = inspect.signature(cls.__init__).parameters.values()
-        return [p.name for p in parameters
-                if p.name != "self" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        return list(_constructor_arguments(cls.__init__))
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Every constructor argument, as stored (no parameter is itself an estimator)."""

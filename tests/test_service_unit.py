@@ -297,6 +297,19 @@ def test_unanswered_record_texts_keep_the_ids_a_worker_would_give(memory_app: An
     assert json.loads(answers[1])["error"].startswith("record #6: ")
 
 
+class _LocalClient:
+    """The worker's text path for `stream_records`, without a broker."""
+
+    def __init__(self, scorer: BatchScorer, batch_size: int) -> None:
+        self.scorer = scorer
+        self.options = ClientOptions(batch_size=batch_size)
+        self.stats = type("S", (), {"unanswered": 0})()
+
+    def score_json_batches(self, batches: Any) -> Any:
+        for batch, first in batches:
+            yield self.scorer.score_json(batch, first)
+
+
 def test_stream_path_assigns_ids_and_answers_bad_lines(registry: ModelRegistry,
                                                         tmp_path: Path) -> None:
     from nearwatch.worker.stream import read_input, stream_records
@@ -313,16 +326,9 @@ def test_stream_path_assigns_ids_and_answers_bad_lines(registry: ModelRegistry,
 
     scorer = _scorer(registry)
 
-    class _LocalClient:  # the worker's text path, without a broker
-        options = ClientOptions(batch_size=3)
-        stats = type("S", (), {"unanswered": 0})()
-
-        def score_json_batches(self, batches: Any) -> Any:
-            for batch, first in batches:
-                yield scorer.score_json(batch, first)
 
     out = io.StringIO()
-    summary = stream_records(_LocalClient(), lines, out)  # type: ignore[arg-type]
+    summary = stream_records(_LocalClient(scorer, 3), lines, out)  # type: ignore[arg-type]
     results = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["id"] for r in results] == [good[0]["id"], "#2", None, None]
     assert "score" in results[1]
@@ -340,19 +346,12 @@ def test_stream_errors_name_the_line_and_lines_split_as_score_splits_them(
 
     scorer = _scorer(registry)
 
-    class _LocalClient:  # the worker's text path, without a broker
-        options = ClientOptions(batch_size=2)
-        stats = type("S", (), {"unanswered": 0})()
-
-        def score_json_batches(self, batches: Any) -> Any:
-            for batch, first in batches:
-                yield scorer.score_json(batch, first)
 
     def streamed(data: bytes) -> list[dict[str, Any]]:
         path = tmp_path / "in.jsonl"
         path.write_bytes(data)
         numbers, out = LineNumbers(), io.StringIO()
-        stream_records(_LocalClient(), read_input(str(path), line_numbers=numbers), out,  # type: ignore[arg-type]
+        stream_records(_LocalClient(scorer, 2), read_input(str(path), line_numbers=numbers), out,  # type: ignore[arg-type]
                        line_numbers=numbers)
         return [json.loads(line) for line in out.getvalue().splitlines()]
 
