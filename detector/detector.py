@@ -151,10 +151,7 @@ class Detector(EstimatorAPI, FittedAttributes):
 
     # ------------------------------------------------------------------ fitting
     def fit(
-        self,
-        X: Records,
-        y: Any = None,
-        *,
+        self, X: Records, y: Any = None, *,
         labels: Sequence[Any] | None = None,
         pairs: Sequence[Sequence[Any]] | None = None,
         triplets: Sequence[Sequence[int]] | None = None,
@@ -276,14 +273,14 @@ class Detector(EstimatorAPI, FittedAttributes):
             raise NotFittedError("this Detector was fitted with alpha=None: it has no threshold")
         return self.score(X) > self.threshold_
 
-    def explain(
-        self, X: Records, n_neighbours: int = 3, n_fields: int = 3
-    ) -> list[dict[str, Any]]:
-        """Per record: nearest normal references and the fields deviating most from them."""
+    def explain(self, X: Records, n_neighbours: int = 3, n_fields: int = 3
+                ) -> list[dict[str, Any]]:
+        """Per record: its id (records only), nearest references, the most deviating fields."""
         self._check_fitted()
         data = as_records(X)
         features = self.feature_encoder_.transform(data)
-        return explain_rows(self, features, n_neighbours, n_fields)
+        ids = None if isinstance(data, np.ndarray) else [r.get(self.id_field) for r in data]
+        return explain_rows(self, features, n_neighbours, n_fields, ids)
 
     def score_records(
         self, records: Sequence[Any], n_neighbours: int = 3, schema_version: str | None = None,

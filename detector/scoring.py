@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import SchemaMismatchError
 from .estimator import as_records
-from .features.matrix import FEATURE_LIMIT
+from .explanations import field_deviations
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -44,17 +44,6 @@ def neighbour_reference_ids(reference_ids: Any, rows: np.ndarray) -> list[list[A
     if isinstance(reference_ids, np.ndarray):
         return reference_ids[rows].tolist()
     return [[reference_ids[row] for row in block] for block in rows.tolist()]
-
-
-def reference_features(detector: Detector, rows: np.ndarray) -> np.ndarray:
-    """Feature rows of distinct references: stored, or read back from the index vectors."""
-    if detector.reference_features_ is not None:
-        return np.asarray(detector.reference_features_[rows], dtype=np.float32)
-    vectors = detector.reference_index_.reconstruct(rows)
-    features = detector.embedder_.features_from_embedding(vectors)
-    if features is None:  # cannot happen for a fitted detector: fit stores them then
-        raise ValueError("this detector's references cannot be turned back into features")
-    return features
 
 
 def score_record_batch(
@@ -143,10 +132,11 @@ def flagged_fields(detector: Detector, features: np.ndarray, rows: np.ndarray,
 
 
 def explain_rows(
-    detector: Detector, features: np.ndarray, n_neighbours: int, n_fields: int
+    detector: Detector, features: np.ndarray, n_neighbours: int, n_fields: int,
+    record_ids: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Nearest references and the fields that differ most from the k nearest ones
-    (``field_deviations``)."""
+    (``field_deviations``); each explanation starts with its record's id where ``record_ids``."""
     for name, value in (("n_neighbours", n_neighbours), ("n_fields", n_fields)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -158,6 +148,7 @@ def explain_rows(
     explanations = []
     for i in range(len(features)):
         explanations.append({
+            **({} if record_ids is None else {"id": record_ids[i]}),
             "score": float(scores[i]),
             "p_value": float(p_values[i]),
             "is_anomaly": None
@@ -171,56 +162,6 @@ def explain_rows(
             "fields": fields[i],
         })
     return explanations
-
-
-def field_deviations(
-    detector: Detector, features: np.ndarray, rows: np.ndarray, n_fields: int
-) -> list[list[dict[str, Any]]]:
-    """Per feature row, the ``n_fields`` fields deviating most from its k nearest records.
-
-    ``rows``: the row's nearest distinct references as ``neighbour_search`` returns them (the
-    scoring search's own rows serve: no second search). A field's deviation is the Euclidean
-    distance, over the field's scaled feature columns, between the record and the
-    column-wise median of its k nearest references: the median is the typical normal
-    neighbour, robust to one odd reference.
-    """
-    if not len(features):
-        return []
-    encoder = detector.feature_encoder_
-    # the k nearest *records* of each query: a distinct reference counts as often as taken
-    taken = detector.reference_index_.records_taken(rows, detector.n_neighbors)
-    nearest_records = np.repeat(rows.ravel(), taken.ravel()).reshape(len(rows), -1)
-    typical = np.median(reference_features(detector, nearest_records), axis=1)
-    # per-field Euclidean deviation for every record at once: squared differences summed
-    # over each field's columns (a column -> field membership matrix)
-    field_names = list(encoder.field_columns_)
-    membership = np.zeros((features.shape[1], len(field_names)), dtype=np.float32)
-    for position, columns in enumerate(encoder.field_columns_.values()):
-        membership[columns, position] = 1.0
-    deviations = np.sqrt(((features - typical) ** 2) @ membership)
-    ranked = np.argsort(-deviations, axis=1, kind="stable")[:, :n_fields]
-    return [[_field_detail(encoder, field_names[j], float(deviations[i, j]), features[i],
-                           typical[i]) for j in ranked[i].tolist()]
-            for i in range(len(features))]
-
-
-def _field_detail(
-    encoder: Any, field: str, deviation: float, row: np.ndarray, typical: np.ndarray
-) -> dict[str, Any]:
-    detail: dict[str, Any] = {"field": field, "deviation": deviation}
-    value_column = encoder.numeric_value_column(field)
-    if value_column is not None:
-        # float32 features (after log or scale maps) keep ~6 significant digits, not more
-        detail["value"] = _float32_digits(encoder.inverse_numeric(field, float(row[value_column])))
-        detail["typical"] = _float32_digits(
-            encoder.inverse_numeric(field, float(typical[value_column])))
-        if abs(row[value_column]) >= np.float32(FEATURE_LIMIT):
-            detail["clipped"] = True  # the value is at least this far out (features are clipped)
-    return detail
-
-
-def _float32_digits(value: float) -> float:
-    return float(f"{value:.6g}")
 
 
 def _array_rows(detector: Detector, matrix: np.ndarray) -> list[Any]:

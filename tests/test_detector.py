@@ -103,6 +103,7 @@ def test_explain_names_deviating_field(fitted: Detector, telemetry: tuple) -> No
     normal = next(r for r in test if not r["is_anomaly"])
     spiked = dict(normal, latency_ms=float(normal["latency_ms"]) * 500)
     explanation = fitted.explain([spiked])[0]
+    assert explanation["id"] == spiked["id"]
     assert explanation["fields"][0]["field"] == "latency_ms"
     assert explanation["fields"][0]["value"] == pytest.approx(spiked["latency_ms"], rel=1e-3)
     assert explanation["fields"][0]["typical"] < spiked["latency_ms"] / 50
@@ -227,3 +228,15 @@ def test_explaining_a_clipped_value_says_so() -> None:
     assert top["field"] == "cpu_pct" and top["clipped"] is True and top["value"] > 1e15
     (plain,) = detector.explain([records[1]], n_fields=3)
     assert all("clipped" not in field for field in plain["fields"])
+
+
+@pytest.mark.parametrize("told", ["anomalies", "labels"])
+def test_the_identity_encoder_says_it_cannot_learn_from_what_it_is_told(told: str) -> None:
+    train = generate_records(700, 0.0, seed=1)
+    anomalies = [r for r in generate_records(300, 0.2, seed=2) if r["is_anomaly"]]
+    given = ({"anomalies": anomalies} if told == "anomalies"
+             else {"labels": [r["service"] for r in train]})
+    with pytest.warns(UserWarning, match="encoder='identity' learns nothing.*use encoder="):
+        detector = Detector(encoder="identity", label_fields=("is_anomaly",)).fit(train, **given)
+    plain = Detector(encoder="identity", label_fields=("is_anomaly",)).fit(train)
+    np.testing.assert_array_equal(detector.score(anomalies), plain.score(anomalies))

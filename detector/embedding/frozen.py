@@ -95,6 +95,11 @@ class FrozenMLPEmbedder:
             out[start:stop, self.n_features :] = (self.embedding_weight * hidden).astype(np.float32)
         return out
 
+    def standardise(self, features: np.ndarray) -> np.ndarray:
+        """``z(x)``: the features as the embedding's raw part sees them, before its weight."""
+        return (np.asarray(features, dtype=np.float32) - self.arrays["center"]) \
+            / self.arrays["scale"]
+
     def features_from_embedding(self, vectors: np.ndarray) -> np.ndarray | None:
         """Invert the raw part ``raw_weight · (x − center) / scale``; None if it is weighted 0."""
         if self.raw_weight == 0.0:

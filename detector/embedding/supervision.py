@@ -134,6 +134,15 @@ def build_embedder_for_fit(
     from .identity import IdentityEmbedder
 
     if encoder == "identity":
+        given = {"class labels": supervision.labels is not None,
+                 "pairs": supervision.pairs is not None,
+                 "triplets": supervision.triplets is not None,
+                 "known anomalies": anomaly_features is not None and len(anomaly_features) > 0}
+        if any(given.values()):
+            ignored = ", ".join(name for name, present in given.items() if present)
+            warnings.warn(f"encoder='identity' learns nothing, so this fit does not use its "
+                          f"{ignored}: use encoder='metric' or 'auto' to learn from them",
+                          UserWarning, stacklevel=3)
         return IdentityEmbedder()
     from .training import TrainingConfig, train_embedder
 
