@@ -74,6 +74,9 @@ def test_score_reads_stdin_writes_stdout_and_explains_flagged(workdir: Path) -> 
     assert result.exit_code == 0, result.output
     results = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(results) == 42 and "scored 42 records" in result.stderr
+    # the spike lacks fields every training record had: scored as typical, and said so
+    assert "of 42 records lack 'bytes_out', which every training record had" in result.stderr
+    assert "'latency_ms'" not in result.stderr and "'status'" not in result.stderr  # had them
     assert results[-1]["error"].startswith("record 42 (line 42) ")
     top = results[-2]
     assert top["id"] == "spike" and top["is_anomaly"]

@@ -212,7 +212,7 @@ def test_unknown_fields_are_ignored_and_counted() -> None:
     base = {k: v for k, v in TRAIN[0].items()}
     plain = encoder.transform([base])
     extra = encoder.transform([{**base, "zzz": 1, "yyy": {"nested": 1}}, {**base, "new": "v"}])
-    assert encoder.unknown_fields_last_call_ == 3 and encoder.unknown_fields_seen_ == 3
+    assert encoder.unknown_fields_seen_ == 3
     assert (extra == plain).all()
     encoder.transform([{**base, "note": 5, "is_anomaly": True}])  # dropped/label: known fields
     assert encoder.unknown_fields_seen_ == 3
@@ -429,3 +429,16 @@ def test_values_beyond_float32_once_scaled_are_errors_and_huge_ones_are_clipped(
     features, array_errors = arrays.transform_records(np.array([[1e40, 0.0], [1e30, 1.0]]))
     assert array_errors[0] is not None and array_errors[0].field == "f0"
     assert array_errors[1] is None and np.isfinite(features).all()
+
+
+def test_a_field_training_always_had_is_counted_when_missing() -> None:
+    """Imputed without an indicator (nothing in the features says it was missing): counted,
+    per field, null and absent alike; a field training had missing is not counted."""
+    encoder = FeatureEncoder().fit([{"a": 1.0, "b": None, "c": "x"}, {"a": 2.0, "b": 1, "c": "y"},
+                                    {"a": 3.0, "b": 2, "c": "x"}])
+    encoder.transform([{"a": 1.0, "b": None, "c": "x"}])
+    assert encoder.missing_fields_seen_ == {}
+    encoder.transform([{"b": 1}, {"a": None, "b": 2, "c": None}, {"a": 1.0, "c": "x"}])
+    assert encoder.missing_fields_seen_ == {"a": 2, "c": 2}
+    encoder.transform([{"b": 3}])
+    assert encoder.missing_fields_seen_ == {"a": 3, "c": 3}

@@ -121,6 +121,25 @@ def test_fields_the_model_does_not_know_are_scored_without_and_counted(
     wait_for(lambda: unknown() == before + 6, 10, "the 6 unknown fields counted")
 
 
+def test_a_field_every_training_record_had_is_counted_when_missing(node: WorkerNode) -> None:
+    """Scored as if it held a typical value (no missing-indicator column), so a producer that
+    stops sending it would hide its anomalies: counted per field on /metrics. A field that
+    training had missing (``cache_hit``: it has an indicator) is not counted."""
+
+    def missing(field: str) -> float:
+        return metric_value(http_get(node.metrics_url) or "", "nearwatch_missing_fields_total",
+                            f'field="{field}"')
+
+    before = missing("latency_ms"), missing("cache_hit")
+    records = stream_records_for_test(6, prefix="nolatency")
+    sent = [dict(r, latency_ms=None, cache_hit=None) if i % 2 else
+            {k: v for k, v in r.items() if k != "latency_ms"} for i, r in enumerate(records)]
+    (results,) = list(scoring_client(node, batch_size=10).score_batches([sent]))
+    assert all("score" in r for r in results)  # scored, not refused
+    wait_for(lambda: missing("latency_ms") == before[0] + 6, 10, "6 records without latency_ms")
+    assert missing("cache_hit") == before[1]
+
+
 def _stream_proc(tmp_path: Path, node: WorkerNode, n: int, batch: int, timeout: float
                  ) -> tuple[Proc, list[dict[str, Any]], Path]:
     records = stream_records_for_test(n, seed=11, prefix="k")

@@ -223,6 +223,9 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         f"{counts['errors']} errors; results in {'stdout' if to_stdout else out_path}",
         err=to_stdout,
     )
+    for field, n in detector.feature_encoder_.missing_fields_seen_.items():
+        click.echo(f"warning: {n} of {counts['records']} records lack {field!r}, which every "
+                   "training record had: they were scored as if it held a typical value", err=True)
     if counts["records"] and counts["errors"] == counts["records"]:
         # nothing could be scored (a wrong file, another model's records): not a success
         where = "the output above" if to_stdout else out_path

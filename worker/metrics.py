@@ -176,6 +176,10 @@ class ServiceMetrics:
             "nearwatch_unknown_fields", "Fields of scored records that the serving model does "
             "not know (ignored; a new field reaches a model only through `nearwatch train`)",
             registry=r)
+        self.missing_fields = Counter(
+            "nearwatch_missing_fields", "Model fields missing from scored records that training "
+            "always had (scored as a typical value: a producer that stops sending a field hides "
+            "anomalies in it)", ["field"], registry=r)
         self.buffer_write_failures = Counter(
             "nearwatch_buffer_write_failures", "Batches not added to the reference buffer "
             "(Redis unreachable)", registry=r)
@@ -245,6 +249,9 @@ class ServiceMetrics:
         self.reference_size.set(float(detector.n_reference_))
         self.reference_distinct.set(float(detector.n_unique_reference_))
         self.duplicate_factor.set(float(detector.duplicate_factor_))
+        encoder = getattr(detector, "feature_encoder_", None)  # a stand-in may have none
+        for field in sorted(getattr(encoder, "never_missing_fields_", ())):  # each at 0 first
+            self.missing_fields.labels(field)
         # Bundles older than `certified_` are certified: fitting then refused too few records.
         self.certified.set(float(bool(getattr(detector, "certified_", True))))
         for kind in ("flat", "hnsw"):
@@ -255,11 +262,14 @@ class ServiceMetrics:
         self.model_info.labels(*self._info_labels).set(1)
 
     def batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float,
-                     unknown_fields: int = 0) -> None:
+                     unknown_fields: int = 0, missing_fields: dict[str, int] | None = None
+                     ) -> None:
         with self._guard():
             self._batch_scored(results, reasons, seconds)
             if unknown_fields:
                 self.unknown_fields.inc(unknown_fields)
+            for field, count in (missing_fields or {}).items():
+                self.missing_fields.labels(field).inc(count)
 
     def _batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float
                       ) -> None:

@@ -180,6 +180,7 @@ class BatchScorer:
         # the encoder counts the fields it ignores (per process; a stand-in may have none)
         encoder = getattr(detector, "feature_encoder_", None)
         unknown_before = getattr(encoder, "unknown_fields_seen_", 0)
+        missing_before = dict(getattr(encoder, "missing_fields_seen_", {}))
         scored = self._score_objects(detector, [records[i] for i in objects])
         for i, result in zip(objects, scored, strict=True):
             if "error" in result and result["id"] is None:  # named by its batch position
@@ -201,10 +202,14 @@ class BatchScorer:
         if self.buffer is not None:  # one round trip per batch; never raises
             self.buffer.write(detector, version, records, results, delivery=delivery)
         if self.metrics is not None:
+            missing = getattr(encoder, "missing_fields_seen_", {})
             self.metrics.batch_scored(results, list(reasons.values()),
                                       time.perf_counter() - started,
                                       getattr(encoder, "unknown_fields_seen_", 0)
-                                      - unknown_before)
+                                      - unknown_before,
+                                      {field: count - missing_before.get(field, 0)
+                                       for field, count in missing.items()
+                                       if count != missing_before.get(field, 0)})
         return results
 
     def _score_objects(self, detector: Detector, records: list[dict[str, Any]],

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
+from .matrix import natural_key
 from .values import (
     BadRows,
     BadValue,
@@ -32,6 +33,7 @@ __all__ = ["BadRows", "BadValue", "coerce_booleans", "coerce_categories", "coerc
            "to_bool", "to_category", "to_number"]  # re-exported: moved to values.py
 
 KINDS = ("numeric", "categorical", "boolean")
+Plan = list[tuple[str, str, bool, bool | None]]  # (name, kind, nullable, log override)
 MISSING_CATEGORY = "<missing>"  # the category a null/absent categorical value becomes
 OTHER_CATEGORY = "<other>"  # one-hot column for categories not seen in training
 # Heavy-tail rule (fields with min >= 0 only): log1p before scaling when
@@ -71,6 +73,19 @@ def infer_kind(column: Sequence[object]) -> str | None:
 
 
 NUMERIC_SHARE = 0.9
+
+
+def infer_plan(rows: list[dict], names: set[str]) -> tuple[Plan, list[str]]:
+    """Each field's inferred kind, in natural name order; fields without values dropped."""
+    plan: Plan = []
+    dropped: list[str] = []
+    for name in sorted(names, key=natural_key):
+        kind = infer_kind([row.get(name) for row in rows])
+        if kind is None:
+            dropped.append(name)
+        else:
+            plan.append((name, kind, False, None))
+    return plan, dropped
 
 
 def _is_number_like(value: object) -> bool:
@@ -122,7 +137,6 @@ def stable_bucket(category: str, buckets: int) -> int:
 
 
 _DECLARED_KEYS = {"name", "kind", "nullable", "log", "description"}
-Plan = list[tuple[str, str, bool, bool | None]]  # (name, kind, nullable, log override)
 
 
 def parse_declared(schema: object, excluded: set[str]) -> Plan:
@@ -196,7 +210,33 @@ def category_weight(buckets: int, n_distinct: int) -> float:
     return ONEHOT_WEIGHT * min(1.0, (buckets / max(n_distinct, 1)) ** 0.5)
 
 
-Encode = Callable[[list[object], np.ndarray, BadRows], None]
+Encode = Callable[[list[object], np.ndarray, BadRows], int]  # -> values missing
+
+
+def array_specs(columns: np.ndarray) -> list[dict]:
+    """Numeric fields ``f0, f1, ...`` of an array's (contiguous) columns."""
+    return [{"name": f"f{j}", "kind": "numeric", **numeric_stats(column),
+             "missing_indicator": False} for j, column in enumerate(columns)]
+
+
+def never_missing(spec: dict) -> bool:
+    """Whether training never had the field missing (or declared it nullable): a missing value
+    is then filled in with a typical one, and no column says it was missing."""
+    if spec["kind"] == "categorical":
+        return spec["encoding"] == "onehot" and MISSING_CATEGORY not in spec["categories"]
+    return not spec["missing_indicator"]
+
+
+def add_missing(seen: dict[str, int], absent: dict[str, int], rows: list,
+                errors: Collection[int]) -> None:
+    """Add to ``seen`` the rows of each field in ``absent`` that lack it, but not the rows in
+    ``errors``: those are answered with the error, not scored as if the field were typical."""
+    for index in errors:
+        for name in absent:
+            absent[name] -= rows[index].get(name) is None
+    for name, count in absent.items():
+        if count:
+            seen[name] = seen.get(name, 0) + count
 
 
 def column_names(spec: dict) -> list[str]:
@@ -218,15 +258,17 @@ def make_encoder(spec: dict) -> Encode:
         center, scale = (spec["center"], spec["scale"]) if kind == "numeric" else (0.0, 1.0)
         imputed = 0.0 if kind == "numeric" else spec["mean"]  # numeric 0.0 == the median
 
-        def encode_scalar(column: list[object], block: np.ndarray, bad: BadRows) -> None:
+        def encode_scalar(column: list[object], block: np.ndarray, bad: BadRows) -> int:
             values, missing = coerce(name, column, bad)
             scaled = (signed_log1p(values) if log else values) - center
             scaled /= scale
-            if missing is not None:
-                scaled[missing] = imputed
-                if block.shape[1] > 1:
-                    block[:, 1] = missing
             block[:, 0] = scaled
+            if missing is None:
+                return 0
+            block[missing, 0] = imputed
+            if block.shape[1] > 1:
+                block[:, 1] = missing
+            return int(np.count_nonzero(missing))
 
         return encode_scalar
     lookup: Callable[[str | None, int], int]  # category -> column (default: other)
@@ -251,10 +293,12 @@ def make_encoder(spec: dict) -> Encode:
         lookup, other = hashed, 0
 
     weight = spec.get("weight", 1.0)  # states from before field weights: 0/1 columns
+    counted = never_missing(spec)  # the other categorical fields' missing values are expected
 
-    def encode_category(column: list[object], block: np.ndarray, bad: BadRows) -> None:
+    def encode_category(column: list[object], block: np.ndarray, bad: BadRows) -> int:
         categories = coerce_categories(name, column, bad)
         columns = np.array([lookup(c, other) for c in categories], dtype=np.intp)
         block[np.arange(len(columns)), columns] = weight
+        return column.count(None) if counted else 0
 
     return encode_category

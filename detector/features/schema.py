@@ -30,9 +30,10 @@ hashed fields, so a field weighs like one field (``fields.category_weight``).
 Missing (null or absent). Numeric -> the median (scaled 0.0), boolean -> the training mean, each
 plus a ``<field>__missing`` 0/1 column when the field was missing in training (or is declared
 nullable). A field never missing in training is imputed the same way without an indicator: the
-record is still scored on its other fields. Categorical -> the category ``<missing>`` (the
-``<other>`` column if training never had it). Unusable values (non-numeric strings, NaN/inf,
-nested objects/arrays, non-object records) -> ``RecordError`` naming the field and record.
+record is still scored on its other fields (``missing_fields_seen_`` counts them).
+Categorical -> the category ``<missing>`` (the ``<other>`` column if training never had it).
+Unusable values (non-numeric strings, NaN/inf, nested objects/arrays, non-object records) ->
+``RecordError`` naming the field and record.
 
 >>> encoder = FeatureEncoder().fit([
 ...     {"id": 1, "bytes": 100, "service": "http", "tls": True},
@@ -65,16 +66,18 @@ from ..errors import NotFittedError, RecordError, SchemaMismatchError
 from .fields import (
     BadRows,
     Plan,
+    add_missing,
+    array_specs,
     column_names,
     fit_field,
-    infer_kind,
+    infer_plan,
     make_encoder,
-    numeric_stats,
+    never_missing,
     parse_declared,
     signed_expm1,
     signed_log1p,
 )
-from .matrix import array_range_errors, as_matrix, natural_key, nonfinite_rows, screen_rows
+from .matrix import array_range_errors, as_matrix, nonfinite_rows, screen_rows
 
 STATE_FORMAT = "nearwatch.schema/1"
 
@@ -117,9 +120,7 @@ class FeatureEncoder:
         if matrix.shape[0] == 0 or matrix.shape[1] == 0:
             raise ValueError(f"cannot fit on an empty array of shape {matrix.shape}")
         self._raise_first(nonfinite_rows(matrix, [f"f{j}" for j in range(matrix.shape[1])]))
-        columns = np.ascontiguousarray(matrix.T)  # contiguous like the dict path: equal stats
-        return [{"name": f"f{j}", "kind": "numeric", **numeric_stats(column),
-                 "missing_indicator": False} for j, column in enumerate(columns)]
+        return array_specs(np.ascontiguousarray(matrix.T))  # contiguous: the dict path's stats
 
     def _fit_records(self, rows: list[dict]) -> tuple[list[dict], list[str]]:
         if not rows:
@@ -138,13 +139,7 @@ class FeatureEncoder:
         if self.declared_schema is not None:
             plan = parse_declared(self.declared_schema, self._excluded())
         else:
-            plan = []
-            for name in sorted(keys - self._excluded(), key=natural_key):
-                kind = infer_kind([row.get(name) for row in rows])
-                if kind is None:
-                    dropped.append(name)
-                else:
-                    plan.append((name, kind, False, None))
+            plan, dropped = infer_plan(rows, keys - self._excluded())
         if not plan:
             raise ValueError("the training records have no feature fields with values")
         bad: BadRows = {}
@@ -169,7 +164,8 @@ class FeatureEncoder:
         self.n_features_ = len(names)
         self.dropped_fields_: list[str] = dropped
         self.unknown_fields_seen_ = 0
-        self.unknown_fields_last_call_ = 0
+        self.missing_fields_seen_: dict[str, int] = {}
+        self.never_missing_fields_ = frozenset(s["name"] for s in specs if never_missing(s))
         self._known = frozenset([*self.field_columns_, *dropped, *self._excluded()])
         self._column_fields = [spec["name"] for spec in specs for _ in column_names(spec)]
         canonical = json.dumps(self._schema_document(), sort_keys=True, separators=(",", ":"),
@@ -233,17 +229,21 @@ class FeatureEncoder:
                 if not isinstance(row, dict):
                     bad[index] = (None, f"record is not a JSON object (got {type(row).__name__})")
                     rows[index] = {}
+        absent: dict[str, int] = {}  # per field never missing in training: rows without it
         with np.errstate(over="ignore"):  # a value beyond float32 once scaled: _screen_rows
             for name, start, stop, encode in self._encoders:
                 # map(dict.get, ...) beats a list comprehension by ~20% on this hot path
-                encode(list(map(dict.get, rows, repeat(name))), matrix[:, start:stop], bad)
+                n_missing = encode(list(map(dict.get, rows, repeat(name))),
+                                   matrix[:, start:stop], bad)
+                if n_missing and name in self.never_missing_fields_:
+                    absent[name] = n_missing
         known = self._known
         unknown = sum(len(row.keys() - known) for row in rows if not row.keys() <= known)
-        self.unknown_fields_last_call_ = unknown
         self.unknown_fields_seen_ += unknown
         screen_rows(rows, matrix, bad, self.fields_, self._column_fields)
         errors = self._record_errors(rows, bad)
         matrix[list(errors)] = 0.0
+        add_missing(self.missing_fields_seen_, absent, rows, errors)
         return matrix, errors
 
     def _encode_array(self, matrix: np.ndarray) -> tuple[np.ndarray, dict]:
