@@ -196,12 +196,16 @@ def test_bad_training_record_is_named(workdir: Path) -> None:
     lines = (workdir / "train-bad.jsonl").read_text().splitlines()
     lines[17] = json.dumps(dict(json.loads(lines[17]), cpu_pct="n/a"))
     (workdir / "train-bad.jsonl").write_text("\n".join(lines) + "\n")
-    result = CliRunner().invoke(main, ["train", "--data", str(workdir / "train-bad.jsonl"),
-                                       "--out", str(workdir / "bad-model"), "--alpha", "0.05",
-                                       "--delta", "0.1", "--encoder", "identity"])
-    assert result.exit_code != 0
-    assert "'r0000017'" in result.output and "field 'cpu_pct'" in result.output
-    assert "record 17 " in result.output  # its position in the file, not in the split
+    assert any(json.loads(line)["is_anomaly"] for line in lines[:17])
+    for labelled in ([], ["--label-field", "is_anomaly"]):  # anomalies before it: not counted
+        result = CliRunner().invoke(main, ["train", "--data", str(workdir / "train-bad.jsonl"),
+                                           "--out", str(workdir / "bad-model"), "--alpha",
+                                           "0.05", "--delta", "0.1", "--encoder", "identity",
+                                           *labelled])
+        assert result.exit_code != 0
+        assert "'r0000017'" in result.output and "field 'cpu_pct'" in result.output
+        # its place in the file, counted as `score` counts (1-based), not in the split
+        assert "record 18 " in result.output
 
 
 def test_train_never_takes_the_anomalies_the_retraining_gate_judges_on(workdir: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,13 @@ import click
 import numpy as np
 from nearwatch.detector.io import (
     UnreadableRecord,
-    iter_jsonl,
     read_records,
     take_rows,
-    text_lines,
 )
 
 from .command_settings import cli_settings
 from .records import truncate
-from .settings import RecordLimits
+from .score_file import read_scored, score_chunk, screen_chunk
 
 
 @click.command("generate")
@@ -83,7 +80,7 @@ def train_command(
 ) -> None:
     """Train a detector on normal records and save it as a verified bundle."""
     from nearwatch.detector import Detector
-    from nearwatch.detector.errors import CalibrationWarning
+    from nearwatch.detector.errors import CalibrationWarning, RecordError
     from nearwatch.detector.held_out import held_out_for_judging
     from nearwatch.detector.store.bundle import check_bundle_target
     from nearwatch.detector.threads import configure_threads
@@ -117,22 +114,27 @@ def train_command(
     anomaly_rows = np.array(trainable[:known_anomalies], dtype=np.int64)
     held_out = f", {len(labelled_rows) - len(trainable)} held out for the retraining gate" \
         if known_anomalies and len(trainable) < len(labelled_rows) else ""
-    normals = take_rows(records, normal_rows)
-    labels = None
-    if class_field is not None:
-        labels = [r.get(class_field) for r in normals]
+    # normals and the known anomalies in file order, as X and y: a bad record's error then
+    # names its place in the file (`score`'s numbering), whether normal or anomaly
+    rows = np.sort(np.concatenate([normal_rows, anomaly_rows]))
+    training = take_rows(records, rows)
+    labels = None if class_field is None else [r.get(class_field) for r in training]
     detector = Detector(
         n_neighbors=n_neighbors, alpha=alpha, delta=delta, id_field=id_field, encoder=encoder,
         random_state=random_state, strict=strict,
         label_fields=tuple(f for f in (label_field, class_field) if f),
         schema=schema, progress=True,
     )
-    anomalies = take_rows(records, anomaly_rows) if len(anomaly_rows) else None
     try:
         check_bundle_target(out_dir)  # before training: never destroy a user's directory
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CalibrationWarning)
-            detector.fit(normals, labels=labels, anomalies=anomalies)
+            detector.fit(training, is_anomaly[rows] if len(anomaly_rows) else None,
+                         labels=labels)
+    except RecordError as exc:  # "record n" as `score` counts: the n-th record of the file
+        raise click.ClickException(str(RecordError(
+            exc.field, exc.reason, None if exc.record_index is None
+            else int(rows[exc.record_index]) + 1, exc.record_id))) from exc
     except ValueError as exc:  # every library error is a ValueError with a clear message
         raise click.ClickException(_cli_advice(str(exc))) from exc
     for warning in caught:
@@ -185,7 +187,7 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         settings = cli_settings()
         limits = settings.limits
         detector = Detector.load(model_dir, signing_key=settings.bundle_key)
-        records = _read_scored(data_path, limits.max_bytes)
+        records = read_scored(data_path, limits.max_bytes)
     except (ValueError, OSError) as exc:  # SettingsError, BundleError, an unreadable header
         raise click.ClickException(str(exc)) from exc
     if isinstance(records, np.ndarray):
@@ -208,9 +210,9 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         raise click.ClickException(f"cannot write {out_path}: {exc}") from exc
     with output as stream, tqdm(total=len(records), unit="rec", disable=None) as progress:
         for start in range(0, len(records), batch_size):
-            chunk = _screen(records[start : start + batch_size], start, detector.id_field,
+            chunk = screen_chunk(records[start : start + batch_size], start, detector.id_field,
                             limits)
-            for result in _score_chunk(detector, chunk, start, n_fields):
+            for result in score_chunk(detector, chunk, start, n_fields):
                 counts["records"] += 1
                 counts["anomalies"] += bool(result.get("is_anomaly"))
                 counts["errors"] += "error" in result
@@ -262,57 +264,3 @@ def _check_named_fields(records: Any, data_path: Path, options: dict[str, str | 
         if field is not None and not any(isinstance(r, dict) and field in r for r in records):
             raise click.BadParameter(f"no record in {data_path} has a field {field!r}",
                                      param_hint=option)
-
-
-def _screen(chunk: list[Any], start: int, id_field: str, limits: RecordLimits) -> list[Any]:
-    """Records beyond the limits, or with an id JSON cannot carry, become unreadable (with
-    their id, where it is valid: a record over a limit is still named by it)."""
-    from .records import RecordRefused, answer_id, check_record
-
-    screened = []
-    for i, record in enumerate(chunk):
-        if isinstance(record, dict):
-            try:
-                check_record(record, limits, id_field)
-            except RecordRefused as exc:
-                record = UnreadableRecord(start + i + 1, f"record {start + i + 1}: {exc}",
-                                          answer_id(record, id_field))
-        screened.append(record)
-    return screened
-
-
-def _read_scored(data_path: Path, max_line_bytes: int) -> Any:
-    """Records from a file, or JSON lines from stdin (``-``)."""
-    if str(data_path) != "-":
-        return read_records(data_path, max_line_bytes=max_line_bytes).records
-    return list(iter_jsonl(text_lines(sys.stdin.buffer), max_line_bytes))
-
-
-def _score_chunk(detector: Any, chunk: list[Any], start: int, n_fields: int = 0
-                 ) -> list[dict[str, Any]]:
-    """Score a chunk; unreadable lines are answered with their parse error, in place. An
-    error names its record by its 1-based position in the input, as ``_screen`` does.
-    With ``n_fields``, flagged records also get their most deviating fields."""
-    readable = [r for r in chunk if not isinstance(r, UnreadableRecord)]
-    scored_results = detector.score_records(readable, n_neighbours=3)
-    if n_fields:
-        flagged = [i for i, r in enumerate(scored_results) if r.get("is_anomaly")]
-        explained = detector.explain([readable[i] for i in flagged], n_neighbours=1,
-                                     n_fields=n_fields) if flagged else []
-        for i, explanation in zip(flagged, explained, strict=True):
-            scored_results[i]["fields"] = explanation["fields"]
-    scored = iter(scored_results)
-    results = []
-    for position, record in enumerate(chunk, start=start + 1):
-        if isinstance(record, UnreadableRecord):
-            results.append({"id": record.record_id, "error": record.reason})
-            continue
-        result = next(scored)
-        prefix = f"record {result.pop('index', None)}"
-        error = result.get("error")
-        if isinstance(error, str) and (error.startswith(prefix + " ") or
-                                       error.startswith(prefix + ":")):
-            result["error"] = f"record {position}{error[len(prefix):]}"
-        results.append(result)
-    return results
-
