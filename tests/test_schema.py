@@ -442,3 +442,17 @@ def test_a_field_training_always_had_is_counted_when_missing() -> None:
     assert encoder.missing_fields_seen_ == {"a": 2, "c": 2}
     encoder.transform([{"b": 3}])
     assert encoder.missing_fields_seen_ == {"a": 3, "c": 3}
+
+
+def test_a_field_of_nested_values_only_is_not_a_feature_and_says_so() -> None:
+    """Dropped with a warning, as scoring ignores an unknown nested field; a field that mixes
+    nested values with plain ones still names the record with the nested one."""
+    rows = [{"bytes": 10 + i, "billing": {"zip": "28"} if i % 2 else None} for i in range(6)]
+    with pytest.warns(UserWarning, match="field 'billing' holds only nested objects or arrays"):
+        encoder = FeatureEncoder().fit(rows)
+    assert encoder.dropped_fields_ == ["billing"] and list(encoder.field_columns_) == ["bytes"]
+    encoder.transform([{"bytes": 3, "billing": {"zip": "99"}}])
+    assert encoder.unknown_fields_seen_ == 0
+    rows[2]["billing"] = 5.0
+    with pytest.raises(RecordError, match="record 1: field 'billing': nested value"):
+        FeatureEncoder().fit(rows)

@@ -140,6 +140,8 @@ def train_command(
     for warning in caught:
         if issubclass(warning.category, CalibrationWarning):
             click.echo(f"warning: {_cli_advice(str(warning.message))}", err=True)
+        elif issubclass(warning.category, UserWarning):  # the library's, said as the CLI's
+            click.echo(f"warning: {warning.message}", err=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import warnings
 from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
@@ -80,7 +81,13 @@ def infer_plan(rows: list[dict], names: set[str]) -> tuple[Plan, list[str]]:
     plan: Plan = []
     dropped: list[str] = []
     for name in sorted(names, key=natural_key):
-        kind = infer_kind([row.get(name) for row in rows])
+        column = [row.get(name) for row in rows]
+        kind = infer_kind(column)
+        if kind is not None and set(map(type, column)) <= {dict, list, type(None)}:
+            warnings.warn(f"field {name!r} holds only nested objects or arrays: it is not a "
+                          "feature (flatten it into fields of plain values to use it)",
+                          UserWarning, stacklevel=2)
+            kind = None
         if kind is None:
             dropped.append(name)
         else:

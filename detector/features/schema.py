@@ -6,8 +6,8 @@ is a bool; numeric if every one is a number or a bool, or if numbers are mixed w
 90 % of the values are numbers or numeric strings ("12.5"; the rest are record errors); else
 categorical, as is a field of strings only ("200"; declare it ``numeric`` to read "12.5").
 Fields null/absent in every training record are dropped (``dropped_fields_``; ignored at score
-time). Inferred fields are in natural name order (f2 before f10), so key order never matters.
-A declared schema (e.g. loaded from a JSON file) keeps its order and skips inference::
+time), as are fields holding only nested objects or arrays (with a warning). Inferred fields
+are in natural name order (f2 before f10). A declared schema keeps its order, no inference::
 
     {"fields": [{"name": "bytes", "kind": "numeric", "log": true, "nullable": true},
                 {"name": "service", "kind": "categorical"},
