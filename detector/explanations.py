@@ -40,7 +40,9 @@ def reference_features(detector: Detector, rows: np.ndarray) -> np.ndarray:
     features = detector.embedder_.features_from_embedding(vectors)
     if features is None:  # cannot happen for a fitted detector: fit stores them then
         raise ValueError("this detector's references cannot be turned back into features")
-    return features
+    # undoing the z-scoring in float32 leaves ~1e-8 where a feature was exact (a typical
+    # count of 0 showed as -4.4e-08); features are in robust sd, so 1e-6 of one is nothing
+    return np.round(features, 6)
 
 
 def typical_neighbour_rows(detector: Detector, features: np.ndarray,

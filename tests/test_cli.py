@@ -65,7 +65,7 @@ def test_generate_train_score_finds_anomalies(workdir: Path) -> None:
 def test_score_reads_stdin_writes_stdout_and_explains_flagged(workdir: Path) -> None:
     """`--data - --out -` is a pipe: results alone on stdout, the summary on stderr; with
     `--explain N` a flagged record names the fields that deviate, an unflagged one does not."""
-    spiked = {"id": "spike", "service": "api", "region": "eu", "status": 200,
+    spiked = {"id": "spike", "service": "api", "region": "eu-west", "status": 200,
               "latency_ms": 90000.0, "cpu_pct": 30.0}
     lines = (workdir / "test.jsonl").read_text().splitlines()[:40]
     text = "\n".join([*lines, json.dumps(spiked), "not json"]) + "\n"

@@ -240,3 +240,16 @@ def test_the_identity_encoder_says_it_cannot_learn_from_what_it_is_told(told: st
         detector = Detector(encoder="identity", label_fields=("is_anomaly",)).fit(train, **given)
     plain = Detector(encoder="identity", label_fields=("is_anomaly",)).fit(train)
     np.testing.assert_array_equal(detector.score(anomalies), plain.score(anomalies))
+
+
+def test_a_category_no_training_record_had_is_flagged(fitted: Detector) -> None:
+    """A one-hot field's unseen value costs 3, a change between known values 1: a new region
+    is news, a record moved to another known region is not."""
+    normals = [r for r in generate_records(300, 0.0, seed=7)]
+    regions = ("eu-west", "us-east", "ap-south")
+    moved = [dict(r, region=regions[(regions.index(r["region"]) + 1) % 3]) for r in normals]
+    unseen = [dict(r, region="mars-north") for r in normals]
+    assert fitted.predict(moved).mean() <= 0.05
+    assert fitted.predict(unseen).mean() >= 0.9
+    explained = fitted.explain(unseen[:20], n_fields=1)
+    assert all(e["fields"][0]["field"] == "region" for e in explained)

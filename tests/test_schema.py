@@ -9,7 +9,12 @@ import re
 import numpy as np
 import pytest
 from nearwatch.detector.errors import NotFittedError, RecordError, SchemaMismatchError
-from nearwatch.detector.features.fields import IQR_PER_SD, ONEHOT_WEIGHT, stable_bucket
+from nearwatch.detector.features.fields import (
+    IQR_PER_SD,
+    ONEHOT_WEIGHT,
+    UNSEEN_CATEGORY_COST,
+    stable_bucket,
+)
 from nearwatch.detector.features.schema import FeatureEncoder
 
 
@@ -141,15 +146,38 @@ def test_onehot_switches_to_hashing_above_max_onehot(distinct: int, encoding: st
     assert len(encoder.field_columns_["proto"]) == width
     features = encoder.transform(records + [{"proto": "never-seen", "n": 1}])
     block = features[:, encoder.field_columns_["proto"]]
-    # every record, unseen included, hits one column, at the field's column weight
-    # (4 values in 5 buckets: sqrt(5 / 4) > 1, so the hashed weight is the one-hot one)
-    assert (block.sum(axis=1) == np.float32(ONEHOT_WEIGHT)).all()
+    # every record hits one column, at the field's column weight (4 values in 5 buckets:
+    # sqrt(5 / 4) > 1, so the hashed weight is the one-hot one); a one-hot field's unseen
+    # value is 3 from every known one, a hashed one's shares a bucket
+    assert (block[:-1].sum(axis=1) == np.float32(ONEHOT_WEIGHT)).all()
     assert _spec(encoder, "proto")["weight"] == ONEHOT_WEIGHT
     if encoding == "onehot":
         assert encoder.feature_names_[encoder.field_columns_["proto"][-1]] == "proto=<other>"
-        assert block[-1].tolist() == [0.0, 0.0, 0.0, pytest.approx(ONEHOT_WEIGHT)]
+        assert block[-1].tolist()[:3] == [0.0, 0.0, 0.0]
+        assert np.linalg.norm(block[-1] - block[0]) == pytest.approx(UNSEEN_CATEGORY_COST)
+        assert np.linalg.norm(block[1] - block[0]) == pytest.approx(1.0)
     else:
         assert int(np.argmax(block[-1])) == stable_bucket("never-seen", 5)
+        assert block[-1].sum() == np.float32(ONEHOT_WEIGHT)
+
+
+def test_a_missing_category_is_not_an_unseen_one_and_old_states_keep_their_weights() -> None:
+    """A field never missing in training: a missing value costs 1 (as ``score`` imputes a
+    typical value), not the unseen cost. A state from before the unseen weight encodes an
+    unseen value as it did (its bundles score as they did)."""
+    records = [{"proto": f"p{i % 3}", "n": i} for i in range(20)]
+    encoder = FeatureEncoder().fit(records)
+    known, missing, unseen = encoder.transform(
+        [{"proto": "p0", "n": 1}, {"n": 1}, {"proto": "zz", "n": 1}])
+    assert np.linalg.norm(missing - known) == pytest.approx(1.0)
+    assert np.linalg.norm(unseen - known) == pytest.approx(UNSEEN_CATEGORY_COST)
+    fields = encoder.to_state()["fields"]
+    assert fields[1]["name"] == "proto"
+    del fields[1]["unseen_weight"]
+    old = FeatureEncoder()
+    old._set_schema(fields, [])
+    known, unseen = old.transform([{"proto": "p0", "n": 1}, {"proto": "zz", "n": 1}])
+    assert np.linalg.norm(unseen - known) == pytest.approx(1.0)
 
 
 def test_hash_buckets_are_stable_across_processes() -> None:

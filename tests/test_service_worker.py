@@ -140,6 +140,24 @@ def test_a_field_every_training_record_had_is_counted_when_missing(node: WorkerN
     assert missing("cache_hit") == before[1]
 
 
+def test_a_category_no_training_record_had_is_counted_per_field(node: WorkerNode) -> None:
+    """Counted on /metrics, so a producer that changes a field's vocabulary shows as such and
+    not only as anomalies; a known value of another field is not counted."""
+
+    def unseen(field: str) -> float:
+        return metric_value(http_get(node.metrics_url) or "",
+                            "nearwatch_unseen_categories_total", f'field="{field}"')
+
+    before = unseen("region"), unseen("service")
+    records = stream_records_for_test(5, prefix="mars")
+    sent = [dict(r, region="mars-north") for r in records]
+    (results,) = list(scoring_client(node, batch_size=10).score_batches([sent]))
+    plain = list(scoring_client(node, batch_size=10).score_batches([records]))[0]
+    assert all(r["score"] > p["score"] for r, p in zip(results, plain, strict=True))
+    wait_for(lambda: unseen("region") == before[0] + 5, 10, "5 unseen regions counted")
+    assert unseen("service") == before[1]
+
+
 def _stream_proc(tmp_path: Path, node: WorkerNode, n: int, batch: int, timeout: float
                  ) -> tuple[Proc, list[dict[str, Any]], Path]:
     records = stream_records_for_test(n, seed=11, prefix="k")

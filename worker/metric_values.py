@@ -1,9 +1,26 @@
-"""Histogram updates in bulk, for the scoring processes' metrics (``worker/metrics.py``)."""
+"""Bulk and per-field metric updates, for the scoring processes' metrics
+(``worker/metrics.py``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
+
+
+def counted_fields(encoder: Any) -> tuple[list[str], list[str]]:
+    """The fields a model counts: missing ones that training always had, and one-hot fields'
+    values no training record had (none for a stand-in without a feature encoder)."""
+    missing = sorted(getattr(encoder, "never_missing_fields_", ()))
+    unseen = [spec["name"] for spec in getattr(encoder, "fields_", ())
+              if spec.get("encoding") == "onehot"]
+    return missing, unseen
+
+
+def count_per_field(counter: Counter, counts: dict[str, int] | None) -> None:
+    for field, count in (counts or {}).items():
+        counter.labels(field).inc(count)
 
 
 def observe_many(histogram: Histogram, values: list[float]) -> None:

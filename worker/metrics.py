@@ -35,7 +35,7 @@ from prometheus_client import values as prom_values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
-from .metric_values import observe_many
+from .metric_values import count_per_field, counted_fields, observe_many
 
 if TYPE_CHECKING:
     from nearwatch.detector import Detector
@@ -180,6 +180,9 @@ class ServiceMetrics:
             "nearwatch_missing_fields", "Model fields missing from scored records that training "
             "always had (scored as a typical value: a producer that stops sending a field hides "
             "anomalies in it)", ["field"], registry=r)
+        self.unseen_categories = Counter(
+            "nearwatch_unseen_categories", "Values of categorical fields that no training "
+            "record had (each scores as far out as a 3 sd deviation)", ["field"], registry=r)
         self.buffer_write_failures = Counter(
             "nearwatch_buffer_write_failures", "Batches not added to the reference buffer "
             "(Redis unreachable)", registry=r)
@@ -249,9 +252,10 @@ class ServiceMetrics:
         self.reference_size.set(float(detector.n_reference_))
         self.reference_distinct.set(float(detector.n_unique_reference_))
         self.duplicate_factor.set(float(detector.duplicate_factor_))
-        encoder = getattr(detector, "feature_encoder_", None)  # a stand-in may have none
-        for field in sorted(getattr(encoder, "never_missing_fields_", ())):  # each at 0 first
-            self.missing_fields.labels(field)
+        missing, unseen = counted_fields(getattr(detector, "feature_encoder_", None))
+        for counter, fields in ((self.missing_fields, missing), (self.unseen_categories, unseen)):
+            for field in fields:  # each series at 0 from the start, for rules and dashboards
+                counter.labels(field)
         # Bundles older than `certified_` are certified: fitting then refused too few records.
         self.certified.set(float(bool(getattr(detector, "certified_", True))))
         for kind in ("flat", "hnsw"):
@@ -262,14 +266,14 @@ class ServiceMetrics:
         self.model_info.labels(*self._info_labels).set(1)
 
     def batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float,
-                     unknown_fields: int = 0, missing_fields: dict[str, int] | None = None
-                     ) -> None:
+                     unknown_fields: int = 0, missing_fields: dict[str, int] | None = None,
+                     unseen_categories: dict[str, int] | None = None) -> None:
         with self._guard():
             self._batch_scored(results, reasons, seconds)
             if unknown_fields:
                 self.unknown_fields.inc(unknown_fields)
-            for field, count in (missing_fields or {}).items():
-                self.missing_fields.labels(field).inc(count)
+            count_per_field(self.missing_fields, missing_fields)
+            count_per_field(self.unseen_categories, unseen_categories)
 
     def _batch_scored(self, results: list[dict[str, Any]], reasons: list[str], seconds: float
                       ) -> None:

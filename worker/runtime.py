@@ -181,6 +181,7 @@ class BatchScorer:
         encoder = getattr(detector, "feature_encoder_", None)
         unknown_before = getattr(encoder, "unknown_fields_seen_", 0)
         missing_before = dict(getattr(encoder, "missing_fields_seen_", {}))
+        unseen_before = dict(getattr(encoder, "unseen_categories_seen_", {}))
         scored = self._score_objects(detector, [records[i] for i in objects])
         for i, result in zip(objects, scored, strict=True):
             if "error" in result and result["id"] is None:  # named by its batch position
@@ -202,14 +203,11 @@ class BatchScorer:
         if self.buffer is not None:  # one round trip per batch; never raises
             self.buffer.write(detector, version, records, results, delivery=delivery)
         if self.metrics is not None:
-            missing = getattr(encoder, "missing_fields_seen_", {})
-            self.metrics.batch_scored(results, list(reasons.values()),
-                                      time.perf_counter() - started,
-                                      getattr(encoder, "unknown_fields_seen_", 0)
-                                      - unknown_before,
-                                      {field: count - missing_before.get(field, 0)
-                                       for field, count in missing.items()
-                                       if count != missing_before.get(field, 0)})
+            self.metrics.batch_scored(
+                results, list(reasons.values()), time.perf_counter() - started,
+                getattr(encoder, "unknown_fields_seen_", 0) - unknown_before,
+                added(missing_before, getattr(encoder, "missing_fields_seen_", {})),
+                added(unseen_before, getattr(encoder, "unseen_categories_seen_", {})))
         return results
 
     def _score_objects(self, detector: Detector, records: list[dict[str, Any]],
@@ -256,3 +254,9 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
         if result["error"].startswith(prefix + " ") or result["error"].startswith(prefix + ":"):
             result["error"] = result["error"][len(prefix):].lstrip(" :")
     return result
+
+
+def added(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Per field, what ``after`` (a running count) added to ``before``."""
+    return {field: count - before.get(field, 0) for field, count in after.items()
+            if count != before.get(field, 0)}

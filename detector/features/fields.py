@@ -1,9 +1,7 @@
 """Per-field logic behind :class:`detector.schema.FeatureEncoder`.
 
-Kind inference, lenient value coercion, the fitted statistics of one field (a plain JSON dict,
-the field's "spec") and the column encoders that turn a whole batch of one field into its block
-of the feature matrix. Batches go through numpy first; Python only looks at single values when
-the fast path cannot be used (bad or unusual values), which keeps dict records at >50k rows/s.
+Kind inference, lenient value coercion and the fitted statistics of one field (a plain JSON
+dict, the field's "spec"); ``encoding`` turns a batch of records into feature columns.
 
 >>> signed_log1p(np.array([-9.0, 0.0, 9.0])).round(3).tolist()
 [-2.303, 0.0, 2.303]
@@ -14,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import numbers
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,7 +40,6 @@ OTHER_CATEGORY = "<other>"  # one-hot column for categories not seen in training
 # A zero IQR with max > median (mostly-zero counters with spikes) therefore always qualifies.
 TAIL_Q99_IQRS = 5.0
 TAIL_MAX_IQRS = 50.0
-_HASH_CACHE_LIMIT = 65_536
 # IQR / 1.349 estimates the standard deviation of normal data: a robust sd, on the scale of
 # the std fallback (degenerate IQR) and of a boolean flip or category change (1.0).
 IQR_PER_SD = 1.349
@@ -50,6 +47,13 @@ IQR_PER_SD = 1.349
 # 1/sqrt(2) make it 1, what a boolean flip or one robust unit of a numeric field costs, so a
 # categorical field weighs like one field (see ``category_weight``).
 ONEHOT_WEIGHT = 0.5**0.5
+# A value no training record had (a one-hot field's ``<other>`` column) costs this much, not
+# the 1 of a change to a known category: a new country or merchant category is news. At 1, a
+# fraud trial's never-seen merchant categories were flagged 0 % of the time (AUROC 0.83); at 3
+# (5 and 10 alike) 100 %, at the same false-alarm rate (bench/results/unseen-categories/).
+# Hashed fields (over ``max_onehot`` values) have no unseen value: a new one shares a bucket.
+UNSEEN_CATEGORY_COST = 3.0
+
 
 def infer_kind(column: Sequence[object]) -> str | None:
     """'boolean' | 'numeric' | 'categorical' from training values; None if all are null."""
@@ -185,7 +189,8 @@ def fit_field(
         distinct = sorted({MISSING_CATEGORY if c is None else c for c in categories})
         if len(distinct) <= max_onehot:
             return {"name": name, "kind": kind, "encoding": "onehot", "categories": distinct,
-                    "weight": ONEHOT_WEIGHT}
+                    "weight": ONEHOT_WEIGHT,
+                    "unseen_weight": (UNSEEN_CATEGORY_COST ** 2 - ONEHOT_WEIGHT ** 2) ** 0.5}
         return {"name": name, "kind": kind, "encoding": "hash", "buckets": hash_buckets,
                 "n_distinct": len(distinct),
                 "weight": category_weight(hash_buckets, len(distinct))}
@@ -217,9 +222,6 @@ def category_weight(buckets: int, n_distinct: int) -> float:
     return ONEHOT_WEIGHT * min(1.0, (buckets / max(n_distinct, 1)) ** 0.5)
 
 
-Encode = Callable[[list[object], np.ndarray, BadRows], int]  # -> values missing
-
-
 def array_specs(columns: np.ndarray) -> list[dict]:
     """Numeric fields ``f0, f1, ...`` of an array's (contiguous) columns."""
     return [{"name": f"f{j}", "kind": "numeric", **numeric_stats(column),
@@ -232,80 +234,3 @@ def never_missing(spec: dict) -> bool:
     if spec["kind"] == "categorical":
         return spec["encoding"] == "onehot" and MISSING_CATEGORY not in spec["categories"]
     return not spec["missing_indicator"]
-
-
-def add_missing(seen: dict[str, int], absent: dict[str, int], rows: list,
-                errors: Collection[int]) -> None:
-    """Add to ``seen`` the rows of each field in ``absent`` that lack it, but not the rows in
-    ``errors``: those are answered with the error, not scored as if the field were typical."""
-    for index in errors:
-        for name in absent:
-            absent[name] -= rows[index].get(name) is None
-    for name, count in absent.items():
-        if count:
-            seen[name] = seen.get(name, 0) + count
-
-
-def column_names(spec: dict) -> list[str]:
-    """Output column names of one fitted field, in column order."""
-    name = spec["name"]
-    if spec["kind"] == "categorical":
-        if spec["encoding"] == "onehot":
-            return [f"{name}={c}" for c in [*spec["categories"], OTHER_CATEGORY]]
-        return [f"{name}#{j}" for j in range(spec["buckets"])]
-    return [name, f"{name}__missing"] if spec["missing_indicator"] else [name]
-
-
-def make_encoder(spec: dict) -> Encode:
-    """A closure that fills ``block`` (n, width of the field) from the field's raw values."""
-    name, kind = spec["name"], spec["kind"]
-    if kind in ("numeric", "boolean"):
-        coerce = coerce_numbers if kind == "numeric" else coerce_booleans
-        log = kind == "numeric" and spec["log"]
-        center, scale = (spec["center"], spec["scale"]) if kind == "numeric" else (0.0, 1.0)
-        imputed = 0.0 if kind == "numeric" else spec["mean"]  # numeric 0.0 == the median
-
-        def encode_scalar(column: list[object], block: np.ndarray, bad: BadRows) -> int:
-            values, missing = coerce(name, column, bad)
-            scaled = (signed_log1p(values) if log else values) - center
-            scaled /= scale
-            block[:, 0] = scaled
-            if missing is None:
-                return 0
-            block[missing, 0] = imputed
-            if block.shape[1] > 1:
-                block[:, 1] = missing
-            return int(np.count_nonzero(missing))
-
-        return encode_scalar
-    lookup: Callable[[str | None, int], int]  # category -> column (default: other)
-    if spec["encoding"] == "onehot":
-        index = {c: j for j, c in enumerate(spec["categories"])}
-        other = len(index)
-        index[None] = index.get(MISSING_CATEGORY, other)
-        lookup = index.get
-    else:
-        buckets = spec["buckets"]
-        cache: dict[str | None, int] = {}
-
-        def hashed(category: str | None, default: int) -> int:
-            bucket = cache.get(category)
-            if bucket is None:  # memoised: blake2b per value would dominate the batch
-                if len(cache) > _HASH_CACHE_LIMIT:
-                    cache.clear()
-                key = MISSING_CATEGORY if category is None else category
-                bucket = cache[category] = stable_bucket(key, buckets)
-            return bucket
-
-        lookup, other = hashed, 0
-
-    weight = spec.get("weight", 1.0)  # states from before field weights: 0/1 columns
-    counted = never_missing(spec)  # the other categorical fields' missing values are expected
-
-    def encode_category(column: list[object], block: np.ndarray, bad: BadRows) -> int:
-        categories = coerce_categories(name, column, bad)
-        columns = np.array([lookup(c, other) for c in categories], dtype=np.intp)
-        block[np.arange(len(columns)), columns] = weight
-        return column.count(None) if counted else 0
-
-    return encode_category

@@ -57,21 +57,18 @@ import copy
 import hashlib
 import json
 from collections.abc import Iterable
-from itertools import repeat
 from typing import Any
 
 import numpy as np
 
 from ..errors import NotFittedError, RecordError, SchemaMismatchError
+from .encoding import add_counts, column_names, encode_fields, make_encoder
 from .fields import (
     BadRows,
     Plan,
-    add_missing,
     array_specs,
-    column_names,
     fit_field,
     infer_plan,
-    make_encoder,
     never_missing,
     parse_declared,
     signed_expm1,
@@ -165,6 +162,7 @@ class FeatureEncoder:
         self.dropped_fields_: list[str] = dropped
         self.unknown_fields_seen_ = 0
         self.missing_fields_seen_: dict[str, int] = {}
+        self.unseen_categories_seen_: dict[str, int] = {}  # per one-hot field: unseen values
         self.never_missing_fields_ = frozenset(s["name"] for s in specs if never_missing(s))
         self._known = frozenset([*self.field_columns_, *dropped, *self._excluded()])
         self._column_fields = [spec["name"] for spec in specs for _ in column_names(spec)]
@@ -229,21 +227,16 @@ class FeatureEncoder:
                 if not isinstance(row, dict):
                     bad[index] = (None, f"record is not a JSON object (got {type(row).__name__})")
                     rows[index] = {}
-        absent: dict[str, int] = {}  # per field never missing in training: rows without it
-        with np.errstate(over="ignore"):  # a value beyond float32 once scaled: _screen_rows
-            for name, start, stop, encode in self._encoders:
-                # map(dict.get, ...) beats a list comprehension by ~20% on this hot path
-                n_missing = encode(list(map(dict.get, rows, repeat(name))),
-                                   matrix[:, start:stop], bad)
-                if n_missing and name in self.never_missing_fields_:
-                    absent[name] = n_missing
+        absent, unseen = encode_fields(self._encoders, rows, matrix, bad,
+                                       self.never_missing_fields_)
         known = self._known
         unknown = sum(len(row.keys() - known) for row in rows if not row.keys() <= known)
         self.unknown_fields_seen_ += unknown
         screen_rows(rows, matrix, bad, self.fields_, self._column_fields)
         errors = self._record_errors(rows, bad)
         matrix[list(errors)] = 0.0
-        add_missing(self.missing_fields_seen_, absent, rows, errors)
+        add_counts(self.missing_fields_seen_, absent, rows, errors)
+        add_counts(self.unseen_categories_seen_, unseen)
         return matrix, errors
 
     def _encode_array(self, matrix: np.ndarray) -> tuple[np.ndarray, dict]:
