@@ -279,8 +279,8 @@ class Detector(EstimatorAPI, FittedAttributes):
         self._check_fitted()
         data = as_records(X)
         features = self.feature_encoder_.transform(data)
-        ids = None if isinstance(data, np.ndarray) else [r.get(self.id_field) for r in data]
-        return explain_rows(self, features, n_neighbours, n_fields, ids)
+        return explain_rows(self, features, n_neighbours, n_fields,
+                            None if isinstance(data, np.ndarray) else data)
 
     def score_records(
         self, records: Sequence[Any], n_neighbours: int = 3, schema_version: str | None = None,

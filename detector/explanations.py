@@ -12,10 +12,12 @@ references in the scaled features themselves, searched exactly (``feature_neighb
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .features.fields import OTHER_CATEGORY
 from .features.matrix import FEATURE_LIMIT
 
 if TYPE_CHECKING:
@@ -99,7 +101,8 @@ def _standardised(detector: Detector, features: np.ndarray) -> np.ndarray:
 
 
 def field_deviations(
-    detector: Detector, features: np.ndarray, rows: np.ndarray, n_fields: int
+    detector: Detector, features: np.ndarray, rows: np.ndarray, n_fields: int,
+    records: Sequence[Any] | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Per feature row, the ``n_fields`` fields deviating most from its k nearest records.
 
@@ -107,7 +110,9 @@ def field_deviations(
     scoring search's own rows serve; see ``typical_neighbour_rows``). A field's deviation is
     the Euclidean distance, over the field's scaled feature columns, between the record and
     the column-wise median of its k nearest references: the median is the typical normal
-    neighbour, robust to one odd reference.
+    neighbour, robust to one odd reference. ``records`` (the rows' records, where there are
+    some): a field's ``value`` is the record's own, as given, rather than read back from the
+    float32 features (6 digits).
     """
     if not len(features):
         return []
@@ -116,7 +121,8 @@ def field_deviations(
     # the k nearest *records* of each query: a distinct reference counts as often as taken
     taken = detector.reference_index_.records_taken(rows, detector.n_neighbors)
     nearest_records = np.repeat(rows.ravel(), taken.ravel()).reshape(len(rows), -1)
-    typical = np.median(reference_features(detector, nearest_records), axis=1)
+    neighbours = reference_features(detector, nearest_records)
+    typical = np.median(neighbours, axis=1)
     # per-field Euclidean deviation for every record at once: squared differences summed
     # over each field's columns (a column -> field membership matrix)
     field_names = list(encoder.field_columns_)
@@ -125,23 +131,40 @@ def field_deviations(
         membership[columns, position] = 1.0
     deviations = np.sqrt(((features - typical) ** 2) @ membership)
     ranked = np.argsort(-deviations, axis=1, kind="stable")[:, :n_fields]
-    return [[_field_detail(encoder, field_names[j], float(deviations[i, j]), features[i],
-                           typical[i]) for j in ranked[i].tolist()]
+    specs = {spec["name"]: spec for spec in encoder.fields_}
+    return [[_field_detail(encoder, specs[field_names[j]], float(deviations[i, j]),
+                           features[i], typical[i], neighbours[i],
+                           None if records is None else records[i])
+             for j in ranked[i].tolist()]
             for i in range(len(features))]
 
 
-def _field_detail(
-    encoder: Any, field: str, deviation: float, row: np.ndarray, typical: np.ndarray
-) -> dict[str, Any]:
+def _field_detail(encoder: Any, spec: dict[str, Any], deviation: float, row: np.ndarray,
+                  typical: np.ndarray, neighbours: np.ndarray, record: Any) -> dict[str, Any]:
+    field = spec["name"]
     detail: dict[str, Any] = {"field": field, "deviation": deviation}
+    given = record.get(field) if isinstance(record, dict) else None
     value_column = encoder.numeric_value_column(field)
     if value_column is not None:
         # float32 features (after log or scale maps) keep ~6 significant digits, not more
-        detail["value"] = _float32_digits(encoder.inverse_numeric(field, float(row[value_column])))
+        detail["value"] = given if isinstance(given, int | float) and not isinstance(
+            given, bool) else _float32_digits(
+            encoder.inverse_numeric(field, float(row[value_column])))
         detail["typical"] = _float32_digits(
             encoder.inverse_numeric(field, float(typical[value_column])))
         if abs(row[value_column]) >= np.float32(FEATURE_LIMIT):
             detail["clipped"] = True  # the value is at least this far out (features are clipped)
+    elif spec["kind"] == "boolean":
+        column = encoder.field_columns_[field][0]
+        detail["value"] = given if isinstance(record, dict) else bool(row[column] >= 0.5)
+        detail["typical"] = bool(typical[column] >= 0.5)
+    elif spec.get("encoding") == "onehot":
+        # the category most of the k nearest records have (the columns hold one per record)
+        columns = encoder.field_columns_[field]
+        names = [*spec["categories"], OTHER_CATEGORY]
+        detail["value"] = given if isinstance(record, dict) else names[
+            int(np.argmax(row[columns]))]
+        detail["typical"] = names[int(np.argmax((neighbours[:, columns] > 0).sum(axis=0)))]
     return detail
 
 

@@ -112,19 +112,21 @@ def score_record_batch(
     if explain > 0 and threshold is not None:
         flagged = np.flatnonzero(scores > threshold)[:explain]
         for position, fields in flagged_fields(detector, good_features, rows, flagged,
-                                               n_fields).items():
+                                               n_fields, [records[i] for i in good]).items():
             results[good[position]]["fields"] = fields
     return results
 
 
 def flagged_fields(detector: Detector, features: np.ndarray, rows: np.ndarray,
-                   flagged: np.ndarray, n_fields: int) -> dict[int, list[dict[str, Any]]]:
+                   flagged: np.ndarray, n_fields: int, records: Sequence[Any] | None = None
+                   ) -> dict[int, list[dict[str, Any]]]:
     """``field_deviations`` of the rows at positions ``flagged`` (``rows``: their search's
     rows), by position; none when it fails: an explanation never fails the scoring."""
     if not len(flagged):
         return {}
     try:
-        fields = field_deviations(detector, features[flagged], rows[flagged], n_fields)
+        fields = field_deviations(detector, features[flagged], rows[flagged], n_fields,
+                                  None if records is None else [records[i] for i in flagged])
     except Exception:
         log.exception("could not explain %d flagged records", len(flagged))
         return {}
@@ -133,22 +135,23 @@ def flagged_fields(detector: Detector, features: np.ndarray, rows: np.ndarray,
 
 def explain_rows(
     detector: Detector, features: np.ndarray, n_neighbours: int, n_fields: int,
-    record_ids: Sequence[Any] | None = None,
+    records: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Nearest references and the fields that differ most from the k nearest ones
-    (``field_deviations``); each explanation starts with its record's id where ``record_ids``."""
+    (``field_deviations``); with the ``records``, each explanation starts with its record's
+    id, and its fields' values are the record's own."""
     for name, value in (("n_neighbours", n_neighbours), ("n_fields", n_fields)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     scores, distances, rows = neighbour_search(detector, features, n_neighbours)
     p_values = detector.calibrator_.p_value(scores)
-    fields = field_deviations(detector, features, rows, n_fields)
+    fields = field_deviations(detector, features, rows, n_fields, records)
     ids = neighbour_reference_ids(detector.reference_ids_, rows[:, :n_neighbours])
     counts = detector.reference_index_.counts_[rows[:, :n_neighbours]].tolist()
     explanations = []
     for i in range(len(features)):
         explanations.append({
-            **({} if record_ids is None else {"id": record_ids[i]}),
+            **({} if records is None else {"id": records[i].get(detector.id_field)}),
             "score": float(scores[i]),
             "p_value": float(p_values[i]),
             "is_anomaly": None

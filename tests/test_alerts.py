@@ -230,14 +230,18 @@ def test_alertmanager_alert_follows_the_conventions() -> None:
                     "first_seen": "2030-01-01T00:00:00.000Z", "last_seen": "x",
                     "last_seen_epoch": 1_893_456_000.0, "suppressed": 2,
                     "events": [{"id": "r1", "score": 9.5, "threshold": 4.0, "p_value": 0.001,
-                                "fpr_bound": 0.009, "fields": [{"field": "latency_ms"}]}]}
+                                "fpr_bound": 0.009, "fields": [
+                                    {"field": "latency_ms", "value": 9000, "typical": 40.5},
+                                    {"field": "hashed"}]}]}
     alert = alertmanager_alert(notification, "critical", resolve_s=300)
     assert alert["labels"] == {"alertname": "NearwatchAnomalousRecords", "severity": "critical",
                                "service": "nearwatch", "model_version": "v0003",
                                "record_service": "payments"}
     assert alert["annotations"]["summary"].startswith("4 anomalous record(s)")
-    assert "latency_ms" in alert["annotations"]["description"]
-    assert "2 notifications rate-limited" in alert["annotations"]["description"]
+    assert "fields: latency_ms=9000 (typical 40.5), hashed." in alert["annotations"][
+        "description"]
+    assert "2 more notifications are held by the rate limit" in alert["annotations"][
+        "description"]
     assert alert["startsAt"] == "2030-01-01T00:00:00.000Z"
     assert alert["endsAt"] == "2030-01-01T00:05:00.000Z"
     # delivered an hour after its last event (a consumer taken over, a sink back up): it
@@ -322,13 +326,15 @@ def test_consumer_groups_dedupes_dead_letters_and_rate_limits(alert_redis: Any) 
     assert consumer.stats.duplicates == 1 and consumer.stats.invalid == 1
     now[0] = 11.0
     consumer.flush()
-    # rate limit 1/min: "search" (grouped second) was withheld from both sinks
+    # rate limit 1/min: "search" (grouped second) was held back from both sinks, and says so
     assert [(n["key"]["service"], n["count"]) for n in good.sent] == [("payments", 5)]
     assert consumer.stats.rate_limited == 2 and consumer.stats.deferred == 1
     assert good.sent[0]["key"]["model_version"] == "v0001"
+    assert [state.digest.notifications for state in consumer.sinks] == [1, 1]
     assert [e["score"] for e in good.sent[0]["events"]] == [4.0, 3.0, 2.0, 1.0, 0.0]
-    # the failing sink is owed it: its five events stay pending, nothing is dead-lettered yet
-    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 5
+    # the failing sink is owed "payments", "search" waits in both digests: their six events
+    # stay pending, nothing is dead-lettered yet
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 6
     assert alert_redis.xrange(ALERTS_DEAD_STREAM) == []
     now[0] = 16.0  # tried again 5 s later, still down; then 10 s later, past redeliver_s
     consumer.flush()
@@ -339,12 +345,22 @@ def test_consumer_groups_dedupes_dead_letters_and_rate_limits(alert_redis: Any) 
     dead = alert_redis.xrange(ALERTS_DEAD_STREAM)
     assert len(dead) == 1 and dead[0][1][b"sink"] == b"alertmanager"
     assert b"receiver down" in dead[0][1][b"error"]
-    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 0
-    now[0] = 200.0  # the bucket refilled: the next notification reports what was withheld
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 1  # "search"
+    now[0] = 200.0  # the bucket refilled: the digest goes first, then the new notification
     _add(alert_redis, "g0", "payments")
     consumer.fold(consumer._read())
     consumer.flush(everything=True)
-    assert good.sent[-1]["suppressed"] == 1 and good.sent[-1]["count"] == 1
+    digest = good.sent[1]
+    assert digest["key"] == {"digest": "rate_limited"} and digest["count"] == 1
+    assert digest["digest"]["keys"] == [
+        {"key": {"service": "search", "model_version": "v0001"}, "count": 1}]
+    assert [e["id"] for e in digest["events"]] == ["f0"]
+    # f0 is owed to the failing sink again; g0 came after the digest took the token: held
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 2
+    now[0] = 300.0
+    consumer.flush()
+    assert good.sent[-1]["digest"]["keys"][0]["key"]["service"] == "payments"
+    assert [e["id"] for e in good.sent[-1]["events"]] == ["g0"]
 
 
 def test_a_sink_that_comes_back_gets_what_it_missed(alert_redis: Any) -> None:
@@ -510,10 +526,10 @@ def test_a_down_sink_is_tried_once_per_backoff_and_no_owed_event_is_lost(
     acknowledge = consumer._acknowledge
     failures = [redis.ConnectionError("Redis went away")]
 
-    def flaky_acknowledge(entries: list[str]) -> None:
+    def flaky_acknowledge(entries: list[str], settling: Any = None) -> None:
         if failures:
             raise failures.pop()
-        acknowledge(entries)
+        acknowledge(entries, settling)
 
     monkeypatch.setattr(consumer, "_acknowledge", flaky_acknowledge)
     now[0] = 16.1
@@ -537,3 +553,46 @@ def test_a_down_sink_is_tried_once_per_backoff_and_no_owed_event_is_lost(
     assert len(consumer.owed) == 0 and entry not in consumer._held
     [pending] = alert_redis.xpending_range(ALERTS_STREAM, ALERTS_GROUP, "-", "+", 10)
     assert pending["consumer"] == b"other"
+
+
+def test_a_flood_is_held_in_a_digest_never_dropped(alert_redis: Any) -> None:
+    """A scan from 40 sources spent the rate limit, and the exfiltration grouped after it
+    never paged (its events acknowledged, unsent). Held notifications now follow in one
+    digest, the highest scores first, their events pending until it is delivered: a
+    consumer killed before that loses nothing, another one claims and sends them."""
+    now = [0.0]
+    settings = AlertSettings(window_s=10, key=("service",), rate_limit=2)
+    sink = ListSink("webhook")
+    consumer = AlertConsumer(alert_redis, [sink], settings, consumer="d1",
+                             clock=lambda: now[0], claim_idle_ms=60_000)
+    consumer.ensure_group()
+    for i in range(40):
+        _add(alert_redis, f"scan-{i}", f"10.0.0.{i}", score=2.0)
+    _add(alert_redis, "exfil", "10.0.9.10", score=13.0)
+    consumer.fold(consumer._read())
+    now[0] = 11.0
+    consumer.flush()
+    assert len(sink.sent) == 2 and consumer.stats.rate_limited == 39
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 39
+    # killed now: another consumer claims the held events and would send them
+    other = AlertConsumer(alert_redis, [ListSink("webhook")], settings, consumer="d2",
+                          claim_idle_ms=1)
+    time.sleep(0.01)
+    assert len(other._claim()) == 39
+    alert_redis.xclaim(ALERTS_STREAM, ALERTS_GROUP, "d1", 0,
+                       [p["message_id"] for p in alert_redis.xpending_range(
+                           ALERTS_STREAM, ALERTS_GROUP, "-", "+", 100)], justid=True)
+    now[0] = 41.0  # one token back (2 per minute): the digest goes first
+    consumer.flush()
+    digest = sink.sent[-1]
+    assert digest["key"] == {"digest": "rate_limited"} and digest["count"] == 39
+    assert digest["events"][0]["id"] == "exfil" and digest["digest"]["notifications"] == 39
+    assert len(digest["digest"]["keys"]) == 20 and digest["digest"]["more_keys"] == 19
+    assert digest["digest"]["keys"][0] == {
+        "key": {"service": "10.0.9.10", "model_version": "v0001"}, "count": 1}
+    assert alert_redis.xpending(ALERTS_STREAM, ALERTS_GROUP)["pending"] == 0
+    page = alertmanager_alert(digest, "warning", resolve_s=300)
+    assert page["annotations"]["summary"].startswith(
+        "39 notifications held by the rate limit: 39 anomalous record(s) for ")
+    assert "for service=10.0.9.10, model_version=v0001 (1); " in page["annotations"]["summary"]
+    assert "record 'exfil'" in page["annotations"]["description"]

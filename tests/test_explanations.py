@@ -71,3 +71,21 @@ def test_feature_space_neighbours_are_the_exact_nearest(
     found = ((standard[:, None, :] - detector.embedder_.standardise(
         explanations.reference_features(detector, rows))) ** 2).sum(-1)
     np.testing.assert_allclose(found, expected[:, :5], rtol=1e-4, atol=1e-4)
+
+
+def test_an_explanation_shows_the_records_own_values_and_the_typical_category() -> None:
+    """Values came back from the float32 features (4367234957 bytes as 4367240000.0, 0 as
+    2.8e-07) and a categorical field had a deviation only: on-call read "method 1.0"."""
+    detector = Detector(encoder="identity", label_fields=("is_anomaly",)).fit(
+        generate_records(1_500, 0.0, seed=1))
+    normal = next(r for r in generate_records(50, 0.0, seed=2) if r["service"] == "api")
+    huge = dict(normal, bytes_out=4_367_234_957)
+    odd = dict(normal, method="RUN", service="api")  # the batch service's method, on the api
+    explained = detector.explain([huge, odd], n_fields=8)
+    top = {f["field"]: f for f in explained[0]["fields"]}
+    assert explained[0]["fields"][0]["field"] == "bytes_out"
+    assert top["bytes_out"]["value"] == 4_367_234_957 and top["bytes_out"]["typical"] < 1e6
+    method = next(f for f in explained[1]["fields"] if f["field"] == "method")
+    assert method["value"] == "RUN" and method["typical"] in ("GET", "POST", "PUT")
+    scored = detector.score_records([huge], explain=1)[0]
+    assert scored["fields"][0]["value"] == 4_367_234_957

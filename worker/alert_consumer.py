@@ -7,8 +7,8 @@ failing sink is owed the notification (``alert_redelivery.py``). De-duplication:
 event twice (a redelivered scoring batch) by ``SET NX`` of its id, valued with the entry id
 (the *same* entry claimed from a dead consumer is grouped normally); many events, one cause:
 equal key (``AlertSettings.key`` fields + model version) within ``window_s`` make one
-notification with a ``count``. A sink over its rate limit skips it; its next one says how many
-it missed (``suppressed``).
+notification with a ``count``. A sink over its rate limit holds it in its digest
+(``alert_digest.py``), sent as one notification as soon as the limit allows.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .alert_redelivery import OwedNotifications, SinkBackoff
+from .alert_digest import TOP_EVENTS, Digest
+from .alert_redelivery import OwedNotifications
 from .alert_sinks import DeliveryError, RateLimiter, Sink, iso_time
+from .alert_state import AlertStats, Group, SinkState
 from .alerts import ALERTS_DEAD_STREAM, ALERTS_GROUP, ALERTS_STREAM, event_from_fields
 from .backlog import BacklogGauges, as_text, group_lag
 from .flow import Outage, group_lost
@@ -37,39 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nearwatch.alerts")
 SEEN_TTL_S = 24 * 3600
-TOP_EVENTS = 5  # events carried by a notification (highest scores first)
-
-
-@dataclass
-class AlertStats:
-    events: int = 0
-    duplicates: int = 0
-    invalid: int = 0
-    claimed: int = 0
-    notifications: int = 0
-    delivered: int = 0
-    failed: int = 0
-    rate_limited: int = 0
-    deferred: int = 0  # failed attempts to be made again (alert_redelivery.py)
-
-
-@dataclass
-class _Group:
-    key: dict[str, Any]
-    opened: float  # consumer clock
-    first_seen: float  # event time (epoch)
-    last_seen: float
-    count: int = 0
-    top: list[dict[str, Any]] = field(default_factory=list)
-    entries: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _SinkState:
-    sink: Sink
-    limiter: RateLimiter
-    suppressed: int = 0  # notifications skipped by the rate limit since the last delivery
-    backoff: SinkBackoff = field(default_factory=SinkBackoff)  # down after a failure
 
 
 def default_claim_idle_ms(window_s: float) -> int:
@@ -86,7 +54,7 @@ class AlertConsumer:
         self.redis = client
         self.outage = Outage(outage_deadline)
         self.settings = settings
-        self.sinks = [_SinkState(s, RateLimiter(
+        self.sinks = [SinkState(s, RateLimiter(
             settings.rate_limit if getattr(s, "rate_limited", True) else 0, clock)) for s in sinks]
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.claim_idle_ms = claim_idle_ms or default_claim_idle_ms(settings.window_s)
@@ -94,7 +62,7 @@ class AlertConsumer:
         self.metrics, self.clock = metrics, clock
         self.stats = AlertStats()
         self.stop = threading.Event()
-        self.groups: dict[tuple[Any, ...], _Group] = {}
+        self.groups: dict[tuple[Any, ...], Group] = {}
         self._held: set[str] = set()  # entry ids in open groups and owed notifications
         self.owed = OwedNotifications(settings.redeliver_s)
         self._claim_cursor = "0-0"
@@ -130,7 +98,8 @@ class AlertConsumer:
             self.fold(raw)
             self.flush()
             self.backlog.observe()
-            return stop_when_idle and not raw and not self.owed and not self._pending()
+            return (stop_when_idle and not raw and not self.owed and not self._pending()
+                    and not any(state.digest for state in self.sinks))
         except Exception as exc:
             if not group_lost(exc):
                 raise
@@ -209,7 +178,7 @@ class AlertConsumer:
         stamp = float(event.get("time") or time.time())
         group = self.groups.get(ident)
         if group is None:
-            group = self.groups[ident] = _Group(key, self.clock(), stamp, stamp)
+            group = self.groups[ident] = Group(key, self.clock(), stamp, stamp)
         group.count += 1
         group.first_seen, group.last_seen = min(group.first_seen, stamp), max(group.last_seen,
                                                                                stamp)
@@ -221,7 +190,9 @@ class AlertConsumer:
 
     # ------------------------------------------------------------------ delivering
     def flush(self, everything: bool = False) -> None:
-        """Deliver the groups whose window has ended (all of them with ``everything``)."""
+        """Deliver the digests the rate limits allow now, then the groups whose window has
+        ended (all of them with ``everything``)."""
+        self._send_digests()
         now = self.clock()
         for ident, group in list(self.groups.items()):
             if everything or now - group.opened >= self.settings.window_s:
@@ -231,17 +202,18 @@ class AlertConsumer:
         if self.metrics is not None:
             self.metrics.open_groups.set(len(self.groups))
 
-    def _deliver(self, group: _Group) -> None:
+    def _deliver(self, group: Group) -> None:
         notification = {
             "key": group.key, "count": group.count, "window_s": self.settings.window_s,
             "first_seen": iso_time(group.first_seen), "last_seen": iso_time(group.last_seen),
-            "last_seen_epoch": group.last_seen, "events": group.top,
+            "first_seen_epoch": group.first_seen, "last_seen_epoch": group.last_seen,
+            "events": group.top,
         }
         self.stats.notifications += 1
         owed = []
         for state in self.sinks:
-            if not state.limiter.allow():
-                state.suppressed += 1
+            if not state.limiter.allow():  # held, not dropped: it follows in the digest
+                state.digest.add(notification, group.entries)
                 self._outcome(state.sink.name, "rate_limited")
             elif self._send(state, notification, final=self.settings.redeliver_s <= 0):
                 owed.append(state.sink.name)
@@ -249,6 +221,17 @@ class AlertConsumer:
             self.owed.add(notification, owed, group.entries, self.clock())
         else:
             self._acknowledge(group.entries)
+
+    def _send_digests(self) -> None:
+        for state in self.sinks:
+            if not state.digest or not state.limiter.allow():
+                continue
+            digest, state.digest = state.digest, Digest()
+            note, entries = digest.notification(self.settings.window_s), sorted(digest.entries)
+            if self._send(state, note, final=self.settings.redeliver_s <= 0):
+                self.owed.add(note, [state.sink.name], entries, self.clock())
+            else:
+                self._acknowledge(entries)
 
     def _redeliver(self) -> None:
         """Send the owed notifications that are due again (``worker/alert_redelivery.py``)."""
@@ -263,15 +246,21 @@ class AlertConsumer:
             if item.sinks:
                 self.owed.later(item, self.clock())
             else:
-                self._acknowledge(item.entries)
+                self._acknowledge(item.entries, settling=item)  # first: a failure keeps it
                 self.owed.settle(item)
         self._keep_owned()
 
     def _keep_owned(self) -> None:
-        lost = self.owed.keep(self.redis, self.consumer, self.clock(), self.claim_idle_ms / 3000)
+        lost = self.owed.keep(self.redis, self.consumer, self.clock(), self.claim_idle_ms / 3000,
+                              self._digested())
         self._held.difference_update(lost)
+        for state in self.sinks:  # another consumer took them: it delivers them
+            state.digest.entries.difference_update(lost)
 
-    def _send(self, state: _SinkState, notification: dict[str, Any], final: bool) -> bool:
+    def _digested(self) -> set[str]:
+        return set().union(*(state.digest.entries for state in self.sinks))
+
+    def _send(self, state: SinkState, notification: dict[str, Any], final: bool) -> bool:
         """Deliver to one sink; True when it stays owed (a retryable failure, not final).
         A sink that failed is not tried again before its backoff ends."""
         name = state.sink.name
@@ -279,7 +268,7 @@ class AlertConsumer:
             self._outcome(name, "deferred")
             return True
         try:
-            state.sink.send({**notification, "suppressed": state.suppressed})
+            state.sink.send({**notification, "suppressed": state.digest.notifications})
         except (DeliveryError, OSError) as exc:
             if not final and getattr(exc, "retryable", True):
                 log.warning("alert notification to %s failed, sent again later: %s", name, exc)
@@ -294,15 +283,19 @@ class AlertConsumer:
             if self.metrics is not None:
                 self.metrics.dead_letters.inc()
             return False
-        state.suppressed = 0
         state.backoff.answered()
         self._outcome(name, "delivered")
         return False
 
-    def _acknowledge(self, entries: list[str]) -> None:
-        # Delivered or dead-lettered everywhere: only now is the hand-off complete.
-        self.redis.xack(ALERTS_STREAM, ALERTS_GROUP, *entries)
-        self._held.difference_update(entries)
+    def _acknowledge(self, entries: list[str], settling: Any = None) -> None:
+        # Delivered or dead-lettered everywhere (no sink owes them but in ``settling``, no
+        # digest holds them): only now is the hand-off complete.
+        still = {entry for item in self.owed.items if item is not settling
+                 for entry in item.entries} | self._digested()
+        done = [entry for entry in entries if entry not in still]
+        if done:
+            self.redis.xack(ALERTS_STREAM, ALERTS_GROUP, *done)
+            self._held.difference_update(done)
 
     def _outcome(self, sink: str, outcome: str) -> None:
         setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)

@@ -86,21 +86,23 @@ class OwedNotifications:
     def entries(self) -> set[str]:
         return {entry for item in self.items for entry in item.entries}
 
-    def keep(self, client: Redis, consumer: str, now: float, every_s: float) -> set[str]:
-        """Every ``every_s``: reset the idle time of the owed entries this consumer still
-        owns (else another consumer would claim them and send them to every sink again) and
-        forget the items whose entries another consumer took meanwhile (it delivers them).
-        Returns the forgotten entries."""
-        if not self.items or now - self._touched < every_s:
+    def keep(self, client: Redis, consumer: str, now: float, every_s: float,
+             also: set[str] | None = None) -> set[str]:
+        """Every ``every_s``: reset the idle time of the owed entries (and of ``also``: the
+        digests') this consumer still owns (else another consumer would claim them and send
+        them to every sink again) and forget the items whose entries another consumer took
+        meanwhile (it delivers them). Returns the forgotten entries."""
+        also = also or set()
+        if not (self.items or also) or now - self._touched < every_s:
             return set()
         self._touched = now
-        wanted = self.entries()
+        wanted = self.entries() | also
         pending = client.xpending_range(ALERTS_STREAM, ALERTS_GROUP, "-", "+",
                                         count=len(wanted) + 1000, consumername=consumer)
         owned = {_text(p["message_id"]) for p in pending} & wanted
         lost = {item_id for item_id in wanted - owned}
         self.items = [item for item in self.items if not lost.intersection(item.entries)]
-        kept: list[Any] = sorted(self.entries())
+        kept: list[Any] = sorted(self.entries() | (also - lost))
         if kept:
             client.xclaim(ALERTS_STREAM, ALERTS_GROUP, consumer, 0, kept, justid=True)
         return wanted - set(kept)

@@ -146,19 +146,30 @@ def alertmanager_alert(notification: dict[str, Any], severity: str, resolve_s: f
         if name != "model_version" and value not in (None, ""):
             labels["record_" + _LABEL.sub("_", name)] = str(value)
     top = notification["events"][0] if notification["events"] else {}
-    fields = ", ".join(f["field"] for f in top.get("fields") or [])
+    fields = ", ".join(f"{f['field']}={f['value']} (typical {f.get('typical')})"
+                       if "value" in f else f["field"] for f in top.get("fields") or [])
     described = ", ".join(f"{k}={v}" for k, v in key.items())
+    summary = f"{notification['count']} anomalous record(s) for {described}"
+    digest = notification.get("digest")
+    if digest:  # notifications the rate limit held back (alert_digest.py)
+        keys = [", ".join(f"{k}={v}" for k, v in held["key"].items()) + f" ({held['count']})"
+                for held in digest["keys"]]
+        more = f" and {digest['more_keys']} more" if digest["more_keys"] else ""
+        summary = (f"{digest['notifications']} notifications held by the rate limit: "
+                   f"{notification['count']} anomalous record(s) for " + "; ".join(keys) + more)
+    held_back = notification.get("suppressed", 0)
     return {
         "labels": labels,
         "annotations": {
-            "summary": f"{notification['count']} anomalous record(s) for {described}",
+            "summary": summary,
             "description": (
                 f"Highest score {_num(top.get('score'))} (threshold "
                 f"{_num(top.get('threshold'))}, p-value {_num(top.get('p_value'))}, certified "
                 f"FPR bound {_num(top.get('fpr_bound'))}) for record {top.get('id')!r}; most "
                 f"deviating fields: {fields or 'n/a'}. {notification['count']} events from "
-                f"{notification['first_seen']} to {notification['last_seen']}; "
-                f"{notification.get('suppressed', 0)} notifications rate-limited before this."),
+                f"{notification['first_seen']} to {notification['last_seen']}."
+                + (f" {held_back} more notifications are held by the rate limit and follow "
+                   "in one digest." if held_back else "")),
             "count": str(notification["count"]),
             "record_id": str(top.get("id")),
         },
