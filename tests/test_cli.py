@@ -205,7 +205,19 @@ def test_bad_training_record_is_named(workdir: Path) -> None:
         assert result.exit_code != 0
         assert "'r0000017'" in result.output and "field 'cpu_pct'" in result.output
         # its place in the file, counted as `score` counts (1-based), not in the split
-        assert "record 18 " in result.output
+        assert "record 18 " in result.output and "--skip-bad-records" in result.output
+    lines[40] = "[1, 2]"
+    (workdir / "train-bad.jsonl").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["train", "--data", str(workdir / "train-bad.jsonl"),
+                                       "--out", str(workdir / "skip-model"), "--encoder",
+                                       "identity", "--label-field", "is_anomaly",
+                                       "--skip-bad-records"])
+    assert result.exit_code == 0, result.output
+    assert ("skipped 2 of 784 training records the model cannot read; the first: record 18 "
+            "id 'r0000017': field 'cpu_pct'") in result.stderr
+    normals = sum(not json.loads(line)["is_anomaly"] for i, line in enumerate(lines)
+                  if i not in (17, 40))
+    assert f"trained on {normals} normal records" in result.stdout
 
 
 def test_train_never_takes_the_anomalies_the_retraining_gate_judges_on(workdir: Path) -> None:

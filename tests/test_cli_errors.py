@@ -119,6 +119,20 @@ def test_models_list_with_a_damaged_pointer(tmp_path: Path, bundles: tuple[Path,
         _run("models", "show", NEARWATCH_MODEL_DIR=str(tmp_path)))
 
 
+def test_models_list_says_when_workers_refuse_the_current_version(
+        tmp_path: Path, bundles: tuple[Path, Path]) -> None:
+    registry = ModelRegistry(tmp_path)
+    registry.add(bundles[0], promote=True)
+    bad = registry.add(bundles[1], promote=True)
+    listed = _run("models", "list", NEARWATCH_MODEL_DIR=str(tmp_path)).stdout
+    assert "REFUSED" not in listed
+    index = registry.path(bad) / "reference_ids.json"
+    index.write_text("[]")
+    listed = _run("models", "list", NEARWATCH_MODEL_DIR=str(tmp_path)).stdout.splitlines()
+    assert listed[1].startswith(f"* {bad}") and "REFUSED by workers: " in listed[1]
+    assert "checksum" in listed[1] and "REFUSED" not in listed[0]
+
+
 @pytest.mark.parametrize(("level", "traceback"), [("INFO", False), ("DEBUG", True)])
 def test_retrain_failure_is_logged_without_a_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,

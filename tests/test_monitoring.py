@@ -53,10 +53,14 @@ def test_promtool_accepts_config_and_rules_and_every_alert_is_unit_tested(tmp_pa
                                                                           ) -> None:
     promtool = _tool("promtool")
     for argv in (["check", "config", str(PROMETHEUS / "prometheus.yml")],
+                 ["check", "config", str(PROMETHEUS / "prometheus-host.yml")],
                  ["check", "rules", str(PROMETHEUS / "rules.yml")],
                  ["test", "rules", str(PROMETHEUS / "tests.yml")]):
         result = _run([promtool, *argv])
         assert result.returncode == 0, result.stdout + result.stderr
+    jobs = [[job["job_name"] for job in yaml.safe_load((PROMETHEUS / name).read_text())[
+        "scrape_configs"]] for name in ("prometheus.yml", "prometheus-host.yml")]
+    assert jobs[0] == jobs[1]  # the rules select on the job names
     rules = (PROMETHEUS / "rules.yml").read_text()
     tests = (PROMETHEUS / "tests.yml").read_text()
     alerts = re.findall(r"- alert: (\w+)", rules)

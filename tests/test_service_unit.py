@@ -139,6 +139,22 @@ def test_hot_reload_and_refusal(registry: ModelRegistry, bundles: tuple[Path, Pa
     assert holder.current() == ("v0002", detector)  # refused once, not retried every batch
 
 
+def test_a_worker_started_on_a_refused_model_serves_the_one_promoted_before(
+        tmp_path: Path, bundles: tuple[Path, Path]) -> None:
+    """A running worker keeps its model when the promoted one fails verification; one
+    started then had no model at all and failed every batch it took (a trial tampered with
+    the current bundle and restarted a worker)."""
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.add(bundles[0], promote=True)
+    bad = registry.add(bundles[1], promote=True)
+    (registry.path(bad) / "reference_ids.json").write_text("[]")
+    holder = ModelHolder(registry, check_interval=0.0)
+    assert holder.load_initial() and holder.current()[0] == "v0001"
+    assert holder.current()[0] == "v0001"  # the pointer still names the refused one
+    fixed = registry.add(bundles[1], promote=True)
+    assert holder.current()[0] == fixed
+
+
 def test_an_empty_registry_is_waited_for_a_bad_model_is_refused_once(
         tmp_path: Path, bundles: tuple[Path, Path]) -> None:
     """`nearwatch_model_reloads_total{outcome="refused"}` (NearwatchModelRefused) counted a

@@ -73,10 +73,14 @@ def generate_command(
 @click.option("--schema", "schema_path", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Declared schema (JSON) instead of inferring it.")
+@click.option("--skip-bad-records", is_flag=True,
+              help="Train on the records the schema can read, saying how many were skipped "
+                   "and why, instead of stopping at the first bad one.")
 def train_command(
     data_path: Path, out_dir: Path, alpha: float, delta: float, label_field: str | None,
     class_field: str | None, known_anomalies: int, id_field: str, encoder: str,
     n_neighbors: int, random_state: int, strict: bool, schema_path: Path | None,
+    skip_bad_records: bool,
 ) -> None:
     """Train a detector on normal records and save it as a verified bundle."""
     from nearwatch.detector import Detector
@@ -118,6 +122,10 @@ def train_command(
     # names its place in the file (`score`'s numbering), whether normal or anomaly
     rows = np.sort(np.concatenate([normal_rows, anomaly_rows]))
     training = take_rows(records, rows)
+    if skip_bad_records and not isinstance(training, np.ndarray):
+        rows, training = _readable(training, rows, id_field, (label_field, class_field), schema)
+        normal_rows = rows[~is_anomaly[rows]]
+        anomaly_rows = rows[is_anomaly[rows]]
     labels = None if class_field is None else [r.get(class_field) for r in training]
     detector = Detector(
         n_neighbors=n_neighbors, alpha=alpha, delta=delta, id_field=id_field, encoder=encoder,
@@ -134,7 +142,8 @@ def train_command(
     except RecordError as exc:  # "record n" as `score` counts: the n-th record of the file
         raise click.ClickException(str(RecordError(
             exc.field, exc.reason, None if exc.record_index is None
-            else int(rows[exc.record_index]) + 1, exc.record_id))) from exc
+            else int(rows[exc.record_index]) + 1, exc.record_id))
+            + " (--skip-bad-records trains on the records it can read)") from exc
     except ValueError as exc:  # every library error is a ValueError with a clear message
         raise click.ClickException(_cli_advice(str(exc))) from exc
     for warning in caught:
@@ -234,6 +243,25 @@ def score_command(model_dir: Path, data_path: Path, out_path: Path, batch_size: 
         # nothing could be scored (a wrong file, another model's records): not a success
         where = "the output above" if to_stdout else out_path
         raise click.ClickException(f"every record of {data_path} is an error (see {where})")
+
+
+def _readable(training: list[Any], rows: np.ndarray, id_field: str,
+              labels: tuple[str | None, ...], schema: dict | None) -> tuple[np.ndarray, list[Any]]:
+    """The training records the schema can read (and their rows in the file); the others are
+    reported, by their place in the file, and left out."""
+    from nearwatch.detector.errors import RecordError
+    from nearwatch.detector.features.schema import FeatureEncoder
+    from nearwatch.detector.features.screening import bad_records
+
+    bad = bad_records(FeatureEncoder(id_field=id_field, declared_schema=schema,
+                                     label_fields=tuple(f for f in labels if f)), training)
+    if bad:
+        first, error = next(iter(bad.items()))  # named as `score` names it: its place in the file
+        named = RecordError(error.field, error.reason, int(rows[first]) + 1, error.record_id)
+        click.echo(f"warning: skipped {len(bad)} of {len(training)} training records the model "
+                   f"cannot read; the first: {named}", err=True)
+    kept = [i for i in range(len(training)) if i not in bad]
+    return rows[kept], [training[i] for i in kept]
 
 
 def _cli_advice(message: str) -> str:

@@ -156,10 +156,17 @@ def models_list() -> None:
             _warn_if_pointer_damaged(registry)
         outcomes = {entry.version: (registry.decision(entry.version) or {}).get("outcome")
                     for entry in listed}
+        refused = ""  # the current version verified as a worker loads it
+        for version in [entry.version for entry in listed if entry.current]:
+            try:
+                registry.load(version)
+            except (ValueError, OSError) as exc:  # BundleError: workers refuse it
+                refused = f"  REFUSED by workers: {exc}"
     for entry in listed:
         gate = f"  retrain: {outcomes[entry.version]}" if outcomes[entry.version] else ""
         click.echo(f"{'*' if entry.current else ' '} {entry.version}  "
-                   f"model {entry.model_version or '?'}  created {entry.created_at or '?'}{gate}")
+                   f"model {entry.model_version or '?'}  created {entry.created_at or '?'}{gate}"
+                   f"{refused if entry.current else ''}")
 
 
 @models_group.command("sign")

@@ -38,8 +38,10 @@ class ModelHolder:
         self._lock = threading.Lock()
 
     def load_initial(self) -> bool:
-        """Load the current model; without one (or a refused one) the worker still starts,
-        answers batches with a failure until a model is promoted, then picks it up."""
+        """Load the current model. One that fails verification is refused, and the version
+        promoted before it that loads serves instead, as a running worker keeps its model;
+        without any, the worker still starts, answers batches with a failure until a model
+        is promoted, then picks it up."""
         version = None
         try:
             version = self.registry.current_version()
@@ -49,13 +51,31 @@ class ModelHolder:
                 return False
             detector = self.registry.load(version)
         except (BundleError, OSError, ValueError) as exc:
-            log.error("no model to serve yet: %s", exc)
             self._refused = version  # counted once, not again at the next pointer check
             if self.metrics is not None:  # a pointer or bundle that does not load
                 self.metrics.model_refused()
-            return False
+            return self._load_earlier(version, exc)
         self._install(version, detector)
         return True
+
+    def _load_earlier(self, refused: str | None, reason: Exception) -> bool:
+        """Serve the latest earlier promotion that loads, after ``refused`` failed."""
+        try:
+            earlier = [str(entry.get("version")) for entry in reversed(self.registry.history())]
+        except (BundleError, OSError, ValueError):
+            earlier = []
+        for version in dict.fromkeys(v for v in earlier if v != refused):
+            try:
+                detector = self.registry.load(version)
+            except (BundleError, OSError, ValueError):
+                continue
+            log.error("refusing model %s, serving %s (promoted before it) instead: %s",
+                      refused, version, reason)
+            self._install(version, detector)
+            self._refused = refused
+            return True
+        log.error("no model to serve yet: %s", reason)
+        return False
 
     def current(self) -> tuple[str, Detector]:
         now = time.monotonic()

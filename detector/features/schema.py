@@ -45,8 +45,8 @@ Unusable values (non-numeric strings, NaN/inf, nested objects/arrays, non-object
 >>> encoder.feature_names_
 ['bytes', 'service=dns', 'service=http', 'service=<other>', 'tls']
 >>> row = encoder.transform([{"id": 7, "bytes": 255, "service": "ssh", "tls": "false"}])
->>> row.astype(float).round(3).tolist()
-[[1.349, 0.0, 0.0, 0.707, 0.0]]
+>>> row.astype(float).round(3).tolist()  # an unseen service: 3 from a known one, not 1
+[[1.349, 0.0, 0.0, 2.915, 0.0]]
 >>> round(encoder.inverse_numeric("bytes", 1.349), 6)
 255.0
 """
@@ -143,7 +143,8 @@ class FeatureEncoder:
         specs = [fit_field(name, kind, [row.get(name) for row in rows], bad, nullable=nullable,
                            log=log, max_onehot=self.max_onehot, hash_buckets=self.hash_buckets)
                  for name, kind, nullable, log in plan]
-        self._raise_first(self._record_errors(rows, bad))
+        self.fit_errors_ = self._record_errors(rows, bad)  # all of them: ``screening.py``
+        self._raise_first(self.fit_errors_)
         return specs, dropped
 
     def _set_schema(self, specs: list[dict], dropped: list[str]) -> None:
