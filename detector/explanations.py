@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # typical value does not need the very nearest of a million records.
 FEATURE_SEARCH_REFERENCES = 65_536
 _CHUNK = 8_192  # references per distance block: bounded memory whatever the sample size
+_QUERIES = 256  # explained rows per block
 
 # per reference set: the searched references' rows and their features (computed once)
 _feature_samples: weakref.WeakKeyDictionary[Any, tuple[np.ndarray, np.ndarray]] = (
@@ -58,26 +59,39 @@ def typical_neighbour_rows(detector: Detector, features: np.ndarray,
 
 def feature_neighbour_rows(detector: Detector, features: np.ndarray, k: int) -> np.ndarray:
     """Rows of the ``k`` distinct references nearest to each feature row (Euclidean, exact,
-    over at most ``FEATURE_SEARCH_REFERENCES`` references), nearest first."""
+    over at most ``FEATURE_SEARCH_REFERENCES`` references), nearest first. Queries and
+    references go in blocks: memory stays ~_QUERIES x _CHUNK distances however many rows."""
     sample_rows, sample_features = _feature_sample(detector)
     k = min(k, len(sample_rows))
     queries = _standardised(detector, features)
+    found = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), _QUERIES):
+        found[start:start + _QUERIES] = _nearest(
+            queries[start:start + _QUERIES], sample_rows, sample_features, k)
+    return found
+
+
+def _nearest(queries: np.ndarray, sample_rows: np.ndarray, sample_features: np.ndarray,
+             k: int) -> np.ndarray:
     best_distances = np.full((len(queries), 0), np.inf, dtype=np.float32)
     best_rows = np.zeros((len(queries), 0), dtype=np.int64)
     query_norms = (queries ** 2).sum(axis=1, keepdims=True)
     for start in range(0, len(sample_rows), _CHUNK):
         block = sample_features[start:start + _CHUNK]
         distances = query_norms - 2.0 * queries @ block.T + (block ** 2).sum(axis=1)
+        # the block's own k nearest first: the merge then copies 2k columns, not the block
+        if distances.shape[1] > k:
+            keep = np.argpartition(distances, k - 1, axis=1)[:, :k]
+            distances = np.take_along_axis(distances, keep, axis=1)
+            rows = sample_rows[start:start + _CHUNK][keep]
+        else:
+            rows = np.broadcast_to(sample_rows[start:start + _CHUNK], distances.shape)
         candidates = np.concatenate([best_distances, distances], axis=1)
-        candidate_rows = np.concatenate(
-            [best_rows, np.broadcast_to(sample_rows[start:start + _CHUNK], distances.shape)],
-            axis=1)
-        keep = np.argpartition(candidates, k - 1, axis=1)[:, :k] if candidates.shape[1] > k \
-            else np.broadcast_to(np.arange(candidates.shape[1]), candidates.shape)
+        candidate_rows = np.concatenate([best_rows, rows], axis=1)
+        keep = np.argsort(candidates, axis=1, kind="stable")[:, :k]
         best_distances = np.take_along_axis(candidates, keep, axis=1)
         best_rows = np.take_along_axis(candidate_rows, keep, axis=1)
-    order = np.argsort(best_distances, axis=1, kind="stable")
-    return np.take_along_axis(best_rows, order, axis=1)
+    return best_rows
 
 
 def _feature_sample(detector: Detector) -> tuple[np.ndarray, np.ndarray]:
@@ -146,10 +160,12 @@ def _field_detail(encoder: Any, spec: dict[str, Any], deviation: float, row: np.
     given = record.get(field) if isinstance(record, dict) else None
     value_column = encoder.numeric_value_column(field)
     if value_column is not None:
-        # float32 features (after log or scale maps) keep ~6 significant digits, not more
-        detail["value"] = given if isinstance(given, int | float) and not isinstance(
-            given, bool) else _float32_digits(
-            encoder.inverse_numeric(field, float(row[value_column])))
+        own = given is None or isinstance(given, int | float) and not isinstance(given, bool)
+        if isinstance(record, dict) and own:  # None: it lacked the field (scored as typical)
+            detail["value"] = given
+        else:  # float32 features (after log or scale maps) keep ~6 significant digits
+            detail["value"] = _float32_digits(
+                encoder.inverse_numeric(field, float(row[value_column])))
         detail["typical"] = _float32_digits(
             encoder.inverse_numeric(field, float(typical[value_column])))
         if abs(row[value_column]) >= np.float32(FEATURE_LIMIT):
@@ -164,7 +180,11 @@ def _field_detail(encoder: Any, spec: dict[str, Any], deviation: float, row: np.
         names = [*spec["categories"], OTHER_CATEGORY]
         detail["value"] = given if isinstance(record, dict) else names[
             int(np.argmax(row[columns]))]
-        detail["typical"] = names[int(np.argmax((neighbours[:, columns] > 0).sum(axis=0)))]
+        # the category most of them have: the median the deviation is measured from (none
+        # when no category has a majority: the median is then no category at all)
+        votes = (neighbours[:, columns] > 0).sum(axis=0)
+        detail["typical"] = names[int(np.argmax(votes))] if votes.max() * 2 > len(
+            neighbours) else None
     return detail
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from nearwatch.worker.alert_consumer import AlertConsumer
+from nearwatch.worker.alert_digest import Digest
+from nearwatch.worker.alert_redelivery import OwedNotifications
 from nearwatch.worker.alert_sinks import (
     AlertmanagerSink,
     DeliveryError,
@@ -318,7 +320,7 @@ def test_consumer_groups_dedupes_dead_letters_and_rate_limits(alert_redis: Any) 
     for i in range(5):
         _add(alert_redis, f"e{i}", "payments", score=float(i))
     _add(alert_redis, "e0", "payments")  # a redelivered batch wrote e0 again
-    _add(alert_redis, "f0", "search")
+    f0 = _add(alert_redis, "f0", "search")
     alert_redis.xadd(ALERTS_STREAM, {"junk": "1"})
     consumer.fold(consumer._read())
     consumer.flush()
@@ -351,7 +353,8 @@ def test_consumer_groups_dedupes_dead_letters_and_rate_limits(alert_redis: Any) 
     consumer.fold(consumer._read())
     consumer.flush(everything=True)
     digest = good.sent[1]
-    assert digest["key"] == {"digest": "rate_limited"} and digest["count"] == 1
+    assert digest["key"] == {"digest": "rate_limited", "first_entry": f0} and \
+        digest["count"] == 1
     assert digest["digest"]["keys"] == [
         {"key": {"service": "search", "model_version": "v0001"}, "count": 1}]
     assert [e["id"] for e in digest["events"]] == ["f0"]
@@ -585,7 +588,7 @@ def test_a_flood_is_held_in_a_digest_never_dropped(alert_redis: Any) -> None:
     now[0] = 41.0  # one token back (2 per minute): the digest goes first
     consumer.flush()
     digest = sink.sent[-1]
-    assert digest["key"] == {"digest": "rate_limited"} and digest["count"] == 39
+    assert digest["key"]["digest"] == "rate_limited" and digest["count"] == 39
     assert digest["events"][0]["id"] == "exfil" and digest["digest"]["notifications"] == 39
     assert len(digest["digest"]["keys"]) == 20 and digest["digest"]["more_keys"] == 19
     assert digest["digest"]["keys"][0] == {
@@ -596,3 +599,23 @@ def test_a_flood_is_held_in_a_digest_never_dropped(alert_redis: Any) -> None:
         "39 notifications held by the rate limit: 39 anomalous record(s) for ")
     assert "for service=10.0.9.10, model_version=v0001 (1); " in page["annotations"]["summary"]
     assert "record 'exfil'" in page["annotations"]["description"]
+    # the next digest is another alert: equal labels made Alertmanager merge them into one
+    later = Digest()
+    later.add({**sink.sent[0], "first_seen_epoch": 1.0}, ["99-0"])
+    assert alertmanager_alert(later.notification(10), "warning", 300)["labels"] != page["labels"]
+
+
+def test_an_owed_entry_behind_many_pending_ones_is_still_ours(alert_redis: Any) -> None:
+    """The consumer's pending list also holds its open groups' entries: an owed (or held)
+    entry read after 1 500 of them fell outside the one page read, was taken for another
+    consumer's, and was later claimed back and sent twice."""
+    alert_redis.xgroup_create(ALERTS_STREAM, ALERTS_GROUP, id="0", mkstream=True)
+    pipe = alert_redis.pipeline()
+    for _ in range(1_501):
+        pipe.xadd(ALERTS_STREAM, {"event": "{}"})
+    ids = [entry.decode() for entry in pipe.execute()]
+    alert_redis.xreadgroup(ALERTS_GROUP, "mine", {ALERTS_STREAM: ">"}, count=2_000)
+    owed = OwedNotifications(redeliver_s=60)
+    owed.add({"count": 1}, ["webhook"], [ids[-1]], now=0.0)
+    assert owed.keep(alert_redis, "mine", now=100.0, every_s=1.0, also={ids[-2]}) == set()
+    assert owed.entries() == {ids[-1]}

@@ -77,6 +77,11 @@ def test_score_reads_stdin_writes_stdout_and_explains_flagged(workdir: Path) -> 
     # the spike lacks fields every training record had: scored as typical, and said so
     assert "of 42 records lack 'bytes_out', which every training record had" in result.stderr
     assert "'latency_ms'" not in result.stderr and "'status'" not in result.stderr  # had them
+    plain = CliRunner().invoke(main, ["score", "--model", str(workdir / "model"), "--data",
+                                      "-", "--out", "-"], input=text)
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert warned and warned == [line for line in plain.stderr.splitlines()
+                                 if line.startswith("warning")]  # explaining counts nothing
     assert results[-1]["error"].startswith("record 42 (line 42) ")
     top = results[-2]
     assert top["id"] == "spike" and top["is_anomaly"]

@@ -125,12 +125,12 @@ def test_models_list_says_when_workers_refuse_the_current_version(
     registry.add(bundles[0], promote=True)
     bad = registry.add(bundles[1], promote=True)
     listed = _run("models", "list", NEARWATCH_MODEL_DIR=str(tmp_path)).stdout
-    assert "REFUSED" not in listed
+    assert "FAILS" not in listed
     index = registry.path(bad) / "reference_ids.json"
     index.write_text("[]")
     listed = _run("models", "list", NEARWATCH_MODEL_DIR=str(tmp_path)).stdout.splitlines()
-    assert listed[1].startswith(f"* {bad}") and "REFUSED by workers: " in listed[1]
-    assert "checksum" in listed[1] and "REFUSED" not in listed[0]
+    assert listed[1].startswith(f"* {bad}") and "FAILS VERIFICATION here: " in listed[1]
+    assert "checksum" in listed[1] and "FAILS" not in listed[0]
 
 
 @pytest.mark.parametrize(("level", "traceback"), [("INFO", False), ("DEBUG", True)])

@@ -484,3 +484,31 @@ def test_a_field_of_nested_values_only_is_not_a_feature_and_says_so() -> None:
     rows[2]["billing"] = 5.0
     with pytest.raises(RecordError, match="record 1: field 'billing': nested value"):
         FeatureEncoder().fit(rows)
+
+
+def test_a_hashed_field_training_always_had_is_counted_when_missing() -> None:
+    """A hashed field's missing value shares a bucket with real values: counted as missing
+    when training never lacked it, not when it did; states from before are not counted."""
+    always = FeatureEncoder(max_onehot=3).fit([{"merchant": f"m{i}", "n": i} for i in range(40)])
+    assert _spec(always, "merchant")["encoding"] == "hash"
+    always.transform([{"n": 1}, {"merchant": None, "n": 2}, {"merchant": "m1", "n": 3}])
+    assert always.missing_fields_seen_ == {"merchant": 2}
+    sometimes = FeatureEncoder(max_onehot=3).fit(
+        [{"merchant": f"m{i}" if i % 5 else None, "n": i} for i in range(40)])
+    sometimes.transform([{"n": 1}])
+    assert sometimes.missing_fields_seen_ == {}
+    fields = always.to_state()["fields"]
+    del next(f for f in fields if f["name"] == "merchant")["missing_seen"]
+    old = FeatureEncoder()
+    old._set_schema(fields, [])
+    old.transform([{"n": 1}])
+    assert old.missing_fields_seen_ == {}
+
+
+def test_an_unseen_category_of_a_record_that_is_an_error_is_not_counted() -> None:
+    """The record is answered with its error, not scored: its new value is not counted (the
+    rule divides by the records scored)."""
+    encoder = FeatureEncoder().fit([{"a": i, "s": "x" if i % 2 else "y"} for i in range(20)])
+    _, errors = encoder.transform_records([{"a": "n/a", "s": "zzz"}, {"a": 1, "s": "qq"}])
+    assert errors[0] is not None and errors[1] is None
+    assert encoder.unseen_categories_seen_ == {"s": 1}

@@ -458,6 +458,41 @@ def test_errors_name_the_batch_position_or_the_stream_entry(registry: ModelRegis
     assert 200 <= len(json.loads(letter[b"record"])["other"]) <= 201  # an excerpt
 
 
+def test_ingest_never_claims_its_own_entries_waiting_for_their_answer(redis_client: Any
+                                                                      ) -> None:
+    """A batch a killed node held waits for its answer (the client resubmits it after
+    BATCH_TIMEOUT) while its entries sit idle: ingest claimed them from itself ("claimed 100
+    entries of a stalled consumer", a trial) and sent them again, to be scored twice."""
+    from nearwatch.worker.ingest import IngestOptions, StreamIngest
+
+    for key in ("nearwatch:records", "nearwatch:scores"):
+        redis_client.delete(key)
+    for i in range(3):
+        redis_client.xadd("nearwatch:records", {"record": json.dumps({"id": i})})
+    seen: list[int] = []
+
+    def answers(lines: list[str]) -> list[str]:
+        return [json.dumps({"id": json.loads(line)["id"], "score": 1.0}) for line in lines]
+
+    def scorer(batches: Any) -> Any:  # reads the next batch before the first is answered
+        held = []
+        for lines, _ in batches:
+            seen.extend(json.loads(line)["id"] for line in lines)
+            held.append(lines)
+            if len(held) == 1:
+                time.sleep(0.3)  # the first answer is late: its entries idle past 50 ms
+                continue
+            yield from (answers(batch) for batch in held)
+            held = []
+        yield from (answers(batch) for batch in held)
+
+    ingest = StreamIngest(redis_client, scorer, IngestOptions(
+        consumer="own", claim_idle_ms=50, block_ms=20, stop_when_idle=True))
+    stats = ingest.run()
+    assert seen == [0, 1, 2] and stats.claimed == 0 and stats.written == 3
+    assert redis_client.xpending("nearwatch:records", "nearwatch")["pending"] == 0
+
+
 def test_ingest_recreates_its_group_when_the_stream_is_deleted(redis_client: Any) -> None:
     """`DEL nearwatch:records` while ingest blocks on it (or Redis restarted empty) crashed
     it with "UNBLOCKED the stream key no longer exists"; it now creates the group again and

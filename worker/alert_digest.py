@@ -59,12 +59,16 @@ class Digest:
         self.last_seen = max(self.last_seen, notification["last_seen_epoch"])
 
     def notification(self, window_s: float) -> dict[str, Any]:
-        """One notification for all the held ones; its key is ``{"digest": "rate_limited"}``
-        (a receiver routes it apart) and ``digest`` lists the keys it holds."""
+        """One notification for all the held ones; its key is ``{"digest": "rate_limited",
+        "first_entry": ...}`` (a receiver routes it apart; the first stream entry it holds
+        tells one digest from the next, else Alertmanager merged them all into one alert) and
+        ``digest`` lists the keys it holds."""
         # the most anomalous keys first (an exfiltration among a scan's many sources)
         busiest = sorted(self.keys.values(), key=lambda held: (-held[2], -held[1]))
+        first_entry = min(self.entries, key=_entry_order, default="")
         return {
-            "key": {"digest": "rate_limited"}, "count": self.count, "window_s": window_s,
+            "key": {"digest": "rate_limited", "first_entry": first_entry},
+            "count": self.count, "window_s": window_s,
             "first_seen": iso_time(self.first_seen), "last_seen": iso_time(self.last_seen),
             "first_seen_epoch": self.first_seen, "last_seen_epoch": self.last_seen,
             "events": self.top,
@@ -73,3 +77,8 @@ class Digest:
                                 for key, count, _ in busiest[:DIGEST_KEYS]],
                        "more_keys": max(0, len(busiest) - DIGEST_KEYS)},
         }
+
+
+def _entry_order(entry: str) -> tuple[int, ...]:
+    """Stream ids ("1700000000000-3") in stream order."""
+    return tuple(int(part) if part.isdigit() else 0 for part in entry.split("-"))

@@ -97,9 +97,7 @@ class OwedNotifications:
             return set()
         self._touched = now
         wanted = self.entries() | also
-        pending = client.xpending_range(ALERTS_STREAM, ALERTS_GROUP, "-", "+",
-                                        count=len(wanted) + 1000, consumername=consumer)
-        owned = {_text(p["message_id"]) for p in pending} & wanted
+        owned = _owned(client, consumer, wanted)
         lost = {item_id for item_id in wanted - owned}
         self.items = [item for item in self.items if not lost.intersection(item.entries)]
         kept: list[Any] = sorted(self.entries() | (also - lost))
@@ -109,6 +107,21 @@ class OwedNotifications:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def _owned(client: Redis, consumer: str, wanted: set[str], page: int = 1000) -> set[str]:
+    """The entries of ``wanted`` pending for ``consumer``, paging through its whole pending
+    list: its open groups' entries come first in it, and one page of them made an owed entry
+    look taken by another consumer (then sent twice)."""
+    owned: set[str] = set()
+    start = "-"
+    while True:
+        pending = client.xpending_range(ALERTS_STREAM, ALERTS_GROUP, start, "+", count=page,
+                                        consumername=consumer)
+        owned.update(_text(p["message_id"]) for p in pending)
+        if len(pending) < page or wanted <= owned:
+            return owned & wanted
+        start = "(" + _text(pending[-1]["message_id"])  # exclusive: after the last one
 
 
 def _text(value: Any) -> str:

@@ -123,7 +123,11 @@ def train_command(
     rows = np.sort(np.concatenate([normal_rows, anomaly_rows]))
     training = take_rows(records, rows)
     if skip_bad_records and not isinstance(training, np.ndarray):
-        rows, training = _readable(training, rows, id_field, (label_field, class_field), schema)
+        try:
+            rows, training = _readable(training, rows, id_field, (label_field, class_field),
+                                       schema)
+        except ValueError as exc:  # a declared schema the records cannot fit at all
+            raise click.ClickException(str(exc)) from exc
         normal_rows = rows[~is_anomaly[rows]]
         anomaly_rows = rows[is_anomaly[rows]]
     labels = None if class_field is None else [r.get(class_field) for r in training]
@@ -143,7 +147,8 @@ def train_command(
         raise click.ClickException(str(RecordError(
             exc.field, exc.reason, None if exc.record_index is None
             else int(rows[exc.record_index]) + 1, exc.record_id))
-            + " (--skip-bad-records trains on the records it can read)") from exc
+            + ("" if skip_bad_records else
+               " (--skip-bad-records trains on the records it can read)")) from exc
     except ValueError as exc:  # every library error is a ValueError with a clear message
         raise click.ClickException(_cli_advice(str(exc))) from exc
     for warning in caught:
@@ -258,6 +263,9 @@ def _readable(training: list[Any], rows: np.ndarray, id_field: str,
     if bad:
         first, error = next(iter(bad.items()))  # named as `score` names it: its place in the file
         named = RecordError(error.field, error.reason, int(rows[first]) + 1, error.record_id)
+        if len(bad) == len(training):
+            raise click.ClickException(f"none of the {len(training)} training records can be "
+                                       f"read; the first: {named}")
         click.echo(f"warning: skipped {len(bad)} of {len(training)} training records the model "
                    f"cannot read; the first: {named}", err=True)
     kept = [i for i in range(len(training)) if i not in bad]

@@ -156,12 +156,12 @@ def models_list() -> None:
             _warn_if_pointer_damaged(registry)
         outcomes = {entry.version: (registry.decision(entry.version) or {}).get("outcome")
                     for entry in listed}
-        refused = ""  # the current version verified as a worker loads it
+        refused = ""  # the current version verified as a worker loads it (with this key)
         for version in [entry.version for entry in listed if entry.current]:
             try:
                 registry.load(version)
-            except (ValueError, OSError) as exc:  # BundleError: workers refuse it
-                refused = f"  REFUSED by workers: {exc}"
+            except Exception as exc:  # BundleError: workers refuse it; Redis down: unknown
+                refused = f"  FAILS VERIFICATION here: {exc}"
     for entry in listed:
         gate = f"  retrain: {outcomes[entry.version]}" if outcomes[entry.version] else ""
         click.echo(f"{'*' if entry.current else ' '} {entry.version}  "

@@ -107,6 +107,7 @@ class StreamIngest:
         self.outage = Outage(self.options.outage_deadline)
         self._claim_cursor = "0-0"
         self._last_claim = 0.0
+        self._in_flight: set[str] = set()  # entries read and not yet written: never claimed
 
     def ensure_group(self) -> None:
         try:
@@ -131,12 +132,15 @@ class StreamIngest:
                     return
                 # An empty batch hands control back to the loop below (nothing is sent).
                 in_flight.append(entries)
+                self._in_flight.update(e.entry_id for e in entries)
                 # each record named by its entry: errors and dead letters can be joined to it
                 sent = [e for e in entries if not e.problem]
                 yield [e.record for e in sent], [e.label for e in sent]
 
         for results in self.score_batches(batches()):
-            self._write(in_flight.popleft(), results)
+            written = in_flight.popleft()
+            self._write(written, results)
+            self._in_flight.difference_update(e.entry_id for e in written)
         return self.stats
 
     # ------------------------------------------------------------------ reading
@@ -177,6 +181,9 @@ class StreamIngest:
             min_idle_time=self.options.claim_idle_ms, start_id=self._claim_cursor,
             count=self.options.batch_size)
         self._claim_cursor = _text(cursor)
+        # Our own entries waiting for their answer (a batch a dead node held, resubmitted by
+        # the client) are idle too: taking them again would score them twice.
+        claimed = [(e, f) for e, f in claimed if _text(e) not in self._in_flight]
         if claimed:
             log.warning("claimed %d entries of a stalled consumer", len(claimed))
             self.stats.claimed += len(claimed)

@@ -13,8 +13,8 @@ def counted_fields(encoder: Any) -> tuple[list[str], list[str]]:
     """The fields a model counts: missing ones that training always had, and one-hot fields'
     values no training record had (none for a stand-in without a feature encoder)."""
     missing = sorted(getattr(encoder, "never_missing_fields_", ()))
-    unseen = [spec["name"] for spec in getattr(encoder, "fields_", ())
-              if spec.get("encoding") == "onehot"]
+    unseen = [spec["name"] for spec in getattr(encoder, "fields_", ())  # older bundles' have
+              if spec.get("encoding") == "onehot" and "unseen_weight" in spec]  # no unseen
     return missing, unseen
 
 

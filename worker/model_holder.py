@@ -50,7 +50,10 @@ class ModelHolder:
                             "(nearwatch models add BUNDLE_DIR --promote)", self.registry.root)
                 return False
             detector = self.registry.load(version)
-        except (BundleError, OSError, ValueError) as exc:
+        except OSError as exc:  # unreadable now (a copy in progress?): the next check retries
+            log.error("no model to serve yet: %s", exc)
+            return False
+        except (BundleError, ValueError) as exc:  # fails verification: refused
             self._refused = version  # counted once, not again at the next pointer check
             if self.metrics is not None:  # a pointer or bundle that does not load
                 self.metrics.model_refused()

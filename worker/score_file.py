@@ -45,8 +45,13 @@ def score_chunk(detector: Any, chunk: list[Any], start: int, n_fields: int = 0
     scored_results = detector.score_records(readable, n_neighbours=3)
     if n_fields:
         flagged = [i for i, r in enumerate(scored_results) if r.get("is_anomaly")]
+        encoder = detector.feature_encoder_  # explaining reads the records again: not counted
+        counted = (dict(encoder.missing_fields_seen_), dict(encoder.unseen_categories_seen_),
+                   encoder.unknown_fields_seen_)
         explained = detector.explain([readable[i] for i in flagged], n_neighbours=1,
                                      n_fields=n_fields) if flagged else []
+        (encoder.missing_fields_seen_, encoder.unseen_categories_seen_,
+         encoder.unknown_fields_seen_) = counted
         for i, explanation in zip(flagged, explained, strict=True):
             scored_results[i]["fields"] = explanation["fields"]
     scored = iter(scored_results)

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from .fields import MISSING_CATEGORY, OTHER_CATEGORY, never_missing, signed_log1p, stable_bucket
-from .values import BadRows, coerce_booleans, coerce_categories, coerce_numbers
+from .values import (
+    BadRows,
+    BadValue,
+    coerce_booleans,
+    coerce_categories,
+    coerce_numbers,
+    to_category,
+)
 
 _HASH_CACHE_LIMIT = 65_536
 
@@ -39,16 +46,30 @@ def encode_fields(encoders: list[tuple[str, int, int, Encode]], rows: list[dict]
     return absent, unseen
 
 
-def add_counts(seen: dict[str, int], counts: dict[str, int], rows: Sequence[Any] = (),
-               errors: Collection[int] = ()) -> None:
-    """Add ``counts`` to ``seen``, per field; for missing-value counts, less the rows in
-    ``errors`` that lack the field: those are answered with the error, not scored."""
+def add_counts(seen: dict[str, int], counts: dict[str, int], rows: Sequence[Any],
+               errors: Collection[int], counted: Callable[[str, Any], bool]) -> None:
+    """Add ``counts`` to ``seen``, per field, less the rows in ``errors`` whose value of the
+    field was ``counted``: those are answered with the error, not scored."""
     for index in errors:
         for name in counts:
-            counts[name] -= rows[index].get(name) is None
+            counts[name] -= counted(name, rows[index].get(name))
     for name, count in counts.items():
         if count:
             seen[name] = seen.get(name, 0) + count
+
+
+def unseen_in(specs: dict[str, dict]) -> Callable[[str, Any], bool]:
+    """``unseen_category`` of a field named, for ``add_counts``."""
+    return lambda name, value: unseen_category(specs[name], value)
+
+
+def unseen_category(spec: dict, value: Any) -> bool:
+    """Whether a one-hot field's ``value`` is one no training record had."""
+    try:
+        category = to_category(value)
+    except BadValue:  # a bad value: an error, not a category
+        return False
+    return category is not None and category not in spec["categories"]
 
 
 def column_names(spec: dict) -> list[str]:

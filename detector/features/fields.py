@@ -192,7 +192,7 @@ def fit_field(
                     "weight": ONEHOT_WEIGHT,
                     "unseen_weight": (UNSEEN_CATEGORY_COST ** 2 - ONEHOT_WEIGHT ** 2) ** 0.5}
         return {"name": name, "kind": kind, "encoding": "hash", "buckets": hash_buckets,
-                "n_distinct": len(distinct),
+                "n_distinct": len(distinct), "missing_seen": MISSING_CATEGORY in distinct,
                 "weight": category_weight(hash_buckets, len(distinct))}
     coerce = coerce_numbers if kind == "numeric" else coerce_booleans
     values, missing = coerce(name, column, bad)
@@ -231,6 +231,8 @@ def array_specs(columns: np.ndarray) -> list[dict]:
 def never_missing(spec: dict) -> bool:
     """Whether training never had the field missing (or declared it nullable): a missing value
     is then filled in with a typical one, and no column says it was missing."""
-    if spec["kind"] == "categorical":
-        return spec["encoding"] == "onehot" and MISSING_CATEGORY not in spec["categories"]
+    if spec["kind"] == "categorical":  # hashed: states from before "missing_seen" never
+        if spec["encoding"] == "hash":
+            return spec.get("missing_seen") is False
+        return MISSING_CATEGORY not in spec["categories"]
     return not spec["missing_indicator"]

@@ -62,7 +62,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import NotFittedError, RecordError, SchemaMismatchError
-from .encoding import add_counts, column_names, encode_fields, make_encoder
+from .encoding import (
+    add_counts,
+    column_names,
+    encode_fields,
+    make_encoder,
+    unseen_in,
+)
 from .fields import (
     BadRows,
     Plan,
@@ -228,16 +234,16 @@ class FeatureEncoder:
                 if not isinstance(row, dict):
                     bad[index] = (None, f"record is not a JSON object (got {type(row).__name__})")
                     rows[index] = {}
-        absent, unseen = encode_fields(self._encoders, rows, matrix, bad,
-                                       self.never_missing_fields_)
+        absent, novel = encode_fields(self._encoders, rows, matrix, bad,
+                                      self.never_missing_fields_)
         known = self._known
         unknown = sum(len(row.keys() - known) for row in rows if not row.keys() <= known)
         self.unknown_fields_seen_ += unknown
         screen_rows(rows, matrix, bad, self.fields_, self._column_fields)
         errors = self._record_errors(rows, bad)
         matrix[list(errors)] = 0.0
-        add_counts(self.missing_fields_seen_, absent, rows, errors)
-        add_counts(self.unseen_categories_seen_, unseen)
+        add_counts(self.missing_fields_seen_, absent, rows, errors, lambda _, v: v is None)
+        add_counts(self.unseen_categories_seen_, novel, rows, errors, unseen_in(self._spec_by_name))
         return matrix, errors
 
     def _encode_array(self, matrix: np.ndarray) -> tuple[np.ndarray, dict]:

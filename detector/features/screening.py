@@ -9,6 +9,7 @@ for a caller that drops them and trains on the rest (``nearwatch train --skip-ba
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 from ..errors import RecordError
@@ -22,14 +23,20 @@ def bad_records(encoder: FeatureEncoder, records: list[Any]) -> dict[int, Record
                                  f"{type(record).__name__})", record_index=index)
               for index, record in enumerate(records) if not isinstance(record, dict)}
     kept = [index for index in range(len(records)) if index not in errors]
+    if not kept:
+        return errors
     probe = copy.deepcopy(encoder)
-    try:
-        probe.fit([records[index] for index in kept])
-    except RecordError:
-        found = getattr(probe, "fit_errors_", {})
-        errors.update({kept[index]: error for index, error in found.items()})
-        kept = [index for index in kept if index not in errors]
-        probe = copy.deepcopy(encoder).fit([records[index] for index in kept])
+    with warnings.catch_warnings():  # the fit that follows warns about the same fields
+        warnings.simplefilter("ignore")
+        try:
+            probe.fit([records[index] for index in kept])
+        except RecordError:
+            found = getattr(probe, "fit_errors_", {})
+            errors.update({kept[index]: error for index, error in found.items()})
+            kept = [index for index in kept if index not in errors]
+            if not kept:
+                return dict(sorted(errors.items()))
+            probe = copy.deepcopy(encoder).fit([records[index] for index in kept])
     _, refused = probe.transform_records([records[index] for index in kept])
     errors.update({kept[index]: error for index, error in enumerate(refused) if error})
     return dict(sorted(errors.items()))
