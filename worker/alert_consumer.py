@@ -224,7 +224,8 @@ class AlertConsumer:
 
     def _send_digests(self) -> None:
         for state in self.sinks:
-            if not state.digest or not state.limiter.allow():
+            if not state.digest or state.backoff.down(self.clock()) or \
+                    not state.limiter.allow():  # a sink backing off keeps it (and the token)
                 continue
             digest, state.digest = state.digest, Digest()
             note, entries = digest.notification(self.settings.window_s), sorted(digest.entries)
@@ -290,8 +291,10 @@ class AlertConsumer:
     def _acknowledge(self, entries: list[str], settling: Any = None) -> None:
         # Delivered or dead-lettered everywhere (no sink owes them but in ``settling``, no
         # digest holds them): only now is the hand-off complete.
-        still = {entry for item in self.owed.items if item is not settling
-                 for entry in item.entries} | self._digested()
+        still: set[str] = set()
+        if self.owed.items or any(state.digest for state in self.sinks):  # else: none held
+            still = {entry for item in self.owed.items if item is not settling
+                     for entry in item.entries} | self._digested()
         done = [entry for entry in entries if entry not in still]
         if done:
             self.redis.xack(ALERTS_STREAM, ALERTS_GROUP, *done)
