@@ -67,6 +67,11 @@ class SchemaMismatchError(NearwatchError, ValueError):
     """Records or a bundle were produced under a different schema version."""
 
 
+class RepeatedRecordsWarning(UserWarning):
+    """Many calibration records have exact copies among the references: the certified bound
+    holds only if new records repeat known ones as often (see ``calibrated.py``)."""
+
+
 class CalibrationWarning(UserWarning):
     """Too few calibration records to certify ``alpha``: the fit uses an uncertified threshold.
 

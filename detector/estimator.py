@@ -183,7 +183,37 @@ def as_records(X: Any, name: str = "X", fitting: bool = False) -> Any:
     if isinstance(X, str | bytes):
         raise ValueError(f"{name} is a {type(X).__name__}: pass a list of records (parsed "
                          "JSON objects) or a numeric array")
+    if hasattr(X, "to_dict") and hasattr(X, "columns"):  # a pandas DataFrame: its rows
+        return dataframe_records(X, name, fitting)
     records = list(X)
     if fitting and not records:
         raise ValueError(f"{name} holds no records: fit needs normal records to learn from")
     return records
+
+
+def dataframe_records(frame: Any, name: str = "X", fitting: bool = False) -> list[dict]:
+    """A DataFrame's rows as records, one field per column (named by ``str``), a missing
+    value (NaN, NaT, None) as None: iterating it gave its column names, read as records.
+
+    >>> class Frame:  # the two things read of a pandas DataFrame
+    ...     columns = ["a", 1]
+    ...     def to_dict(self, orient): return [{"a": 1.5, 1: float("nan")}]
+    >>> dataframe_records(Frame())
+    [{'a': 1.5, '1': None}]
+    """
+    rows = frame.to_dict("records")
+    if fitting and not rows:
+        raise ValueError(f"{name} (a DataFrame) holds no rows: fit needs normal records")
+    return [{str(key): None if _missing(value) else value for key, value in row.items()}
+            for row in rows]
+
+
+def _missing(value: Any) -> bool:
+    """NaN, NaT and None: pandas' missing values (a string or a number that is not NaN is
+    kept as it is)."""
+    if value is None or type(value).__name__ in ("NAType", "NaTType"):
+        return True
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError):  # comparisons that do not return a bool
+        return False

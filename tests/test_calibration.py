@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -175,3 +176,17 @@ def test_plain_quantile_threshold() -> None:
     assert plain_quantile_threshold(np.arange(101.0), 0.05) == 95.0
     with pytest.raises(ValueError, match="scores must not be empty"):
         plain_quantile_threshold(np.array([]), 0.05)
+
+
+def test_training_rows_repeated_by_an_artefact_are_warned_about() -> None:
+    """Every row written 3 times: a calibration record's copies sit among the references, the
+    threshold comes out low, and a trial realised up to 5 alpha with certified_ True."""
+    from nearwatch.detector import Detector
+    from nearwatch.detector.errors import RepeatedRecordsWarning
+
+    rows = np.random.default_rng(0).normal(size=(1_000, 5))
+    with pytest.warns(RepeatedRecordsWarning, match="exact copy among the references"):
+        Detector(encoder="identity").fit(np.repeat(rows, 3, axis=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RepeatedRecordsWarning)
+        Detector(encoder="identity").fit(rows)

@@ -422,7 +422,8 @@ def test_score_records_takes_the_arrays_score_takes() -> None:
     results = detector.score_records(bad)
     assert [r.get("score") for r in results[::2]] == pytest.approx(
         detector.score(bad[::2]).tolist())
-    assert results[1]["error"] == "record 1: field 'f2': nan is not a finite number"
+    assert results[1]["error"] == "record 1: field 'f2': nan is not a finite number (a missing "\
+        "value is null)"
     with pytest.raises(ValueError, match=r"needs shape \(n, 4\), got \(3, 3\)"):
         detector.score_records(x[:3, :3])
 
@@ -440,3 +441,32 @@ def test_a_single_record_or_a_text_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="X is a str: pass a list of records"):
         detector.score("f0,f1")
     assert detector.score([record]).shape == (1,)
+
+
+class _Frame:
+    """What the library reads of a pandas DataFrame (pandas is not a dependency)."""
+
+    def __init__(self, rows: list[dict[Any, Any]]) -> None:
+        self.rows = rows
+        self.columns = list(rows[0]) if rows else []
+
+    def __iter__(self) -> Any:  # as a DataFrame iterates: its column names
+        return iter(self.columns)
+
+    def to_dict(self, orient: str) -> list[dict[Any, Any]]:
+        assert orient == "records"
+        return [dict(row) for row in self.rows]
+
+
+def test_a_dataframe_is_read_as_its_rows_with_nan_as_missing() -> None:
+    """A DataFrame iterated into its column names: 1 000 rows of 3 columns were "3 normal
+    records", of 12 columns "record 0 is not a JSON object (got str)"."""
+    rng = np.random.default_rng(0)
+    rows = [{"latency": float(v), "service": "api" if v > 0 else "db", 7: float(w)}
+            for v, w in rng.normal(size=(1_000, 2))]
+    rows[3]["latency"] = float("nan")  # pandas' missing value
+    detector = Detector(encoder="identity", alpha=0.05, delta=0.1).fit(_Frame(rows))
+    assert detector.n_reference_ == 1_000  # references and calibration records: every row
+    assert [f["name"] for f in detector.feature_encoder_.fields_] == ["7", "latency", "service"]
+    as_list = [{str(k): (None if v != v else v) for k, v in row.items()} for row in rows[:20]]
+    np.testing.assert_array_equal(detector.score(_Frame(rows[:20])), detector.score(as_list))

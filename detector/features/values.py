@@ -39,8 +39,9 @@ def to_number(value: object) -> float | None:
             raise BadValue(f"{value!r} is out of the float range") from None
         except ValueError:
             raise BadValue(f"cannot convert {value!r} to a number") from None
-        if not math.isfinite(number):
-            raise BadValue(f"{value!r} is not a finite number")
+        if not math.isfinite(number):  # NaN: a missing value is null (None) in a record
+            raise BadValue(f"{value!r} is not a finite number" + (
+                " (a missing value is null)" if number != number else ""))
         return number
     raise _unsupported(value)
 
