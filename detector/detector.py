@@ -37,6 +37,7 @@ from .calibration import ConformalCalibrator
 from .embedding.supervision import FitSupervision, build_embedder_for_fit
 from .errors import CalibrationWarning, NotFittedError, named_by_input
 from .estimator import EstimatorAPI, as_records, warn_renamed
+from .features.encoding import warn_missing
 from .features.schema import FeatureEncoder
 from .fitted import FittedAttributes
 from .fitting import (
@@ -253,8 +254,10 @@ class Detector(EstimatorAPI, FittedAttributes):
 
     def _embed(self, X: Records) -> np.ndarray:
         self._check_fitted()
-        data = as_records(X)
-        return self.embedder_.embed(self.feature_encoder_.transform(data))
+        data, before = as_records(X), dict(self.feature_encoder_.missing_fields_seen_)
+        features = self.feature_encoder_.transform(data)
+        warn_missing(self.feature_encoder_, before, len(features))  # a feed that dropped one
+        return self.embedder_.embed(features)
 
     def score(self, X: Records) -> np.ndarray:
         """Mean distance to the ``n_neighbors`` nearest normal references; higher = anomalous."""

@@ -67,6 +67,11 @@ class SchemaMismatchError(NearwatchError, ValueError):
     """Records or a bundle were produced under a different schema version."""
 
 
+class MissingFieldsWarning(UserWarning):
+    """Scored records lack a field every training record had: scored as if it held a typical
+    value, so an anomaly in it cannot show (``Detector.score``; the service counts them)."""
+
+
 class RepeatedRecordsWarning(UserWarning):
     """Many calibration records have exact copies among the references: the certified bound
     holds only if new records repeat known ones as often (see ``calibrated.py``)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from nearwatch.detector import CalibrationError, Detector, NotFittedError, SchemaMismatchError
@@ -253,3 +255,19 @@ def test_a_category_no_training_record_had_is_flagged(fitted: Detector) -> None:
     assert fitted.predict(unseen).mean() >= 0.9
     explained = fitted.explain(unseen[:20], n_fields=1)
     assert all(e["fields"][0]["field"] == "region" for e in explained)
+
+
+def test_scoring_records_that_lack_a_field_training_always_had_warns(fitted: Detector) -> None:
+    """Scored as if the field held a typical value: a ×1000 latency is flagged, the same
+    record without latency is not, and the Python API said nothing."""
+    from nearwatch.detector.errors import MissingFieldsWarning
+
+    normal = next(r for r in generate_records(50, 0.0, seed=9))
+    spiked = dict(normal, latency_ms=normal["latency_ms"] * 1000)
+    lacking = {k: v for k, v in spiked.items() if k != "latency_ms"}
+    with pytest.warns(MissingFieldsWarning, match="1 of 2 records lack 'latency_ms', which"):
+        scores = fitted.score([lacking, spiked])
+    assert scores[0] < scores[1]  # the spike is gone with the field
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingFieldsWarning)
+        fitted.score([normal])

@@ -5,12 +5,14 @@ fast path cannot be used (bad or unusual values), which keeps dict records at >5
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Collection, Sequence
 from itertools import repeat
 from typing import Any
 
 import numpy as np
 
+from ..errors import MissingFieldsWarning
 from .fields import MISSING_CATEGORY, OTHER_CATEGORY, never_missing, signed_log1p, stable_bucket
 from .values import (
     BadRows,
@@ -144,3 +146,12 @@ def make_encoder(spec: dict) -> Encode:
         return column.count(None) if counted else 0, int(np.count_nonzero(unseen))
 
     return encode_category
+
+
+def warn_missing(encoder: Any, before: dict[str, int], n_records: int) -> None:
+    """A ``MissingFieldsWarning`` per field that ``encoder`` counted missing since ``before``."""
+    for field, count in encoder.missing_fields_seen_.items():
+        if count > before.get(field, 0):
+            warnings.warn(f"{count - before.get(field, 0)} of {n_records} records lack "
+                          f"{field!r}, which every training record had: scored as if it held "
+                          "a typical value", MissingFieldsWarning, stacklevel=4)
