@@ -223,3 +223,46 @@ def test_alerts_command_refuses_to_start_without_a_sink(node: WorkerNode, tmp_pa
     result = subprocess.run([*CLI, "alerts", "--stop-when-idle"], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "no alert sink configured" in result.stderr
+
+
+def _relabel(config: dict[str, Any], labels: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus' keep/replace relabelling (anchored regexes, ; separator), enough to check
+    which job and address a discovered pod gets."""
+    labels = dict(labels)
+    for rule in config["relabel_configs"]:
+        value = ";".join(labels.get(name, "") for name in rule["source_labels"])
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if rule.get("action", "replace") == "keep":
+            if match is None:
+                return None
+        elif match is not None:
+            labels[rule["target_label"]] = match.expand(
+                re.sub(r"\$(\d+)", r"\\\1", rule.get("replacement", "$1")))
+    return labels
+
+
+def test_the_kubernetes_scrape_config_names_the_jobs_the_rules_select() -> None:
+    """Debian's promtool has no Kubernetes discovery, so the relabelling is checked here:
+    annotation scraping named every pod's job `kubernetes-pods`, and the down/absent rules
+    on up{job="nearwatch"} fired for ever."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus-k8s.yml").read_text())
+    [job] = config["scrape_configs"]
+    expected = {"nearwatch-worker": ("nearwatch", "9808"), "nearwatch-alerts": (
+        "nearwatch-alerts", "9809"), "nearwatch-beat": ("nearwatch-beat", "9810")}
+    for app, (name, port) in expected.items():
+        pod = {"__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+               "__meta_kubernetes_pod_label_app": app, "__address__": "10.0.0.7:8080",
+               "__meta_kubernetes_pod_annotation_prometheus_io_port": port,
+               "__meta_kubernetes_pod_name": f"{app}-0"}
+        labels = _relabel(job, pod)
+        assert labels is not None and labels["job"] == name
+        assert labels["__address__"] == f"10.0.0.7:{port}"
+    other = {"__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+             "__meta_kubernetes_pod_label_app": "nearwatch-redis", "__address__": "10.0.0.8"}
+    assert _relabel(job, other) is None
+    rules = (PROMETHEUS / "rules.yml").read_text()
+    assert all(f'job="{name}"' in rules for name, _ in expected.values())
+    for manifest, (app, (_, port)) in zip(("worker", "alerts", "beat"), expected.items(),
+                                         strict=True):
+        text = (DEPLOY / "k8s" / f"{manifest}.yaml").read_text()
+        assert f"app: {app}" in text and f'prometheus.io/port: "{port}"' in text

@@ -48,5 +48,9 @@ def check_answer(batch: Any, results: Any, id_field: str) -> str | None:
         expected = answer_id(record, id_field)
         # answer_id: None for an id JSON cannot carry (NaN), as the worker answers it
         if not isinstance(result, dict) or result.get("id") != expected:
-            return f"answer does not match record id {expected!r}"
+            got = result.get("id") if isinstance(result, dict) else None
+            hint = (f" (the answer names {got!r}: does the model use another id field than "
+                    f"this client's {id_field!r}? ClientOptions(id_field=...))"
+                    if expected is None and got is not None else "")
+            return f"answer does not match record id {expected!r}{hint}"
     return None

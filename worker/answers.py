@@ -102,7 +102,12 @@ class RedisAnswers:
         return {"kwargs": {"answer_key": self.key}, "ignore_result": True}
 
     def expect(self, attempt: AsyncResult) -> None:
-        self._waiting.add(attempt.id)
+        self.expect_id(attempt.id)
+
+    def expect_id(self, task_id: str) -> None:
+        """Before the task is sent: a thread sharing this client may pop its answer off the
+        list as soon as it is there, and dropped one it was not told to keep."""
+        self._waiting.add(task_id)
 
     def outcome(self, attempt: AsyncResult, texts: bool) -> tuple[str, Any]:
         arrived = self._arrived.pop(attempt.id, None)
@@ -165,6 +170,9 @@ class BackendAnswers:
         return {}
 
     def expect(self, attempt: AsyncResult) -> None:
+        pass
+
+    def expect_id(self, task_id: str) -> None:
         pass
 
     def outcome(self, attempt: AsyncResult, texts: bool) -> tuple[str, Any]:

@@ -205,15 +205,15 @@ class ScoringClient:
         options = self.answers.send_options()
         if extras:
             options["kwargs"] = {**options.get("kwargs", {}), **extras}
-        # argsrepr: a short label instead of Celery's repr of every record (client CPU)
+        task_id = uuid.uuid4().hex  # expected before it is sent: threads share the answers
+        self.answers.expect_id(task_id)  # argsrepr below: a label, not a repr of each record
         try:
             result = self.outage.call("send_task", lambda: self.app.send_task(
-                batch.task, args=args, queue=SCORING_QUEUE,
+                batch.task, args=args, queue=SCORING_QUEUE, task_id=task_id,
                 argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}", **options))
         except BrokerUnavailable as exc:  # answered as unanswered (no attempt in flight)
             batch.last_problem = str(exc)
             return
-        self.answers.expect(result)
         batch.attempts.append(result)
         batch.submitted_at = time.monotonic()
         if not batch.n_submitted:

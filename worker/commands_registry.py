@@ -241,4 +241,6 @@ def model_facts(version: str, detector: Detector) -> dict[str, Any]:
         "n_distinct_references": detector.n_unique_reference_,
         "duplicate_factor": round(float(detector.duplicate_factor_), 4),
         "schema_version": detector.schema_version_,
+        "fields": {spec["name"]: spec["kind"] for spec in detector.feature_encoder_.fields_},
+        "id_field": detector.id_field,
     }
