@@ -189,9 +189,43 @@ def test_writer_one_entry_per_flagged_record_and_failure_never_raises(
     assert metrics.alert_events.value == written
     unreachable = redis.Redis(port=1, socket_connect_timeout=0.2,
                               retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
-    down = RedisAlertWriter(unreachable, 1000, 20, metrics)  # type: ignore[arg-type]
+    waits: list[float] = []
+    down = RedisAlertWriter(unreachable, 1000, 20, metrics, sleep=waits.append)  # type: ignore[arg-type]
     assert down.emit(detector, "v0001", records, results) == 0
-    assert metrics.alert_write_failures.value == 1
+    assert metrics.alert_write_failures.value == 1 and waits == [0.5, 1.0, 2.0, 4.0]
+
+
+def test_a_redis_stall_delays_the_alert_events_and_loses_none(
+        scored: Any, alert_redis: Any) -> None:
+    """A 6 s CLIENT PAUSE timed the write out once: the events of records answered as
+    flagged were lost for good. The write is tried again (the consumer takes an event id
+    once, so a first write that got half through pages nobody twice)."""
+    import redis
+
+    detector, records, results = scored
+    stalls = [redis.TimeoutError("Timeout reading from socket"), redis.ConnectionError("reset")]
+
+    class Stalling:
+        def pipeline(self, transaction: bool) -> Any:
+            pipe = alert_redis.pipeline(transaction=transaction)
+            execute = pipe.execute
+
+            def after_the_stall() -> Any:
+                if stalls:
+                    execute()  # half through: written, then the reply is lost
+                    raise stalls.pop()
+                return execute()
+
+            pipe.execute = after_the_stall
+            return pipe
+
+    metrics, waits = FakeMetrics(), []
+    writer = RedisAlertWriter(Stalling(), 1000, 20, metrics, sleep=waits.append)  # type: ignore[arg-type]
+    written = writer.emit(detector, "v0001", records, results)
+    assert written == sum(r["is_anomaly"] for r in results) and waits == [0.5, 1.0]
+    assert metrics.alert_write_failures.value == 0
+    events = [json.loads(f[b"event"])["event_id"] for _, f in alert_redis.xrange(ALERTS_STREAM)]
+    assert len(set(events)) == written  # written three times, one event id each
 
 
 def test_retry_backoff_with_jitter_and_only_retryable_failures() -> None:

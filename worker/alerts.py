@@ -26,10 +26,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
     from nearwatch.detector import Detector
@@ -124,16 +126,24 @@ def _dump(value: Any) -> str:
         return json.dumps(value, default=str)
 
 
+# Redis unreachable or stalled: the write is tried again after these pauses (7.5 s in all)
+# before the events are given up; a second write cannot page twice (the alert consumer takes
+# an event id once). A 6 s stall lost the events of records answered as flagged (a trial).
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
+
+
 class RedisAlertWriter:
     """Writes a batch's events to ``nearwatch:alerts`` in one pipelined round trip."""
 
     def __init__(self, client: Redis, maxlen: int, explain_max: int,
-                 metrics: ServiceMetrics | None = None, stream: str = ALERTS_STREAM) -> None:
+                 metrics: ServiceMetrics | None = None, stream: str = ALERTS_STREAM,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
         self.maxlen = maxlen
         self.explain_max = explain_max
         self.metrics = metrics
         self.stream = stream
+        self.sleep = sleep
 
     def emit(self, detector: Detector, version: str, records: list[Any],
              results: list[dict[str, Any]], delivery: str | None = None,
@@ -144,11 +154,15 @@ class RedisAlertWriter:
                                   delivery=delivery, explanations=explanations)
             if not events:
                 return 0
-            pipe = self.client.pipeline(transaction=False)
-            for event in events:
-                pipe.xadd(self.stream, {EVENT_FIELD: _dump(event)}, maxlen=self.maxlen,
-                          approximate=True)
-            pipe.execute()
+            fields: list[dict[Any, Any]] = [{EVENT_FIELD: _dump(event)} for event in events]
+            for delay in (*RETRY_DELAYS_S, None):
+                try:
+                    self._write(fields)
+                    break
+                except (RedisConnectionError, RedisTimeoutError):
+                    if delay is None:
+                        raise
+                    self.sleep(delay)
         except Exception as exc:  # scoring goes on: the result still carries is_anomaly
             log.error("could not write alert events (%s): %s", type(exc).__name__, exc)
             if self.metrics is not None:
@@ -157,3 +171,9 @@ class RedisAlertWriter:
         if self.metrics is not None:
             self.metrics.alert_events.inc(len(events))
         return len(events)
+
+    def _write(self, fields: list[dict[Any, Any]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for entry in fields:
+            pipe.xadd(self.stream, entry, maxlen=self.maxlen, approximate=True)
+        pipe.execute()
