@@ -37,7 +37,7 @@ from .calibration import ConformalCalibrator
 from .embedding.supervision import FitSupervision, build_embedder_for_fit
 from .errors import CalibrationWarning, NotFittedError, named_by_input
 from .estimator import EstimatorAPI, as_records, warn_renamed
-from .features.encoding import warn_missing
+from .features.encoding import warn_about_input
 from .features.schema import FeatureEncoder
 from .fitted import FittedAttributes
 from .fitting import (
@@ -256,7 +256,7 @@ class Detector(EstimatorAPI, FittedAttributes):
         self._check_fitted()
         data, before = as_records(X), dict(self.feature_encoder_.missing_fields_seen_)
         features = self.feature_encoder_.transform(data)
-        warn_missing(self.feature_encoder_, before, len(features))  # a feed that dropped one
+        warn_about_input(self.feature_encoder_, before, data)  # a dropped field, column order
         return self.embedder_.embed(features)
 
     def score(self, X: Records) -> np.ndarray:

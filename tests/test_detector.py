@@ -271,3 +271,17 @@ def test_scoring_records_that_lack_a_field_training_always_had_warns(fitted: Det
     with warnings.catch_warnings():
         warnings.simplefilter("error", MissingFieldsWarning)
         fitted.score([normal])
+
+
+def test_an_array_scored_by_a_model_of_named_fields_says_its_column_order() -> None:
+    """An array is read in the model's field order (natural order of the names), not the
+    order of the user's file: said, naming the order."""
+    rows = np.random.default_rng(0).normal(size=(700, 3))
+    records = [{"hour": a, "amount": b, "age": c} for a, b, c in rows]
+    detector = Detector(encoder="identity", alpha=0.05, delta=0.1).fit(records)
+    with pytest.warns(UserWarning, match=r"in this order: \['age', 'amount', 'hour'\]"):
+        detector.score(rows[:3, [2, 1, 0]])
+    plain = Detector(encoder="identity", alpha=0.05, delta=0.1).fit(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.score(rows[:3])
