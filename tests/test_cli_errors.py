@@ -131,6 +131,8 @@ def test_models_list_says_when_workers_refuse_the_current_version(
     listed = _run("models", "list", NEARWATCH_MODEL_DIR=str(tmp_path)).stdout.splitlines()
     assert listed[1].startswith(f"* {bad}") and "FAILS VERIFICATION here: " in listed[1]
     assert "checksum" in listed[1] and "FAILS" not in listed[0]
+    pruned = _run("models", "prune", "--keep", "1", NEARWATCH_MODEL_DIR=str(tmp_path)).stdout
+    assert "removed nothing" in pruned and "kept 2 (v0001, v0002: the newest 1, the" in pruned
     shown = json.loads(_run("models", "show", "v0001", NEARWATCH_MODEL_DIR=str(tmp_path)).stdout)
     assert shown["fields"]["latency_ms"] == "numeric" and shown["id_field"] == "id"
 

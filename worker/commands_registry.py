@@ -123,7 +123,10 @@ def models_prune(keep: int) -> None:
             removed = registry.prune(keep)
         except OSError as exc:
             raise click.ClickException(_unwritable(registry, exc)) from exc
-        click.echo(f"removed {', '.join(removed) or 'nothing'} from {location_of(registry)}")
+        kept = registry.versions()
+        click.echo(f"removed {', '.join(removed) or 'nothing'} from {location_of(registry)}; "
+                   f"kept {len(kept)} ({', '.join(kept)}: the newest {keep}, the current one "
+                   "and the last 5 promotions)")
 
 
 @models_group.command("history")
