@@ -176,8 +176,8 @@ class Detector(EstimatorAPI, FittedAttributes):
         inputs = route_anomaly_flags(data, y, labels, pairs, triplets, anomaly_data)
         n = len(inputs.normals)
         split = split_for_fit(
-            inputs, calibration if calibration is None or isinstance(calibration, np.ndarray)
-            else list(calibration), self.n_neighbors, self.alpha, self.delta,
+            inputs, None if calibration is None else as_records(calibration, "calibration"),
+            self.n_neighbors, self.alpha, self.delta,
             self.calibration_fraction, self.random_state, self.strict)
         reference_data, calibration_data = split.reference_data, split.calibration_data
         reference_rows, needed = split.reference_rows, split.needed

@@ -201,6 +201,10 @@ def dataframe_records(frame: Any, name: str = "X", fitting: bool = False) -> lis
     >>> dataframe_records(Frame())
     [{'a': 1.5, '1': None}]
     """
+    names = [str(column) for column in frame.columns]
+    if len(set(names)) < len(names):  # to_dict keeps one of them, silently
+        shared = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{name} has columns with the same name (as text): {shared}")
     rows = frame.to_dict("records")
     if fitting and not rows:
         raise ValueError(f"{name} (a DataFrame) holds no rows: fit needs normal records")

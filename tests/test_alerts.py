@@ -193,6 +193,9 @@ def test_writer_one_entry_per_flagged_record_and_failure_never_raises(
     down = RedisAlertWriter(unreachable, 1000, 20, metrics, sleep=waits.append)  # type: ignore[arg-type]
     assert down.emit(detector, "v0001", records, results) == 0
     assert metrics.alert_write_failures.value == 1 and waits == [0.5, 1.0, 2.0, 4.0]
+    # the outage goes on: the next batches try once, not 7.5 s each
+    assert down.emit(detector, "v0001", records, results) == 0
+    assert metrics.alert_write_failures.value == 2 and len(waits) == 4
 
 
 def test_a_redis_stall_delays_the_alert_events_and_loses_none(

@@ -470,3 +470,10 @@ def test_a_dataframe_is_read_as_its_rows_with_nan_as_missing() -> None:
     assert [f["name"] for f in detector.feature_encoder_.fields_] == ["7", "latency", "service"]
     as_list = [{str(k): (None if v != v else v) for k, v in row.items()} for row in rows[:20]]
     np.testing.assert_array_equal(detector.score(_Frame(rows[:20])), detector.score(as_list))
+    split = Detector(encoder="identity", alpha=0.05, delta=0.1).fit(
+        _Frame(rows[:700]), calibration=_Frame(rows[700:]))
+    assert split.n_calibration_ == 300
+    same = _Frame([{"a": 1.0, "b": 2.0}])
+    same.columns = ["a", "a"]
+    with pytest.raises(ValueError, match=r"columns with the same name \(as text\): \['a'\]"):
+        detector.score(same)

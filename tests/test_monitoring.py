@@ -252,14 +252,21 @@ def test_the_kubernetes_scrape_config_names_the_jobs_the_rules_select() -> None:
     for app, (name, port) in expected.items():
         pod = {"__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
                "__meta_kubernetes_pod_label_app": app, "__address__": "10.0.0.7:8080",
+               "__meta_kubernetes_pod_ip": "10.0.0.7", "__meta_kubernetes_pod_phase": "Running",
                "__meta_kubernetes_pod_annotation_prometheus_io_port": port,
                "__meta_kubernetes_pod_name": f"{app}-0"}
         labels = _relabel(job, pod)
         assert labels is not None and labels["job"] == name
         assert labels["__address__"] == f"10.0.0.7:{port}"
+        six = _relabel(job, {**pod, "__meta_kubernetes_pod_ip": "fd00::7",
+                             "__address__": "[fd00::7]:15090"})
+        assert six is not None and six["__address__"] == f"[fd00::7]:{port}"
+        assert _relabel(job, {**pod, "__meta_kubernetes_pod_phase": "Succeeded"}) is None
     other = {"__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+             "__meta_kubernetes_pod_phase": "Running",
              "__meta_kubernetes_pod_label_app": "nearwatch-redis", "__address__": "10.0.0.8"}
     assert _relabel(job, other) is None
+    assert job["kubernetes_sd_configs"][0]["namespaces"] == {"own_namespace": True}
     rules = (PROMETHEUS / "rules.yml").read_text()
     assert all(f'job="{name}"' in rules for name, _ in expected.values())
     for manifest, (app, (_, port)) in zip(("worker", "alerts", "beat"), expected.items(),

@@ -175,3 +175,20 @@ def test_a_client_shared_by_threads_keeps_an_answer_another_thread_took(
     (results,) = list(client.score_batches([stream_records_for_test(5, prefix="shared")]))
     assert all("score" in r for r in results)
     assert client.stats.resubmissions == 0 and time.monotonic() - started < 15
+
+
+def test_a_batch_that_could_not_be_sent_leaves_nothing_expected(
+        node: WorkerNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its id was expected before sending: a send that raised left it expected for ever, so
+    the client's answer list was never deleted on close."""
+    from kombu.exceptions import EncodeError
+
+    client = scoring_client(node, batch_size=10)
+
+    def cannot_encode(*args: Any, **kwargs: Any) -> Any:
+        raise EncodeError("cannot serialise")
+
+    monkeypatch.setattr(client.app, "send_task", cannot_encode)
+    with pytest.raises(EncodeError):
+        list(client.score_batches([stream_records_for_test(3, prefix="unsent")]))
+    assert not client.answers._waiting

@@ -109,6 +109,11 @@ class RedisAnswers:
         list as soon as it is there, and dropped one it was not told to keep."""
         self._waiting.add(task_id)
 
+    def forget_id(self, task_id: str) -> None:
+        """A task that was not sent after all."""
+        self._waiting.discard(task_id)
+        self._arrived.pop(task_id, None)
+
     def outcome(self, attempt: AsyncResult, texts: bool) -> tuple[str, Any]:
         arrived = self._arrived.pop(attempt.id, None)
         if arrived is None:
@@ -173,6 +178,9 @@ class BackendAnswers:
         pass
 
     def expect_id(self, task_id: str) -> None:
+        pass
+
+    def forget_id(self, task_id: str) -> None:
         pass
 
     def outcome(self, attempt: AsyncResult, texts: bool) -> tuple[str, Any]:

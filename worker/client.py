@@ -22,9 +22,8 @@ Guarantees:
   collected while the source waits for input (``worker/flow.py``);
 - broker/Redis outages are retried with backoff for ``outage_deadline`` s; what could not
   be delivered by then is answered with an error, never a traceback.
-
-Answers come back on the client's own Redis list (``worker/answers.py``), or through the
-result backend where there is no Redis (``ClientOptions.answer_list``).
+Answers come back on the client's own Redis list (``worker/answers.py``; threads may share
+a client), or through the result backend where there is no Redis (``ClientOptions.answer_list``).
 """
 
 from __future__ import annotations
@@ -107,8 +106,7 @@ class ScoringClient:
         self.options = options or ClientOptions()
         self.stats = ClientStats()
         self.outage = Outage(self.options.outage_deadline)
-        # where answers come back: this client's Redis list, or the result backend
-        self.answers: Answers = answers_for(app, self.options.answer_list)
+        self.answers: Answers = answers_for(app, self.options.answer_list)  # list or backend
 
     def score(self, records: Iterable[Any]) -> Iterator[dict[str, Any]]:
         """One result per record, in input order."""
@@ -205,14 +203,16 @@ class ScoringClient:
         options = self.answers.send_options()
         if extras:
             options["kwargs"] = {**options.get("kwargs", {}), **extras}
-        task_id = uuid.uuid4().hex  # expected before it is sent: threads share the answers
-        self.answers.expect_id(task_id)  # argsrepr below: a label, not a repr of each record
+        self.answers.expect_id(task_id := uuid.uuid4().hex)  # before sending: threads share
         try:
             result = self.outage.call("send_task", lambda: self.app.send_task(
                 batch.task, args=args, queue=SCORING_QUEUE, task_id=task_id,
                 argsrepr=f"[{len(batch.records)} records]", kwargsrepr="{}", **options))
-        except BrokerUnavailable as exc:  # answered as unanswered (no attempt in flight)
-            batch.last_problem = str(exc)
+        except BaseException as exc:  # not sent: its answer list can go when the client does
+            self.answers.forget_id(task_id)
+            if not isinstance(exc, BrokerUnavailable):
+                raise
+            batch.last_problem = str(exc)  # answered as unanswered (no attempt in flight)
             return
         batch.attempts.append(result)
         batch.submitted_at = time.monotonic()

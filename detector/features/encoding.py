@@ -153,12 +153,13 @@ def warn_about_input(encoder: Any, before: dict[str, int], data: Any) -> None:
     for an array scored by a model of named fields, the column order it is read in (a
     normal transaction given in its file's column order scored 278 against a threshold of
     0.59: an array is read in the model's field order)."""
-    for field, count in encoder.missing_fields_seen_.items():
-        if count > before.get(field, 0):
-            warnings.warn(f"{count - before.get(field, 0)} of {len(data)} records lack "
-                          f"{field!r}, which every training record had: scored as if it held "
-                          "a typical value", MissingFieldsWarning, stacklevel=4)
+    for field, count in encoder.missing_fields_seen_.items():  # one text per field: shown
+        if count > before.get(field, 0):  # once by Python's default filter, not every call
+            warnings.warn(f"records lack {field!r}, which every training record had: scored "
+                          "as if it held a typical value (counted in the feature encoder's "
+                          "missing_fields_seen_)", MissingFieldsWarning, stacklevel=4)
     names = [spec["name"] for spec in encoder.fields_]
-    if isinstance(data, np.ndarray) and names != [f"f{j}" for j in range(len(names))]:
+    positional = ([f"f{j}" for j in range(len(names))], [str(j) for j in range(len(names))])
+    if isinstance(data, np.ndarray) and names not in positional:
         warnings.warn(f"an array is read as the model's fields in this order: {names} "
                       "(pass records or a DataFrame to name them)", UserWarning, stacklevel=4)
