@@ -19,6 +19,7 @@ import numpy as np
 
 from .features.fields import OTHER_CATEGORY
 from .features.matrix import FEATURE_LIMIT
+from .index import ReferenceIndex
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -27,11 +28,9 @@ if TYPE_CHECKING:
 # spread over them: an exact search per explained record costs O(references), and a field's
 # typical value does not need the very nearest of a million records.
 FEATURE_SEARCH_REFERENCES = 65_536
-_CHUNK = 8_192  # references per distance block: bounded memory whatever the sample size
-_QUERIES = 256  # explained rows per block
 
-# per reference set: the searched references' rows and their features (computed once)
-_feature_samples: weakref.WeakKeyDictionary[Any, tuple[np.ndarray, np.ndarray]] = (
+# per reference set: the searched references' rows and an exact index of their features
+_feature_samples: weakref.WeakKeyDictionary[Any, tuple[np.ndarray, ReferenceIndex]] = (
     weakref.WeakKeyDictionary())
 
 
@@ -59,50 +58,24 @@ def typical_neighbour_rows(detector: Detector, features: np.ndarray,
 
 def feature_neighbour_rows(detector: Detector, features: np.ndarray, k: int) -> np.ndarray:
     """Rows of the ``k`` distinct references nearest to each feature row (Euclidean, exact,
-    over at most ``FEATURE_SEARCH_REFERENCES`` references), nearest first. Queries and
-    references go in blocks: memory stays ~_QUERIES x _CHUNK distances however many rows."""
-    sample_rows, sample_features = _feature_sample(detector)
-    k = min(k, len(sample_rows))
-    queries = _standardised(detector, features)
-    found = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), _QUERIES):
-        found[start:start + _QUERIES] = _nearest(
-            queries[start:start + _QUERIES], sample_rows, sample_features, k)
-    return found
+    over at most ``FEATURE_SEARCH_REFERENCES`` references), nearest first."""
+    sample_rows, sample_index = _feature_sample(detector)
+    _, found = sample_index.search(_standardised(detector, features), min(k, len(sample_rows)))
+    return sample_rows[found]
 
 
-def _nearest(queries: np.ndarray, sample_rows: np.ndarray, sample_features: np.ndarray,
-             k: int) -> np.ndarray:
-    best_distances = np.full((len(queries), 0), np.inf, dtype=np.float32)
-    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
-    query_norms = (queries ** 2).sum(axis=1, keepdims=True)
-    for start in range(0, len(sample_rows), _CHUNK):
-        block = sample_features[start:start + _CHUNK]
-        distances = query_norms - 2.0 * queries @ block.T + (block ** 2).sum(axis=1)
-        # the block's own k nearest first: the merge then copies 2k columns, not the block
-        if distances.shape[1] > k:
-            keep = np.argpartition(distances, k - 1, axis=1)[:, :k]
-            distances = np.take_along_axis(distances, keep, axis=1)
-            rows = sample_rows[start:start + _CHUNK][keep]
-        else:
-            rows = np.broadcast_to(sample_rows[start:start + _CHUNK], distances.shape)
-        candidates = np.concatenate([best_distances, distances], axis=1)
-        candidate_rows = np.concatenate([best_rows, rows], axis=1)
-        keep = np.argsort(candidates, axis=1, kind="stable")[:, :k]
-        best_distances = np.take_along_axis(candidates, keep, axis=1)
-        best_rows = np.take_along_axis(candidate_rows, keep, axis=1)
-    return best_rows
-
-
-def _feature_sample(detector: Detector) -> tuple[np.ndarray, np.ndarray]:
+def _feature_sample(detector: Detector) -> tuple[np.ndarray, ReferenceIndex]:
+    """The searched references' rows and an exact index of their features (built once per
+    reference set)."""
     references = detector.reference_index_
     cached = _feature_samples.get(references)
     if cached is None:
         n = references.n_unique_
         rows = (np.arange(n, dtype=np.int64) if n <= FEATURE_SEARCH_REFERENCES else
                 np.linspace(0, n - 1, FEATURE_SEARCH_REFERENCES).astype(np.int64))
-        cached = rows, _standardised(detector, reference_features(detector, rows))
-        _feature_samples[references] = cached
+        index = ReferenceIndex(kind="flat").fit(
+            _standardised(detector, reference_features(detector, rows)))
+        cached = _feature_samples[references] = rows, index
     return cached
 
 
